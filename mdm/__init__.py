@@ -1,0 +1,110 @@
+"""mdm: a self-hosted SCIM 2.0 provisioning target with an admin console."""
+
+import os
+import re
+import secrets
+from pathlib import Path
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+ROOT = Path(__file__).resolve().parent.parent
+
+__version__ = "0.1.0"
+
+
+def create_app(test_config=None):
+    """Create and configure the mdm application."""
+    app = Flask(
+        __name__,
+        instance_path=os.environ.get("MDM_INSTANCE_PATH", str(ROOT / "instance")),
+        instance_relative_config=True,
+        template_folder=str(ROOT / "templates"),
+        static_folder=str(ROOT / "static"),
+    )
+    app.config.from_mapping(
+        DATABASE=None,
+        SCIM_ENABLED=True,
+        # Largest page a list or search returns; advertised as filter.maxResults.
+        SCIM_MAX_RESULTS=500,
+        SCIM_DEFAULT_COUNT=100,
+        SCIM_CUSTOM_SCHEMA="urn:ietf:params:scim:schemas:extension:ivanti:2.0:User",
+        # Absolute base such as https://mdm.example.com when a proxy rewrites the host.
+        PUBLIC_URL=None,
+        # Number of reverse proxies whose X-Forwarded-* headers are trusted.
+        PROXY_FIX=0,
+        MAX_CONTENT_LENGTH=2 * 1024 * 1024,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+    )
+    if test_config is None:
+        app.config.from_pyfile("config.py", silent=True)
+        app.config.from_prefixed_env("MDM")
+    else:
+        app.config.update(test_config)
+    os.makedirs(app.instance_path, exist_ok=True)
+    if not app.config.get("DATABASE"):
+        app.config["DATABASE"] = os.path.join(app.instance_path, "mdm.sqlite")
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = _persistent_secret_key(app.instance_path)
+
+    from . import cli
+    from . import db
+    from . import errors
+    from .scim import bp as scim_bp
+
+    db.init_app(app)
+    app.json.sort_keys = False
+    app.url_map.merge_slashes = False
+    app.register_blueprint(scim_bp)
+    cli.init_app(app)
+    errors.init_app(app)
+
+    app.wsgi_app = _CollapseSlashes(app.wsgi_app)
+    if int(app.config["PROXY_FIX"] or 0) > 0:
+        hops = int(app.config["PROXY_FIX"])
+        app.wsgi_app = ProxyFix(
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops
+        )
+    return app
+
+
+def _persistent_secret_key(instance_path):
+    """Return the instance's secret key, generating it once with owner-only permissions."""
+    path = os.path.join(instance_path, "secret_key")
+    try:
+        with open(path) as f:
+            key = f.read().strip()
+        if key:
+            return key
+    except FileNotFoundError:
+        pass
+    key = secrets.token_hex(32)
+    # O_EXCL: when two processes start at once, only one writes; the other reads it.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        with open(path) as f:
+            return f.read().strip() or key
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    return key
+
+
+class _CollapseSlashes:
+    """Collapse repeated slashes in the path instead of redirecting.
+
+    An IdP given a Tenant URL ending in "/" requests "/scim/v2//Users"; a 308
+    redirect would fail a POST or PATCH, so the path is normalised in place.
+    """
+
+    _slashes = re.compile(r"/{2,}")
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if "//" in path:
+            environ["PATH_INFO"] = self._slashes.sub("/", path)
+        return self.app(environ, start_response)

@@ -1,0 +1,205 @@
+"""The ``mdm`` command: Flask's CLI plus serve, token and attribute commands."""
+
+import re
+import sys
+
+import click
+from flask import current_app
+from flask.cli import FlaskGroup
+from flask.cli import with_appcontext
+
+from .db import database
+from .models import IDPS
+from .models import BearerToken
+from .models import CustomAttribute
+from .models import TokenError
+from .scim import URL_PREFIX
+from .scim.schema import CUSTOM_TYPES
+
+ATTRIBUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+
+def target_url(host="127.0.0.1", port=8080):
+    """Return the Target SCIM URL an IdP should be given."""
+    public = current_app.config.get("PUBLIC_URL")
+    if public:
+        return public.rstrip("/") + URL_PREFIX
+    return f"http://{host}:{port}{URL_PREFIX}"
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256))
+@with_appcontext
+def serve_command(host, port, threads):
+    """Serve the console and the SCIM API with waitress."""
+    from waitress import serve
+
+    app = current_app._get_current_object()
+    click.echo(f"mdm serving on http://{host}:{port}/", err=True)
+    click.echo(f"Target SCIM URL: {target_url(host, port)}", err=True)
+    with database.connection_context():
+        if BearerToken.select().count() == 0:
+            click.echo(
+                "No SCIM token yet: create one with `mdm token create --idp entra`.",
+                err=True,
+            )
+    serve(app, host=host, port=port, threads=threads, ident="mdm")
+
+
+@click.group("token")
+def token_group():
+    """Manage the bearer tokens identity providers use for SCIM."""
+
+
+@token_group.command("create")
+@click.option("--idp", required=True, type=click.Choice(sorted(IDPS)))
+@click.option("--label", default="", help="A name to recognise the token by.")
+@click.option("--expires-in", type=click.IntRange(1, 3650), help="Days until expiry.")
+@with_appcontext
+def token_create(idp, label, expires_in):
+    """Create a token; print it once on stdout and the Target SCIM URL on stderr."""
+    with database.connection_context():
+        try:
+            token, secret = BearerToken.issue(idp, label, "cli", expires_in)
+        except TokenError as error:
+            raise click.ClickException(str(error)) from None
+    click.echo(secret)
+    click.echo(f"Target SCIM URL: {target_url()}", err=True)
+    click.echo(
+        f"Token {token.id} ({token.key}) for {token.idp_name}; it is shown only now.",
+        err=True,
+    )
+
+
+def _when(value):
+    return value.strftime("%Y-%m-%d %H:%M") if value else "-"
+
+
+@token_group.command("list")
+@with_appcontext
+def token_list():
+    """List tokens without their secrets."""
+    with database.connection_context():
+        tokens = list(BearerToken.select().order_by(BearerToken.idp, BearerToken.id))
+    if not tokens:
+        click.echo("No tokens.", err=True)
+        return
+    click.echo(
+        "ID  IDP       KEY           STATUS    CREATED           EXPIRES           LAST USED         LABEL / LAST CLIENT"
+    )
+    for t in tokens:
+        click.echo(
+            f"{t.id:<3} {t.idp:<9} {t.key:<13} {t.status:<9} {_when(t.created_at):<17} "
+            f"{_when(t.expires_at):<17} {_when(t.last_used_at):<17} "
+            f"{t.label or '-'} / {t.last_user_agent or '-'}"
+        )
+
+
+def _token(token_id):
+    token = BearerToken.get_or_none(BearerToken.id == token_id)
+    if token is None:
+        raise click.ClickException(f"No token with id {token_id}.")
+    return token
+
+
+@token_group.command("set-active")
+@click.argument("token_id", type=int)
+@with_appcontext
+def token_set_active(token_id):
+    """Let a token authenticate again."""
+    with database.connection_context():
+        _token(token_id).set_active(True)
+    click.echo(f"Token {token_id} is active.", err=True)
+
+
+@token_group.command("set-inactive")
+@click.argument("token_id", type=int)
+@with_appcontext
+def token_set_inactive(token_id):
+    """Stop a token from authenticating without removing it."""
+    with database.connection_context():
+        _token(token_id).set_active(False)
+    click.echo(f"Token {token_id} is inactive.", err=True)
+
+
+@token_group.command("renew")
+@click.argument("token_id", type=int)
+@with_appcontext
+def token_renew(token_id):
+    """Issue a new secret in the token's slot; the old one stops working at once."""
+    with database.connection_context():
+        secret = _token(token_id).renew()
+    click.echo(secret)
+    click.echo(f"Target SCIM URL: {target_url()}", err=True)
+
+
+@token_group.command("remove")
+@click.argument("token_id", type=int)
+@with_appcontext
+def token_remove(token_id):
+    """Delete a token; users and groups it provisioned stay."""
+    with database.connection_context():
+        _token(token_id).delete_instance()
+    click.echo(f"Token {token_id} removed.", err=True)
+
+
+@click.group("attribute")
+def attribute_group():
+    """Manage custom user attributes in the SCIM extension schema."""
+
+
+@attribute_group.command("add")
+@click.argument("name")
+@click.option("--type", "type_", default="string", type=click.Choice(CUSTOM_TYPES))
+@with_appcontext
+def attribute_add(name, type_):
+    """Define a custom user attribute an IdP can map."""
+    if not ATTRIBUTE_NAME.match(name):
+        raise click.ClickException(
+            "An attribute name starts with a letter and has only letters, digits, - and _."
+        )
+    with database.connection_context():
+        if CustomAttribute.get_or_none(CustomAttribute.name == name):
+            raise click.ClickException(f"Attribute {name} already exists.")
+        CustomAttribute.create(name=name, type=type_)
+    urn = current_app.config["SCIM_CUSTOM_SCHEMA"]
+    click.echo(f"{urn}:{name}")
+
+
+@attribute_group.command("list")
+@with_appcontext
+def attribute_list():
+    """List custom user attributes with their full SCIM paths."""
+    urn = current_app.config["SCIM_CUSTOM_SCHEMA"]
+    with database.connection_context():
+        for name, type_ in CustomAttribute.definitions():
+            click.echo(f"{urn}:{name}\t{type_}")
+
+
+@attribute_group.command("remove")
+@click.argument("name")
+@with_appcontext
+def attribute_remove(name):
+    """Delete a custom user attribute definition (stored values stop being returned)."""
+    with database.connection_context():
+        removed = CustomAttribute.delete().where(CustomAttribute.name == name).execute()
+    if not removed:
+        raise click.ClickException(f"No attribute {name}.")
+    click.echo(f"Attribute {name} removed.", err=True)
+
+
+def init_app(app):
+    """Register mdm's commands on the Flask CLI."""
+    app.cli.add_command(serve_command)
+    app.cli.add_command(token_group)
+    app.cli.add_command(attribute_group)
+
+
+def main():
+    """Run the ``mdm`` console script."""
+    from . import create_app
+
+    cli = FlaskGroup(create_app=lambda: create_app(), load_dotenv=False)
+    cli.main(args=sys.argv[1:], prog_name="mdm")

@@ -1,0 +1,361 @@
+"""Peewee tables and domain operations: tokens, users, groups, memberships, custom attributes."""
+
+import hashlib
+import hmac
+import json
+import secrets
+import uuid
+from datetime import UTC
+from datetime import datetime
+from datetime import timedelta
+
+from peewee import BooleanField
+from peewee import DateTimeField
+from peewee import ForeignKeyField
+from peewee import IntegerField
+from peewee import TextField
+
+from .db import database
+
+IDPS = {"entra": "Entra ID", "okta": "Okta", "generic": "Generic SCIM"}
+MAX_TOKENS_PER_IDP = 2
+TOKEN_PREFIX = "mdm"
+
+
+def utcnow():
+    """Return the current UTC time as a naive datetime (SQLite stores no zone)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def new_id():
+    return str(uuid.uuid4())
+
+
+class TokenError(Exception):
+    """A token operation that the rules refuse, with a message for the admin."""
+
+
+class BearerToken(database.Model):
+    """A bearer secret an identity provider connection uses to call the SCIM API.
+
+    Only a SHA-256 of the secret is stored. ``key`` is a short public identifier
+    embedded in the secret, so authentication is one indexed lookup followed by a
+    constant-time comparison, never a scan over hashes.
+    """
+
+    idp = TextField(index=True)
+    label = TextField(default="")
+    key = TextField(unique=True)
+    secret_hash = TextField()
+    active = BooleanField(default=True)
+    created_at = DateTimeField(default=utcnow)
+    created_by = TextField(default="")
+    expires_at = DateTimeField(null=True)
+    renewed_at = DateTimeField(null=True)
+    last_used_at = DateTimeField(null=True)
+    last_user_agent = TextField(null=True)
+
+    class Meta:
+        table_name = "bearer_token"
+
+    @property
+    def idp_name(self):
+        return IDPS.get(self.idp, self.idp)
+
+    @property
+    def expired(self):
+        return self.expires_at is not None and self.expires_at <= utcnow()
+
+    @property
+    def status(self):
+        if self.expired:
+            return "Expired"
+        return "Active" if self.active else "Inactive"
+
+    @staticmethod
+    def _hash(secret):
+        return hashlib.sha256(secret.encode()).hexdigest()
+
+    @staticmethod
+    def _new_secret():
+        key = secrets.token_hex(6)
+        return key, f"{TOKEN_PREFIX}_{key}_{secrets.token_urlsafe(32)}"
+
+    @classmethod
+    def issue(cls, idp, label="", created_by="", expires_in_days=None):
+        """Create a token for ``idp`` and return (token, secret); the secret is shown once.
+
+        :raise TokenError: if the connection already has its two tokens.
+        """
+        if idp not in IDPS:
+            raise TokenError(f"Unknown identity provider {idp!r}.")
+        expires_at = None
+        if expires_in_days is not None:
+            if expires_in_days <= 0:
+                raise TokenError("The expiry must be a positive number of days.")
+            expires_at = utcnow() + timedelta(days=expires_in_days)
+        with database.atomic("IMMEDIATE"):
+            if cls.select().where(cls.idp == idp).count() >= MAX_TOKENS_PER_IDP:
+                raise TokenError(
+                    f"{IDPS[idp]} already has {MAX_TOKENS_PER_IDP} tokens; "
+                    "remove or renew one instead."
+                )
+            key, secret = cls._new_secret()
+            token = cls.create(
+                idp=idp,
+                label=label or "",
+                key=key,
+                secret_hash=cls._hash(secret),
+                created_by=created_by or "",
+                expires_at=expires_at,
+            )
+        return token, secret
+
+    def renew(self):
+        """Replace the secret in this slot; the old secret stops working at once."""
+        key, secret = self._new_secret()
+        self.key = key
+        self.secret_hash = self._hash(secret)
+        self.renewed_at = utcnow()
+        self.save()
+        return secret
+
+    def set_active(self, active):
+        self.active = active
+        self.save()
+
+    @classmethod
+    def authenticate(cls, secret):
+        """Return the active, unexpired token matching ``secret``, or None."""
+        parts = secret.split("_") if secret else []
+        if len(parts) < 3 or parts[0] != TOKEN_PREFIX:
+            return None
+        token = cls.get_or_none(cls.key == parts[1])
+        if token is None:
+            return None
+        if not hmac.compare_digest(token.secret_hash, cls._hash(secret)):
+            return None
+        if not token.active or token.expired:
+            return None
+        return token
+
+    def touch(self, user_agent):
+        """Record a use, writing at most once a minute to spare the write lock."""
+        now = utcnow()
+        user_agent = (user_agent or "")[:256] or None
+        stale = self.last_used_at is None or now - self.last_used_at > timedelta(
+            minutes=1
+        )
+        if stale or user_agent != self.last_user_agent:
+            (
+                BearerToken.update(last_used_at=now, last_user_agent=user_agent)
+                .where(BearerToken.id == self.id)
+                .execute()
+            )
+
+
+class User(database.Model):
+    """A provisioned user; ``data`` holds the SCIM attributes as sent, columns mirror the filterable ones.
+
+    A user deleted through SCIM keeps its row with ``deprovisioned_at`` set until
+    an administrator purges it, so an IdP can never destroy directory data.
+    """
+
+    scim_id = TextField(unique=True, default=new_id)
+    user_name = TextField(collation="NOCASE")
+    external_id = TextField(null=True, index=True)
+    display_name = TextField(null=True, collation="NOCASE")
+    given_name = TextField(null=True, collation="NOCASE")
+    family_name = TextField(null=True, collation="NOCASE")
+    email = TextField(null=True, collation="NOCASE", index=True)
+    active = BooleanField(default=True)
+    data = TextField(default="{}")
+    password_hash = TextField(null=True)
+    source = TextField(default="generic")
+    version = IntegerField(default=1)
+    created = DateTimeField(default=utcnow, index=True)
+    last_modified = DateTimeField(default=utcnow, index=True)
+    deprovisioned_at = DateTimeField(null=True)
+
+    @property
+    def attributes(self):
+        return json.loads(self.data)
+
+    @classmethod
+    def live(cls):
+        """Users visible to SCIM: everything not deprovisioned."""
+        return cls.select().where(cls.deprovisioned_at.is_null())
+
+
+class Group(database.Model):
+    """A provisioned group; members live one row each in Membership."""
+
+    scim_id = TextField(unique=True, default=new_id)
+    display_name = TextField(collation="NOCASE")
+    external_id = TextField(null=True, index=True)
+    source = TextField(default="generic")
+    version = IntegerField(default=1)
+    created = DateTimeField(default=utcnow, index=True)
+    last_modified = DateTimeField(default=utcnow, index=True)
+    deprovisioned_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = "user_group"
+
+    @classmethod
+    def live(cls):
+        """Groups visible to SCIM: everything not deprovisioned."""
+        return cls.select().where(cls.deprovisioned_at.is_null())
+
+
+class Membership(database.Model):
+    """One user in one group; a membership change touches only its own rows."""
+
+    group = ForeignKeyField(Group, backref="memberships", on_delete="CASCADE")
+    user = ForeignKeyField(User, backref="memberships", on_delete="CASCADE")
+
+    class Meta:
+        indexes = ((("group", "user"), True),)
+
+
+class CustomAttribute(database.Model):
+    """An administrator-defined user attribute in the custom extension schema."""
+
+    name = TextField(unique=True, collation="NOCASE")
+    type = TextField(default="string")
+    created_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "custom_attribute"
+
+    @classmethod
+    def definitions(cls):
+        """Return (name, type) pairs in creation order."""
+        return [(a.name, a.type) for a in cls.select().order_by(cls.id)]
+
+
+# userName and displayName are unique only among live resources, so a name
+# freed by a SCIM DELETE can be provisioned again while the old row awaits purge.
+User.add_index(User.user_name, unique=True, where=User.deprovisioned_at.is_null())
+Group.add_index(Group.display_name, unique=True, where=Group.deprovisioned_at.is_null())
+Membership.add_index(Membership.user)
+
+MODELS = [BearerToken, User, Group, Membership, CustomAttribute]
+SCHEMA_VERSION = 1
+
+
+def migrate():
+    """Create missing tables and bring the schema up to SCHEMA_VERSION."""
+    current = database.execute_sql("PRAGMA user_version").fetchone()[0]
+    if current > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"Database schema version {current} is newer than this release "
+            f"understands ({SCHEMA_VERSION}); upgrade mdm."
+        )
+    with database.atomic():
+        database.create_tables(MODELS, safe=True)
+        database.execute_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+#
+# Directory writes
+#
+
+
+def _dump(data):
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def _primary_value(items):
+    """Return the primary item's value, else the first one's."""
+    if not items:
+        return None
+    for item in items:
+        if item.get("primary") is True and item.get("value"):
+            return item["value"]
+    return items[0].get("value")
+
+
+def hash_password(password):
+    """Hash a SCIM-supplied password; call it outside write transactions, it is slow on purpose."""
+    from werkzeug.security import generate_password_hash
+
+    return generate_password_hash(password)
+
+
+def mirror_user(user, data, password_hash=None):
+    """Copy validated SCIM ``data`` onto ``user`` and its filterable columns (unsaved)."""
+    name = data.get("name") or {}
+    user.user_name = data["userName"]
+    user.external_id = data.get("externalId")
+    user.display_name = data.get("displayName")
+    user.given_name = name.get("givenName")
+    user.family_name = name.get("familyName")
+    user.email = _primary_value(data.get("emails"))
+    user.active = data.get("active", True)
+    user.data = _dump(data)
+    if password_hash is not None:
+        user.password_hash = password_hash
+
+
+def touch(row):
+    """Mark a user or group as changed: a new version and lastModified."""
+    row.version += 1
+    row.last_modified = max(utcnow(), row.last_modified)
+
+
+def user_pks(scim_ids):
+    """Map SCIM ids of live users to primary keys, in chunks that fit SQLite's parameter limit."""
+    found = {}
+    ids = list(scim_ids)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        query = User.select(User.id, User.scim_id).where(
+            User.scim_id.in_(chunk) & User.deprovisioned_at.is_null()
+        )
+        for row in query.tuples():
+            found[row[1]] = row[0]
+    return found
+
+
+def group_scim_ids(scim_ids):
+    """Return which of ``scim_ids`` name live groups (nesting is not supported)."""
+    ids = list(scim_ids)
+    found = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        query = Group.select(Group.scim_id).where(
+            Group.scim_id.in_(chunk) & Group.deprovisioned_at.is_null()
+        )
+        found.update(row[0] for row in query.tuples())
+    return found
+
+
+def add_members(group, pks):
+    """Add users to a group, ignoring those already in it; return how many were added."""
+    added = 0
+    pks = list(pks)
+    for start in range(0, len(pks), 500):
+        rows = [{"group": group.id, "user": pk} for pk in pks[start : start + 500]]
+        cursor = database.execute(Membership.insert_many(rows).on_conflict_ignore())
+        added += max(cursor.rowcount, 0)
+    return added
+
+
+def remove_members(group, pks):
+    """Remove users from a group, ignoring non-members; return how many were removed."""
+    removed = 0
+    pks = list(pks)
+    for start in range(0, len(pks), 500):
+        chunk = pks[start : start + 500]
+        removed += (
+            Membership.delete()
+            .where((Membership.group == group.id) & Membership.user.in_(chunk))
+            .execute()
+        )
+    return removed
+
+
+def clear_members(group):
+    """Remove every member of a group; return how many were removed."""
+    return Membership.delete().where(Membership.group == group.id).execute()

@@ -1,0 +1,214 @@
+"""Outbound SCIM (RFC 7643 §3, RFC 7644 §3.4.2, §3.9): models to resources, lists and projections."""
+
+import copy
+import json
+
+from . import schema
+
+
+def timestamp(value):
+    """Format a naive UTC datetime as RFC 3339 with millisecond precision."""
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def etag(row):
+    """Return the weak entity tag of a user or group (RFC 7644 §3.14)."""
+    return f'W/"{row.version}"'
+
+
+def _meta(row, resource_type, location):
+    return {
+        "resourceType": resource_type,
+        "created": timestamp(row.created),
+        "lastModified": timestamp(row.last_modified),
+        "location": location,
+        "version": etag(row),
+    }
+
+
+def user(row, base_url, groups=(), resource_type=None):
+    """Return the SCIM representation of a user; ``groups`` are (id, displayName) pairs."""
+    data = json.loads(row.data)
+    extensions = [
+        urn for urn in data if urn.startswith("urn:") and isinstance(data[urn], dict)
+    ]
+    if resource_type is not None:
+        # Drop values of custom attributes that were deleted since they were stored.
+        known = {s.id for s in resource_type.extensions}
+        extensions = [urn for urn in extensions if urn in known]
+        for urn in list(data):
+            if urn.startswith("urn:") and urn not in known:
+                del data[urn]
+    resource = {"schemas": [schema.USER_SCHEMA, *extensions], "id": row.scim_id}
+    if row.external_id is not None:
+        resource["externalId"] = row.external_id
+    resource["meta"] = _meta(row, "User", f"{base_url}/Users/{row.scim_id}")
+    data.pop("externalId", None)
+    resource.update(data)
+    if groups:
+        resource["groups"] = [
+            {
+                "value": group_id,
+                "$ref": f"{base_url}/Groups/{group_id}",
+                "display": display,
+                "type": "direct",
+            }
+            for group_id, display in groups
+        ]
+    return resource
+
+
+def group(row, base_url, members=None):
+    """Return the SCIM representation of a group; ``members`` are (id, display) pairs or None."""
+    resource = {"schemas": [schema.GROUP_SCHEMA], "id": row.scim_id}
+    if row.external_id is not None:
+        resource["externalId"] = row.external_id
+    resource["meta"] = _meta(row, "Group", f"{base_url}/Groups/{row.scim_id}")
+    resource["displayName"] = row.display_name
+    if members is not None:
+        resource["members"] = [
+            {
+                "value": user_id,
+                "$ref": f"{base_url}/Users/{user_id}",
+                "display": display,
+                "type": "User",
+            }
+            for user_id, display in members
+        ]
+        # Drop a null display rather than send it (no nulls in responses).
+        for member in resource["members"]:
+            if member["display"] is None:
+                del member["display"]
+    return resource
+
+
+def list_response(resources, total, start_index):
+    """Wrap a page of resources in a ListResponse (RFC 7644 §3.4.2)."""
+    return {
+        "schemas": [schema.LIST_RESPONSE],
+        "totalResults": total,
+        "startIndex": start_index,
+        "itemsPerPage": len(resources),
+        "Resources": resources,
+    }
+
+
+#
+# attributes / excludedAttributes (RFC 7644 §3.4.2.5)
+#
+
+
+def wants(resource_type, name, attributes, excluded):
+    """Tell whether the projection keeps top-level attribute ``name`` (e.g. "members")."""
+    if attributes:
+        for path in attributes:
+            resolved = resource_type.resolve(path)
+            if resolved and resolved[1].name == name:
+                return True
+        return False
+    if excluded:
+        for path in excluded:
+            resolved = resource_type.resolve(path)
+            if resolved and resolved[1].name == name and resolved[2] is None:
+                return False
+    return True
+
+
+def project(resource, resource_type, attributes=None, excluded=None):
+    """Apply ``attributes`` or ``excludedAttributes`` to a serialized resource.
+
+    ``id`` and ``schemas`` are always returned; unknown names are ignored.
+    """
+    if attributes:
+        result = {"schemas": resource["schemas"], "id": resource["id"]}
+        for path in attributes:
+            _copy_path(resource, result, resource_type, path)
+        _fix_schemas(result, resource_type)
+        return result
+    if excluded:
+        result = copy.deepcopy(resource)
+        for path in excluded:
+            _drop_path(result, resource_type, path)
+        _fix_schemas(result, resource_type)
+        return result
+    return resource
+
+
+def _locate(resource_type, path):
+    """Return (container key or None, attribute, sub) for a projection path."""
+    schema_, rest = resource_type.split_urn(path)
+    if schema_ is not None and not rest:
+        return schema_.id if schema_ is not resource_type.core else None, None, None
+    resolved = resource_type.resolve(path)
+    if resolved is None:
+        return None, False, None
+    owner, attribute, sub = resolved
+    key = owner.id if owner is not None and owner is not resource_type.core else None
+    return key, attribute, sub
+
+
+def _copy_path(source, target, resource_type, path):
+    key, attribute, sub = _locate(resource_type, path)
+    if attribute is False:
+        return
+    if attribute is None:
+        # A whole schema: an extension URN, or the core URN meaning everything.
+        if key is None:
+            target.update(copy.deepcopy(source))
+        elif key in source:
+            target[key] = copy.deepcopy(source[key])
+        return
+    src = source.get(key) if key else source
+    if not isinstance(src, dict) or attribute.name not in src:
+        return
+    dst = target.setdefault(key, {}) if key else target
+    value = src[attribute.name]
+    if sub is None:
+        dst[attribute.name] = copy.deepcopy(value)
+    elif isinstance(value, list):
+        picked = [
+            {sub.name: item[sub.name]}
+            for item in value
+            if isinstance(item, dict) and sub.name in item
+        ]
+        existing = dst.get(attribute.name)
+        if isinstance(existing, list) and len(existing) == len(picked):
+            for whole, part in zip(existing, picked, strict=True):
+                whole.update(part)
+        elif picked:
+            dst[attribute.name] = picked
+    elif isinstance(value, dict) and sub.name in value:
+        dst.setdefault(attribute.name, {})[sub.name] = value[sub.name]
+
+
+def _drop_path(resource, resource_type, path):
+    key, attribute, sub = _locate(resource_type, path)
+    if attribute is False:
+        return
+    if attribute is None:
+        if key is not None:
+            resource.pop(key, None)
+        return
+    if attribute.returned == "always":
+        return
+    container = resource.get(key) if key else resource
+    if not isinstance(container, dict) or attribute.name not in container:
+        return
+    if sub is None:
+        del container[attribute.name]
+    else:
+        value = container[attribute.name]
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if isinstance(item, dict):
+                item.pop(sub.name, None)
+    if key and not container:
+        del resource[key]
+
+
+def _fix_schemas(resource, resource_type):
+    resource["schemas"] = [
+        urn
+        for urn in resource["schemas"]
+        if urn == resource_type.core.id or urn in resource
+    ]

@@ -1,0 +1,715 @@
+"""SCIM endpoints (RFC 7644 §3): thin views over parse, filters, patch, models and serialize."""
+
+import copy
+import json
+
+from flask import current_app
+from flask import g
+from flask import make_response
+from flask import request
+from peewee import IntegrityError
+from werkzeug.exceptions import HTTPException
+
+from ..db import write_transaction
+from ..models import CustomAttribute
+from ..models import Group
+from ..models import Membership
+from ..models import User
+from ..models import add_members
+from ..models import clear_members
+from ..models import group_scim_ids
+from ..models import hash_password
+from ..models import mirror_user
+from ..models import remove_members
+from ..models import touch
+from ..models import user_pks
+from ..models import utcnow
+from . import CONTENT_TYPE
+from . import URL_PREFIX
+from . import bp
+from . import filters
+from . import parse
+from . import patch
+from . import schema
+from . import serialize
+from .auth import authenticate
+from .errors import ScimError
+
+JSON_TYPES = ("application/scim+json", "application/json", "text/json")
+
+bp.before_request(authenticate)
+
+
+@bp.after_request
+def set_content_type(response):
+    """Label every SCIM response, errors included, as application/scim+json."""
+    if response.status_code != 204:
+        response.headers["Content-Type"] = CONTENT_TYPE
+    return response
+
+
+def scim_error_response(error):
+    """Render a ScimError as a SCIM Error response."""
+    response = make_response(json.dumps(error.body()), error.status)
+    response.headers["Content-Type"] = CONTENT_TYPE
+    response.headers.update(error.headers)
+    return response
+
+
+@bp.errorhandler(ScimError)
+def handle_scim_error(error):
+    return scim_error_response(error)
+
+
+@bp.errorhandler(HTTPException)
+def handle_http_error(error):
+    return scim_error_response(ScimError(error.code, None, error.description))
+
+
+#
+# Helpers
+#
+
+
+def base_url():
+    """Return the absolute SCIM base URL, honouring PUBLIC_URL behind a proxy."""
+    public = current_app.config.get("PUBLIC_URL")
+    root = public.rstrip("/") if public else request.url_root.rstrip("/")
+    return root + URL_PREFIX
+
+
+def user_type():
+    """Return the User resource type with the currently defined custom attributes."""
+    return schema.user_type(
+        current_app.config["SCIM_CUSTOM_SCHEMA"], CustomAttribute.definitions()
+    )
+
+
+def request_body():
+    """Return the request's JSON object; accept scim+json, json, or no content type."""
+    mimetype = request.mimetype
+    if mimetype and mimetype not in JSON_TYPES and not mimetype.endswith("+json"):
+        raise ScimError(
+            415,
+            "invalidSyntax",
+            f"Content-Type {mimetype} is not supported; send application/scim+json.",
+        )
+    return parse.json_body(request.get_data(cache=False))
+
+
+def list_params(source=None):
+    config = current_app.config
+    return parse.list_params(
+        request.args if source is None else source,
+        config["SCIM_DEFAULT_COUNT"],
+        config["SCIM_MAX_RESULTS"],
+    )
+
+
+def projection():
+    params = list_params()
+    return params.attributes, params.excluded
+
+
+def respond(resource, status=200, headers=None):
+    """Send a resource with its ETag (RFC 7644 §3.14)."""
+    response = make_response(json.dumps(resource, ensure_ascii=False), status)
+    version = resource.get("meta", {}).get("version")
+    if version:
+        response.headers["ETag"] = version
+    response.headers.update(headers or {})
+    return response
+
+
+def _etags(header):
+    return [tag.strip() for tag in header.split(",") if tag.strip()]
+
+
+def _same_tag(a, b):
+    # Weak comparison (RFC 7232 §2.3.2): W/ prefixes are ignored.
+    return a.removeprefix("W/") == b.removeprefix("W/")
+
+
+def check_if_match(row):
+    """Refuse a write whose If-Match names another version (412)."""
+    header = request.headers.get("If-Match")
+    if not header:
+        return
+    current = serialize.etag(row)
+    tags = _etags(header)
+    if "*" in tags or any(_same_tag(tag, current) for tag in tags):
+        return
+    raise ScimError(
+        412, None, f"The resource has changed: its version is now {current}."
+    )
+
+
+def not_modified(row):
+    """Tell whether If-None-Match names the current version (304)."""
+    header = request.headers.get("If-None-Match")
+    if not header:
+        return False
+    current = serialize.etag(row)
+    tags = _etags(header)
+    return "*" in tags or any(_same_tag(tag, current) for tag in tags)
+
+
+def not_modified_response(row):
+    response = make_response("", 304)
+    response.headers["ETag"] = serialize.etag(row)
+    return response
+
+
+def get_live(model, scim_id, kind):
+    """Return the live user or group with ``scim_id`` or raise a SCIM 404."""
+    row = model.live().where(model.scim_id == scim_id).first()
+    if row is None:
+        raise ScimError.not_found(f"{kind} {scim_id} not found.")
+    return row
+
+
+def token_idp():
+    token = g.get("scim_token")
+    return token.idp if token is not None else "generic"
+
+
+#
+# Users
+#
+
+
+def groups_of(users):
+    """Return {user pk: [(group id, displayName)]} for a page of users in one query."""
+    pks = [user.id for user in users]
+    if not pks:
+        return {}
+    query = (
+        Membership.select(Membership.user, Group.scim_id, Group.display_name)
+        .join(Group)
+        .where(Membership.user.in_(pks) & Group.deprovisioned_at.is_null())
+        .order_by(Group.display_name)
+        .tuples()
+    )
+    found = {}
+    for user_pk, group_id, display in query:
+        found.setdefault(user_pk, []).append((group_id, display))
+    return found
+
+
+def render_user(user, resource_type, attributes=None, excluded=None, groups=None):
+    if groups is None:
+        groups = groups_of([user]).get(user.id, ())
+    resource = serialize.user(user, base_url(), groups, resource_type)
+    return serialize.project(resource, resource_type, attributes, excluded)
+
+
+def search_users(params, resource_type):
+    """Run a filtered, sorted, paged user query in the database."""
+    query = User.live()
+    if params.filter:
+        node = filters.parse(params.filter)
+        query = query.where(filters.to_expression(node, resource_type))
+    total = query.count()
+    resources = []
+    if params.count:
+        order = [User.id]
+        if params.sort_by:
+            key = filters.sort_expression(params.sort_by, resource_type)
+            order.insert(0, key.desc() if params.descending else key.asc())
+        page = list(
+            query.order_by(*order).offset(params.start_index - 1).limit(params.count)
+        )
+        wanted = serialize.wants(
+            resource_type, "groups", params.attributes, params.excluded
+        )
+        groups = groups_of(page) if wanted else {}
+        resources = [
+            render_user(
+                user,
+                resource_type,
+                params.attributes,
+                params.excluded,
+                groups.get(user.id, ()),
+            )
+            for user in page
+        ]
+    return resources, total
+
+
+@bp.get("/Users", strict_slashes=False)
+def query_users():
+    """List users, optionally filtered, sorted and paged (RFC 7644 §3.4.2)."""
+    params = list_params()
+    resources, total = search_users(params, user_type())
+    return serialize.list_response(resources, total, params.start_index)
+
+
+@bp.post("/Users/.search", strict_slashes=False)
+def search_users_view():
+    """Search users with a SearchRequest body (RFC 7644 §3.4.3)."""
+    params = list_params(request_body())
+    resources, total = search_users(params, user_type())
+    return serialize.list_response(resources, total, params.start_index)
+
+
+@bp.get("/Users/<user_id>", strict_slashes=False)
+def query_user(user_id):
+    """Return one user (RFC 7644 §3.4.1)."""
+    user = get_live(User, user_id, "User")
+    if not_modified(user):
+        return not_modified_response(user)
+    attributes, excluded = projection()
+    return respond(render_user(user, user_type(), attributes, excluded))
+
+
+def _uniqueness_error(data):
+    return ScimError.uniqueness(
+        f"A user with userName {data['userName']!r} already exists."
+    )
+
+
+@bp.post("/Users", strict_slashes=False)
+def create_user():
+    """Create a user (RFC 7644 §3.3)."""
+    resource_type = user_type()
+    data, password = parse.user(request_body(), resource_type, creating=True)
+    password_hash = hash_password(password) if password else None
+    try:
+        with write_transaction():
+            user = User(source=token_idp())
+            mirror_user(user, data, password_hash)
+            user.save(force_insert=True)
+    except IntegrityError:
+        raise _uniqueness_error(data) from None
+    attributes, excluded = projection()
+    resource = render_user(user, resource_type, attributes, excluded, groups=())
+    location = f"{base_url()}/Users/{user.scim_id}"
+    return respond(resource, 201, {"Location": location})
+
+
+@bp.put("/Users/<user_id>", strict_slashes=False)
+def replace_user(user_id):
+    """Replace a user's attributes (RFC 7644 §3.5.1); an omitted password is kept."""
+    resource_type = user_type()
+    data, password = parse.user(request_body(), resource_type)
+    password_hash = hash_password(password) if password else None
+    try:
+        with write_transaction():
+            user = get_live(User, user_id, "User")
+            check_if_match(user)
+            if user.attributes != data or password_hash:
+                mirror_user(user, data, password_hash)
+                touch(user)
+                user.save()
+    except IntegrityError:
+        raise _uniqueness_error(data) from None
+    attributes, excluded = projection()
+    return respond(render_user(user, resource_type, attributes, excluded))
+
+
+@bp.patch("/Users/<user_id>", strict_slashes=False)
+def patch_user(user_id):
+    """Apply PATCH operations to a user (RFC 7644 §3.5.2) and return it."""
+    resource_type = user_type()
+    operations = patch.operations(request_body())
+    try:
+        with write_transaction():
+            user = get_live(User, user_id, "User")
+            check_if_match(user)
+            resource = user.attributes
+            before = copy.deepcopy(resource)
+            result = patch.apply(resource, operations, resource_type)
+            data, password = parse.user(resource, resource_type)
+            password_hash = hash_password(password) if password else None
+            if data != before or password_hash:
+                mirror_user(user, data, password_hash)
+                touch(user)
+                user.save()
+    except IntegrityError:
+        raise _uniqueness_error(data) from None
+    for note in result.ignored:
+        current_app.logger.info("PATCH /Users/%s: %s", user_id, note)
+    attributes, excluded = projection()
+    return respond(render_user(user, resource_type, attributes, excluded))
+
+
+@bp.delete("/Users/<user_id>", strict_slashes=False)
+def delete_user(user_id):
+    """Remove a user from SCIM (RFC 7644 §3.6); the directory keeps it as deprovisioned."""
+    with write_transaction():
+        user = get_live(User, user_id, "User")
+        check_if_match(user)
+        user.deprovisioned_at = utcnow()
+        touch(user)
+        user.save()
+    return "", 204
+
+
+#
+# Groups
+#
+
+
+def members_of(groups):
+    """Return {group pk: [(user id, displayName)]} for live members, in one query."""
+    pks = [group.id for group in groups]
+    if not pks:
+        return {}
+    query = (
+        Membership.select(Membership.group, User.scim_id, User.display_name)
+        .join(User)
+        .where(Membership.group.in_(pks) & User.deprovisioned_at.is_null())
+        .order_by(Membership.id)
+        .tuples()
+    )
+    found = {pk: [] for pk in pks}
+    for group_pk, user_id, display in query:
+        found[group_pk].append((user_id, display))
+    return found
+
+
+def render_group(group, attributes=None, excluded=None, members=None):
+    wanted = serialize.wants(schema.GROUP_TYPE, "members", attributes, excluded)
+    if wanted and members is None:
+        members = members_of([group])[group.id]
+    resource = serialize.group(group, base_url(), members if wanted else None)
+    return serialize.project(resource, schema.GROUP_TYPE, attributes, excluded)
+
+
+def search_groups(params):
+    """Run a filtered, sorted, paged group query in the database."""
+    query = Group.live()
+    if params.filter:
+        node = filters.parse(params.filter)
+        query = query.where(filters.to_expression(node, schema.GROUP_TYPE))
+    total = query.count()
+    resources = []
+    if params.count:
+        order = [Group.id]
+        if params.sort_by:
+            key = filters.sort_expression(params.sort_by, schema.GROUP_TYPE)
+            order.insert(0, key.desc() if params.descending else key.asc())
+        page = list(
+            query.order_by(*order).offset(params.start_index - 1).limit(params.count)
+        )
+        wanted = serialize.wants(
+            schema.GROUP_TYPE, "members", params.attributes, params.excluded
+        )
+        members = members_of(page) if wanted else {}
+        resources = [
+            render_group(
+                group, params.attributes, params.excluded, members.get(group.id, [])
+            )
+            for group in page
+        ]
+    return resources, total
+
+
+@bp.get("/Groups", strict_slashes=False)
+def query_groups():
+    """List groups, optionally filtered, sorted and paged (RFC 7644 §3.4.2)."""
+    params = list_params()
+    resources, total = search_groups(params)
+    return serialize.list_response(resources, total, params.start_index)
+
+
+@bp.post("/Groups/.search", strict_slashes=False)
+def search_groups_view():
+    """Search groups with a SearchRequest body (RFC 7644 §3.4.3)."""
+    params = list_params(request_body())
+    resources, total = search_groups(params)
+    return serialize.list_response(resources, total, params.start_index)
+
+
+@bp.get("/Groups/<group_id>", strict_slashes=False)
+def query_group(group_id):
+    """Return one group (RFC 7644 §3.4.1)."""
+    group = get_live(Group, group_id, "Group")
+    if not_modified(group):
+        return not_modified_response(group)
+    attributes, excluded = projection()
+    return respond(render_group(group, attributes, excluded))
+
+
+def resolve_members(ids, group_id):
+    """Map member ids to user keys; unknown ids and nested groups are skipped and logged."""
+    found = user_pks(ids)
+    missing = [member for member in ids if member not in found]
+    if missing:
+        nested = group_scim_ids(missing)
+        for member in missing:
+            reason = (
+                "is a group (nested groups are not supported)"
+                if member in nested
+                else "is not a known user"
+            )
+            current_app.logger.warning(
+                "Group %s: member %s %s; skipped.", group_id, member, reason
+            )
+    return [found[member] for member in ids if member in found]
+
+
+def apply_member_changes(group, changes):
+    """Apply PATCH member changes in order as row inserts and deletes; return rows changed."""
+    changed = 0
+    for action, argument in changes:
+        if action == "add":
+            changed += add_members(group, resolve_members(argument, group.scim_id))
+        elif action == "remove":
+            changed += remove_members(group, user_pks(argument).values())
+        elif action == "remove_all":
+            changed += clear_members(group)
+        elif action == "replace":
+            changed += clear_members(group)
+            changed += add_members(group, resolve_members(argument, group.scim_id))
+        elif action == "remove_where":
+            matched = User.select(User.id).where(filters.member_expression(argument))
+            changed += (
+                Membership.delete()
+                .where((Membership.group == group.id) & Membership.user.in_(matched))
+                .execute()
+            )
+    return changed
+
+
+def _group_uniqueness_error(data):
+    return ScimError.uniqueness(
+        f"A group with displayName {data['displayName']!r} already exists."
+    )
+
+
+@bp.post("/Groups", strict_slashes=False)
+def create_group():
+    """Create a group, with any members that name known users (RFC 7644 §3.3)."""
+    data, member_ids = parse.group(request_body())
+    try:
+        with write_transaction():
+            group = Group(
+                source=token_idp(),
+                display_name=data["displayName"],
+                external_id=data.get("externalId"),
+            )
+            group.save(force_insert=True)
+            if member_ids:
+                add_members(group, resolve_members(member_ids, group.scim_id))
+    except IntegrityError:
+        raise _group_uniqueness_error(data) from None
+    attributes, excluded = projection()
+    resource = render_group(group, attributes, excluded)
+    location = f"{base_url()}/Groups/{group.scim_id}"
+    return respond(resource, 201, {"Location": location})
+
+
+@bp.put("/Groups/<group_id>", strict_slashes=False)
+def replace_group(group_id):
+    """Replace a group (RFC 7644 §3.5.1); members change only when the body lists them."""
+    data, member_ids = parse.group(request_body())
+    try:
+        with write_transaction():
+            group = get_live(Group, group_id, "Group")
+            check_if_match(group)
+            changed = _set_group_attributes(group, data)
+            if member_ids is not None:
+                changed += apply_member_changes(group, [("replace", member_ids)])
+            if changed:
+                touch(group)
+                group.save()
+    except IntegrityError:
+        raise _group_uniqueness_error(data) from None
+    attributes, excluded = projection()
+    return respond(render_group(group, attributes, excluded))
+
+
+def _set_group_attributes(group, data):
+    new = (data["displayName"], data.get("externalId"))
+    if (group.display_name, group.external_id) == new:
+        return 0
+    group.display_name, group.external_id = new
+    return 1
+
+
+@bp.patch("/Groups/<group_id>", strict_slashes=False)
+def patch_group(group_id):
+    """Apply PATCH operations to a group (RFC 7644 §3.5.2).
+
+    Answers 204 as Entra expects, or 200 with the resource when the client
+    asks for attributes or excludedAttributes.
+    """
+    operations = patch.operations(request_body())
+    try:
+        with write_transaction():
+            group = get_live(Group, group_id, "Group")
+            check_if_match(group)
+            resource = {"displayName": group.display_name}
+            if group.external_id is not None:
+                resource["externalId"] = group.external_id
+            result = patch.apply(resource, operations, schema.GROUP_TYPE)
+            data, _ = parse.group(resource)
+            changed = _set_group_attributes(group, data)
+            changed += apply_member_changes(group, result.members)
+            if changed:
+                touch(group)
+                group.save()
+    except IntegrityError:
+        raise _group_uniqueness_error(data) from None
+    for note in result.ignored:
+        current_app.logger.info("PATCH /Groups/%s: %s", group_id, note)
+    attributes, excluded = projection()
+    if attributes or excluded:
+        return respond(render_group(group, attributes, excluded))
+    response = make_response("", 204)
+    response.headers["ETag"] = serialize.etag(group)
+    return response
+
+
+@bp.delete("/Groups/<group_id>", strict_slashes=False)
+def delete_group(group_id):
+    """Remove a group from SCIM (RFC 7644 §3.6); the directory keeps it as deprovisioned."""
+    with write_transaction():
+        group = get_live(Group, group_id, "Group")
+        check_if_match(group)
+        group.deprovisioned_at = utcnow()
+        touch(group)
+        group.save()
+    return "", 204
+
+
+#
+# Search across resource types, /Me and /Bulk
+#
+
+
+@bp.post("/.search", strict_slashes=False)
+def search_all():
+    """Search users and groups together (RFC 7644 §3.4.3); users are listed first."""
+    params = list_params(request_body())
+    resource_type = user_type()
+    user_params = copy.copy(params)
+    group_params = copy.copy(params)
+    user_ok = group_ok = True
+    if params.filter:
+        node = filters.parse(params.filter)
+        user_ok = _compiles(node, resource_type)
+        group_ok = _compiles(node, schema.GROUP_TYPE)
+        if not (user_ok or group_ok):
+            filters.to_expression(node, resource_type)  # raises the real error
+    user_params.count = group_params.count = 0
+    users_total = search_users(user_params, resource_type)[1] if user_ok else 0
+    groups_total = search_groups(group_params)[1] if group_ok else 0
+    resources = []
+    offset = params.start_index - 1
+    wanted = params.count
+    if user_ok and wanted and offset < users_total:
+        user_params.start_index, user_params.count = offset + 1, wanted
+        resources += search_users(user_params, resource_type)[0]
+    remaining = wanted - len(resources)
+    if group_ok and remaining > 0:
+        group_params.start_index = max(0, offset - users_total) + 1
+        group_params.count = remaining
+        resources += search_groups(group_params)[0]
+    return serialize.list_response(
+        resources, users_total + groups_total, params.start_index
+    )
+
+
+def _compiles(node, resource_type):
+    try:
+        filters.to_expression(node, resource_type)
+    except ScimError:
+        return False
+    return True
+
+
+@bp.route(
+    "/Me", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], strict_slashes=False
+)
+def me():
+    """Answer /Me: a token belongs to a connection, not to a user (RFC 7644 §3.11)."""
+    raise ScimError(501, None, "/Me is not supported: tokens are not tied to a user.")
+
+
+@bp.route("/Bulk", methods=["POST"], strict_slashes=False)
+def bulk():
+    """Answer /Bulk, which this server does not support (RFC 7644 §3.7)."""
+    raise ScimError(501, None, "Bulk operations are not supported.")
+
+
+#
+# Discovery (RFC 7644 §4)
+#
+
+
+@bp.get("/ServiceProviderConfig", strict_slashes=False)
+def query_service_provider_config():
+    """Describe the features this server supports (RFC 7643 §5)."""
+    base = base_url()
+    return {
+        "schemas": [schema.SERVICE_PROVIDER_CONFIG_SCHEMA],
+        "patch": {"supported": True},
+        "bulk": {"supported": False, "maxOperations": 0, "maxPayloadSize": 0},
+        "filter": {
+            "supported": True,
+            "maxResults": current_app.config["SCIM_MAX_RESULTS"],
+        },
+        "changePassword": {"supported": True},
+        "sort": {"supported": True},
+        "etag": {"supported": True},
+        "authenticationSchemes": [
+            {
+                "type": "oauthbearertoken",
+                "name": "OAuth Bearer Token",
+                "description": "A bearer token generated for an identity-provider "
+                "connection in the admin console or with `mdm token create`.",
+                "specUri": "https://www.rfc-editor.org/rfc/rfc6750",
+                "primary": True,
+            }
+        ],
+        "meta": {
+            "resourceType": "ServiceProviderConfig",
+            "location": f"{base}/ServiceProviderConfig",
+        },
+    }
+
+
+def _schemas():
+    return [*user_type().schemas, schema.GROUP]
+
+
+@bp.get("/Schemas", strict_slashes=False)
+def query_schemas():
+    """List the schemas of every stored attribute (RFC 7643 §7)."""
+    base = base_url()
+    resources = [s.document(f"{base}/Schemas/{s.id}") for s in _schemas()]
+    return serialize.list_response(resources, len(resources), 1)
+
+
+@bp.get("/Schemas/<schema_id>", strict_slashes=False)
+def query_schema(schema_id):
+    """Return one schema by URN."""
+    for item in _schemas():
+        if item.id.lower() == schema_id.lower():
+            return item.document(f"{base_url()}/Schemas/{item.id}")
+    raise ScimError.not_found(f"Schema {schema_id} not found.")
+
+
+def _resource_types():
+    return [user_type(), schema.GROUP_TYPE]
+
+
+@bp.get("/ResourceTypes", strict_slashes=False)
+def query_resource_types():
+    """List the resource types (RFC 7643 §6)."""
+    base = base_url()
+    resources = [
+        t.document(f"{base}/ResourceTypes/{t.name}") for t in _resource_types()
+    ]
+    return serialize.list_response(resources, len(resources), 1)
+
+
+@bp.get("/ResourceTypes/<type_id>", strict_slashes=False)
+def query_resource_type(type_id):
+    """Return one resource type by name."""
+    for item in _resource_types():
+        if item.name.lower() == type_id.lower():
+            return item.document(f"{base_url()}/ResourceTypes/{item.name}")
+    raise ScimError.not_found(f"ResourceType {type_id} not found.")

@@ -1,0 +1,133 @@
+"""SCIM error handling: every failure is a SCIM Error body, never HTML or a 500."""
+
+import pytest
+
+ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
+
+
+def error(status, detail, scim_type=None):
+    body = {"schemas": [ERROR], "status": str(status), "detail": detail}
+    if scim_type:
+        body["scimType"] = scim_type
+    return body
+
+
+def test_unknown_path_is_scim_404(scim):
+    response = scim.get("/Devices")
+    assert response.status_code == 404
+    assert response.headers["Content-Type"] == "application/scim+json"
+    assert response.get_json() == error(404, "No SCIM endpoint at /scim/v2/Devices.")
+
+
+def test_wrong_method_is_scim_405(scim):
+    response = scim.delete("/Schemas")
+    assert response.status_code == 405
+    assert response.headers["Content-Type"] == "application/scim+json"
+    assert response.get_json() == error(
+        405, "DELETE is not supported on /scim/v2/Schemas."
+    )
+    assert "GET" in response.headers["Allow"]
+
+
+def test_me_and_bulk_are_501(scim):
+    assert scim.get("/Me").get_json() == error(
+        501, "/Me is not supported: tokens are not tied to a user."
+    )
+    assert scim.post("/Bulk", {}).status_code == 501
+
+
+@pytest.mark.parametrize(
+    ("raw", "detail"),
+    [
+        (b"", "The request body is empty; a JSON object is required."),
+        (b"\xff\xfe", "The request body is not valid UTF-8."),
+        (b"[1, 2]", "The request body must be a JSON object."),
+        (b'"text"', "The request body must be a JSON object."),
+        (b"[" * 100000 + b"]" * 100000, "The request body is nested too deeply."),
+    ],
+)
+def test_malformed_bodies_are_invalid_syntax(scim, raw, detail):
+    response = scim.post("/Users", raw)
+    assert response.status_code == 400
+    assert response.get_json() == error(400, detail, "invalidSyntax")
+
+
+def test_broken_json_is_invalid_syntax(scim):
+    response = scim.post("/Users", b'{"userName": ')
+    assert response.status_code == 400
+    body = response.get_json()
+    assert body["scimType"] == "invalidSyntax"
+    assert body["detail"].startswith("The request body is not valid JSON")
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "application/scim+json; charset=utf-8",
+        "application/json; charset=UTF-8",
+    ],
+)
+def test_json_content_types_are_accepted(scim, content_type):
+    response = scim.post(
+        "/Users", {"userName": "ct@x"}, headers={"Content-Type": content_type}
+    )
+    assert response.status_code == 201
+
+
+def test_form_content_type_is_refused(scim):
+    response = scim.post(
+        "/Users",
+        b"userName=x",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 415
+    assert response.get_json()["scimType"] == "invalidSyntax"
+
+
+def test_oversized_body_is_413(scim):
+    response = scim.post("/Users", b"{" + b" " * (3 * 1024 * 1024) + b"}")
+    assert response.status_code == 413
+    assert response.headers["Content-Type"] == "application/scim+json"
+    assert response.get_json()["status"] == "413"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "userName eq",
+        'userName xx "a"',
+        '(userName eq "a"',
+        'nope eq "a"',
+        "active gt true",
+    ],
+)
+def test_invalid_filters_are_invalid_filter(scim, text):
+    response = scim.get(f"/Users?filter={text}")
+    assert response.status_code == 400
+    assert response.get_json()["scimType"] == "invalidFilter"
+
+
+def test_trailing_slash_double_slash_and_unknown_params(scim):
+    assert scim.get("/Users/?aadOptscim062020").status_code == 200
+    assert (
+        scim.client.get(
+            "/scim/v2//Users?aadOptscim062020&filter=userName+eq+%22x%22",
+            headers={"Authorization": f"Bearer {scim.secret}"},
+        ).get_json()["totalResults"]
+        == 0
+    )
+
+
+def test_unexpected_errors_are_scim_500_without_traceback(app, scim, monkeypatch):
+    from mdm.scim import views
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(views, "search_users", boom)
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    response = scim.get("/Users")
+    assert response.status_code == 500
+    assert response.get_json() == error(500, "Internal server error.")
+    assert "secret internals" not in response.get_data(as_text=True)
