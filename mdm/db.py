@@ -1,6 +1,9 @@
 """The SQLite database: one deferred handle, bound and migrated by the app factory."""
 
-from peewee import SqliteDatabase
+import threading
+from contextlib import contextmanager
+
+from playhouse.pool import PooledSqliteDatabase
 
 # WAL lets readers run beside the one writer; busy_timeout makes a second
 # writer wait instead of failing with "database is locked".
@@ -12,18 +15,34 @@ PRAGMAS = {
     "cache_size": -32000,
 }
 
-database = SqliteDatabase(None, pragmas=PRAGMAS)
+# A pool keeps each waitress thread's connection (and its pragmas) across
+# requests instead of reopening the file every time.
+database = PooledSqliteDatabase(
+    None, pragmas=PRAGMAS, max_connections=64, stale_timeout=300
+)
+
+# Writers in this process queue on a lock rather than on SQLite's busy handler,
+# which sleeps in growing steps and turns contention into latency spikes.
+_write_lock = threading.Lock()
 
 
 def init_app(app):
     """Bind the database to the configured file, migrate it, and manage connections."""
     from .models import migrate
 
-    database.init(app.config["DATABASE"], pragmas=PRAGMAS)
+    bind(app.config["DATABASE"])
     with database.connection_context():
         migrate()
     app.before_request(_connect)
     app.teardown_request(_close)
+
+
+def bind(path):
+    """Point the database at ``path``, dropping pooled connections to any other file."""
+    if not database.deferred:
+        database.close_all()
+    # The pool hands a connection to one thread at a time, possibly a new one.
+    database.init(path, pragmas=PRAGMAS, check_same_thread=False)
 
 
 def _connect():
@@ -35,10 +54,13 @@ def _close(exc):
         database.close()
 
 
+@contextmanager
 def write_transaction():
-    """Begin a write transaction that takes the write lock up front.
+    """Run a write transaction that takes SQLite's write lock up front.
 
     A deferred transaction that reads and then writes can fail with SQLITE_BUSY
-    when another writer got in between; IMMEDIATE waits on busy_timeout instead.
+    when another writer got in between; IMMEDIATE waits on busy_timeout instead
+    (which still covers writers in other processes, such as the CLI).
     """
-    return database.atomic("IMMEDIATE")
+    with _write_lock, database.atomic("IMMEDIATE"):
+        yield

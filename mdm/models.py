@@ -130,7 +130,9 @@ class BearerToken(database.Model):
         parts = secret.split("_") if secret else []
         if len(parts) < 3 or parts[0] != TOKEN_PREFIX:
             return None
-        token = cls.get_or_none(cls.key == parts[1])
+        # Raw SQL: this runs on every SCIM request and needs no query building.
+        rows = list(cls.raw("SELECT * FROM bearer_token WHERE key = ?", parts[1]))
+        token = rows[0] if rows else None
         if token is None:
             return None
         if not hmac.compare_digest(token.secret_hash, cls._hash(secret)):
@@ -231,7 +233,10 @@ class CustomAttribute(database.Model):
     @classmethod
     def definitions(cls):
         """Return (name, type) pairs in creation order."""
-        return [(a.name, a.type) for a in cls.select().order_by(cls.id)]
+        cursor = database.execute_sql(
+            "SELECT name, type FROM custom_attribute ORDER BY id"
+        )
+        return [tuple(row) for row in cursor.fetchall()]
 
 
 # userName and displayName are unique only among live resources, so a name

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from mdm.db import PRAGMAS
+from mdm.db import bind
 from mdm.db import database
 from mdm.models import Group
 from mdm.models import Membership
@@ -463,7 +463,7 @@ def test_matches_rejects(text):
 
 @pytest.fixture
 def db(tmp_path):
-    database.init(str(tmp_path / "filters.db"), pragmas=PRAGMAS)
+    bind(str(tmp_path / "filters.db"))
     with database.connection_context():
         migrate()
         yield seed()

@@ -209,8 +209,8 @@ def search_users(params, resource_type):
     if params.filter:
         node = filters.parse(params.filter)
         query = query.where(filters.to_expression(node, resource_type))
-    total = query.count()
     resources = []
+    page = []
     if params.count:
         order = [User.id]
         if params.sort_by:
@@ -233,7 +233,16 @@ def search_users(params, resource_type):
             )
             for user in page
         ]
-    return resources, total
+    return resources, _total(query, page, params)
+
+
+def _total(query, page, params):
+    """Count matches, skipping the COUNT when a first, short page already holds them all."""
+    if params.start_index == 1 and 0 < len(page) < params.count:
+        return len(page)
+    if params.start_index == 1 and params.count and not page:
+        return 0
+    return query.count()
 
 
 @bp.get("/Users", strict_slashes=False)
@@ -382,8 +391,8 @@ def search_groups(params):
     if params.filter:
         node = filters.parse(params.filter)
         query = query.where(filters.to_expression(node, schema.GROUP_TYPE))
-    total = query.count()
     resources = []
+    page = []
     if params.count:
         order = [Group.id]
         if params.sort_by:
@@ -402,7 +411,7 @@ def search_groups(params):
             )
             for group in page
         ]
-    return resources, total
+    return resources, _total(query, page, params)
 
 
 @bp.get("/Groups", strict_slashes=False)
@@ -443,8 +452,9 @@ def resolve_members(ids, group_id):
                 if member in nested
                 else "is not a known user"
             )
+            # Clip the id: it is client input and may be arbitrarily long.
             current_app.logger.warning(
-                "Group %s: member %s %s; skipped.", group_id, member, reason
+                "Group %s: member %r %s; skipped.", group_id, member[:80], reason
             )
     return [found[member] for member in ids if member in found]
 

@@ -1,0 +1,331 @@
+"""Benchmark an Entra-like provisioning cycle against mdm served by waitress.
+
+Starts the server on a scratch instance (or targets --url with --token), then
+runs each phase with N concurrent clients over keep-alive connections and
+prints requests/s and p50/p99 latency per phase, next to a bare Flask +
+waitress endpoint measured in the same run as the framework floor.
+
+    .venv/bin/python bench/provision.py --users 2000 --clients 8
+"""
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+
+FLOOR_APP = """
+from flask import Flask
+app = Flask(__name__)
+
+@app.get("/ping")
+def ping():
+    return {"schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"],
+            "totalResults": 0, "Resources": [], "startIndex": 1, "itemsPerPage": 0}
+
+from waitress import serve
+serve(app, host="127.0.0.1", port=int(__import__("sys").argv[1]), threads=8, _quiet=True)
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(port, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server on port {port} did not start")
+
+
+class Client:
+    """One keep-alive connection sending SCIM requests."""
+
+    def __init__(self, url, token):
+        parts = urllib.parse.urlsplit(url)
+        self.host, self.port = parts.hostname, parts.port or 80
+        self.prefix = parts.path.rstrip("/")
+        self.headers = {"Content-Type": "application/scim+json"}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+        self.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+
+    def send(self, method, path, body=None):
+        data = json.dumps(body) if body is not None else None
+        started = time.perf_counter()
+        self.conn.request(method, self.prefix + path, body=data, headers=self.headers)
+        response = self.conn.getresponse()
+        payload = response.read()
+        elapsed = time.perf_counter() - started
+        return response.status, payload, elapsed
+
+
+def run_phase(name, jobs, url, token, clients, expect):
+    """Run callables job(client) -> (status, payload, seconds) across N clients."""
+    local = threading.local()
+    latencies = []
+    failures = []
+    lock = threading.Lock()
+
+    def work(job):
+        if not hasattr(local, "client"):
+            local.client = Client(url, token)
+        status, payload, elapsed = job(local.client)
+        with lock:
+            latencies.append(elapsed)
+            if status not in expect:
+                failures.append((status, payload[:200]))
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(work, jobs))
+    wall = time.perf_counter() - started
+    latencies.sort()
+    row = {
+        "phase": name,
+        "requests": len(latencies),
+        "rps": len(latencies) / wall if wall else 0.0,
+        "p50_ms": 1000 * statistics.median(latencies) if latencies else 0.0,
+        "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))]
+        if latencies
+        else 0.0,
+        "failures": len(failures),
+    }
+    print(
+        f"{name:<28} {row['requests']:>7} req {row['rps']:>8.0f} req/s "
+        f"p50 {row['p50_ms']:>7.1f} ms  p99 {row['p99_ms']:>7.1f} ms"
+        + (f"  FAILURES {len(failures)}: {failures[:2]}" if failures else "")
+    )
+    return row
+
+
+def start_server(instance):
+    """Start mdm on a scratch instance and return (process, url, token)."""
+    env = dict(os.environ, MDM_INSTANCE_PATH=instance)
+    mdm = [sys.executable, "-c", "from mdm.cli import main; main()"]
+    token = subprocess.run(
+        [*mdm, "token", "create", "--idp", "entra"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout.strip()
+    port = free_port()
+    process = subprocess.Popen(
+        [*mdm, "serve", "--port", str(port), "--threads", "8"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(port)
+    return process, f"http://127.0.0.1:{port}/scim/v2", token
+
+
+def floor(clients, requests):
+    """Measure a bare Flask + waitress JSON endpoint on this machine."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-c", FLOOR_APP, str(port)])
+    try:
+        wait_for(port)
+        jobs = [lambda c: c.send("GET", "/ping")] * requests
+        return run_phase(
+            "framework floor", jobs, f"http://127.0.0.1:{port}", None, clients, {200}
+        )
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def cycle(url, token, users, clients, batch):
+    """Run the Entra-like cycle and return the rows."""
+    rows = []
+    names = [f"bench.user{i:06d}@contoso.com" for i in range(users)]
+
+    def miss(name):
+        return lambda c: c.send("GET", f'/Users?filter=userName+eq+"{name}"')
+
+    rows.append(
+        run_phase(
+            "userName eq (miss)", [miss(n) for n in names], url, token, clients, {200}
+        )
+    )
+
+    ids = {}
+
+    def create(i, name):
+        def job(c):
+            status, payload, elapsed = c.send(
+                "POST",
+                "/Users",
+                {
+                    "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                    "externalId": f"ext{i}",
+                    "userName": name,
+                    "active": True,
+                    "displayName": f"User {i}",
+                    "emails": [{"primary": True, "type": "work", "value": name}],
+                    "name": {"givenName": "User", "familyName": str(i)},
+                },
+            )
+            if status == 201:
+                ids[name] = json.loads(payload)["id"]
+            return status, payload, elapsed
+
+        return job
+
+    rows.append(
+        run_phase(
+            "create user",
+            [create(i, n) for i, n in enumerate(names)],
+            url,
+            token,
+            clients,
+            {201},
+        )
+    )
+    user_ids = [ids[n] for n in names if n in ids]
+    groups = max(1, users // 500)
+    group_ids = []
+
+    def create_group(i):
+        def job(c):
+            status, payload, elapsed = c.send(
+                "POST",
+                "/Groups",
+                {"displayName": f"Bench Group {i}", "externalId": f"g{i}"},
+            )
+            if status == 201:
+                group_ids.append(json.loads(payload)["id"])
+            return status, payload, elapsed
+
+        return job
+
+    rows.append(
+        run_phase(
+            "create group",
+            [create_group(i) for i in range(groups)],
+            url,
+            token,
+            1,
+            {201},
+        )
+    )
+
+    def add(group_id, chunk):
+        body = {
+            "schemas": [PATCH_OP],
+            "Operations": [
+                {"op": "Add", "path": "members", "value": [{"value": u} for u in chunk]}
+            ],
+        }
+        return lambda c: c.send("PATCH", f"/Groups/{group_id}", body)
+
+    jobs = []
+    for gi, group_id in enumerate(group_ids):
+        members = user_ids[gi::groups]
+        for start in range(0, len(members), batch):
+            jobs.append(add(group_id, members[start : start + batch]))
+    rows.append(
+        run_phase(f"PATCH add members x{batch}", jobs, url, token, clients, {204})
+    )
+
+    def update(uid, i):
+        body = {
+            "schemas": [PATCH_OP],
+            "Operations": [
+                {"op": "Replace", "path": "displayName", "value": f"Renamed {i}"},
+                {"op": "Replace", "path": "active", "value": "False"},
+            ],
+        }
+        return lambda c: c.send("PATCH", f"/Users/{uid}", body)
+
+    rows.append(
+        run_phase(
+            "PATCH user (Entra mode A)",
+            [update(u, i) for i, u in enumerate(user_ids)],
+            url,
+            token,
+            clients,
+            {200},
+        )
+    )
+    rows.append(
+        run_phase(
+            "userName eq (hit)", [miss(n) for n in names], url, token, clients, {200}
+        )
+    )
+    rows.append(
+        run_phase(
+            "GET user by id",
+            [lambda c, u=u: c.send("GET", f"/Users/{u}") for u in user_ids],
+            url,
+            token,
+            clients,
+            {200},
+        )
+    )
+    pages = [
+        (lambda c, s=s: c.send("GET", f"/Users?startIndex={s}&count=100"))
+        for s in range(1, users + 1, 100)
+    ]
+    rows.append(
+        run_phase("list users, 100 per page", pages, url, token, clients, {200})
+    )
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=10, help="members per PATCH")
+    parser.add_argument("--url", help="target an existing server's SCIM base URL")
+    parser.add_argument("--token", help="bearer token for --url")
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args()
+
+    rows = [floor(args.clients, max(2000, args.users))]
+    process = None
+    with tempfile.TemporaryDirectory() as instance:
+        if args.url:
+            url, token = args.url, args.token
+        else:
+            process, url, token = start_server(instance)
+        try:
+            rows += cycle(url, token, args.users, args.clients, args.batch)
+        finally:
+            if process is not None:
+                process.terminate()
+                process.wait()
+    base = rows[0]["rps"]
+    print(f"\nratios to the framework floor ({base:.0f} req/s):")
+    for row in rows[1:]:
+        print(f"  {row['phase']:<28} {row['rps'] / base:6.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 1 if any(r["failures"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
