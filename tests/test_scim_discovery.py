@@ -93,3 +93,25 @@ def test_public_url_sets_locations(app, scim):
         user["meta"]["location"]
         == f"https://mdm.example.com/scim/v2/Users/{user['id']}"
     )
+
+
+def test_forwarded_headers_are_trusted_only_when_configured(tmp_path):
+    from mdm import create_app
+
+    from .conftest import ScimClient
+    from .conftest import issue_token
+
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "mdm.example.org"}
+    for hops, expected in [(0, "http://localhost"), (1, "https://mdm.example.org")]:
+        app = create_app(
+            {
+                "TESTING": True,
+                "DATABASE": str(tmp_path / f"{hops}.db"),
+                "PROXY_FIX": hops,
+            }
+        )
+        _, secret = issue_token(app)
+        scim = ScimClient(app.test_client(), secret)
+        response = scim.post("/Users", {"userName": "p@x"}, headers=forwarded)
+        user = response.get_json()
+        assert response.headers["Location"] == f"{expected}/scim/v2/Users/{user['id']}"
