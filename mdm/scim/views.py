@@ -204,36 +204,39 @@ def render_user(user, resource_type, attributes=None, excluded=None, groups=None
 
 
 def search_users(params, resource_type):
-    """Run a filtered, sorted, paged user query in the database."""
-    query = User.live()
+    """Run a filtered, sorted, paged user query and render the page."""
+    query, page = search(User, resource_type, params)
+    wanted = serialize.wants(
+        resource_type, "groups", params.attributes, params.excluded
+    )
+    groups = groups_of(page) if wanted else {}
+    resources = [
+        render_user(
+            user,
+            resource_type,
+            params.attributes,
+            params.excluded,
+            groups.get(user.id, ()),
+        )
+        for user in page
+    ]
+    return resources, _total(query, page, params)
+
+
+def search(model, resource_type, params):
+    """Return the filtered query and its requested page, both run in the database."""
+    query = model.live()
     if params.filter:
         node = filters.parse(params.filter)
         query = query.where(filters.to_expression(node, resource_type))
-    resources = []
-    page = []
-    if params.count:
-        order = [User.id]
-        if params.sort_by:
-            key = filters.sort_expression(params.sort_by, resource_type)
-            order.insert(0, key.desc() if params.descending else key.asc())
-        page = list(
-            query.order_by(*order).offset(params.start_index - 1).limit(params.count)
-        )
-        wanted = serialize.wants(
-            resource_type, "groups", params.attributes, params.excluded
-        )
-        groups = groups_of(page) if wanted else {}
-        resources = [
-            render_user(
-                user,
-                resource_type,
-                params.attributes,
-                params.excluded,
-                groups.get(user.id, ()),
-            )
-            for user in page
-        ]
-    return resources, _total(query, page, params)
+    if not params.count:
+        return query, []
+    order = [model.id]
+    if params.sort_by:
+        key = filters.sort_expression(params.sort_by, resource_type)
+        order.insert(0, key.desc() if params.descending else key.asc())
+    page = query.order_by(*order).offset(params.start_index - 1).limit(params.count)
+    return query, list(page)
 
 
 def _total(query, page, params):
@@ -386,31 +389,18 @@ def render_group(group, attributes=None, excluded=None, members=None):
 
 
 def search_groups(params):
-    """Run a filtered, sorted, paged group query in the database."""
-    query = Group.live()
-    if params.filter:
-        node = filters.parse(params.filter)
-        query = query.where(filters.to_expression(node, schema.GROUP_TYPE))
-    resources = []
-    page = []
-    if params.count:
-        order = [Group.id]
-        if params.sort_by:
-            key = filters.sort_expression(params.sort_by, schema.GROUP_TYPE)
-            order.insert(0, key.desc() if params.descending else key.asc())
-        page = list(
-            query.order_by(*order).offset(params.start_index - 1).limit(params.count)
+    """Run a filtered, sorted, paged group query and render the page."""
+    query, page = search(Group, schema.GROUP_TYPE, params)
+    wanted = serialize.wants(
+        schema.GROUP_TYPE, "members", params.attributes, params.excluded
+    )
+    members = members_of(page) if wanted else {}
+    resources = [
+        render_group(
+            group, params.attributes, params.excluded, members.get(group.id, [])
         )
-        wanted = serialize.wants(
-            schema.GROUP_TYPE, "members", params.attributes, params.excluded
-        )
-        members = members_of(page) if wanted else {}
-        resources = [
-            render_group(
-                group, params.attributes, params.excluded, members.get(group.id, [])
-            )
-            for group in page
-        ]
+        for group in page
+    ]
     return resources, _total(query, page, params)
 
 
