@@ -1,5 +1,6 @@
 """The ``mdm`` command: Flask's CLI plus serve, token and attribute commands."""
 
+import os
 import re
 import sys
 
@@ -10,6 +11,7 @@ from flask.cli import with_appcontext
 
 from .db import database
 from .models import IDPS
+from .models import Admin
 from .models import BearerToken
 from .models import CustomAttribute
 from .models import TokenError
@@ -39,10 +41,20 @@ def serve_command(host, port, threads):
     app = current_app._get_current_object()
     click.echo(f"mdm serving on http://{host}:{port}/", err=True)
     click.echo(f"Target SCIM URL: {target_url(host, port)}", err=True)
+    from .auth import ensure_setup_code
+
+    code = ensure_setup_code(app)
+    if code:
+        click.echo(
+            f"No administrator yet. Create one at http://{host}:{port}/setup?code={code}"
+            " (or run `mdm admin create NAME`).",
+            err=True,
+        )
     with database.connection_context():
         if BearerToken.select().count() == 0:
             click.echo(
-                "No SCIM token yet: create one with `mdm token create --idp entra`.",
+                "No SCIM token yet: generate one in the console under User "
+                "Provisioning, or run `mdm token create --idp entra`.",
                 err=True,
             )
     serve(app, host=host, port=port, threads=threads, ident="mdm")
@@ -190,9 +202,46 @@ def attribute_remove(name):
     click.echo(f"Attribute {name} removed.", err=True)
 
 
+@click.group("admin")
+def admin_group():
+    """Manage console administrators."""
+
+
+@admin_group.command("create")
+@click.argument("username")
+@click.option(
+    "--password-stdin", is_flag=True, help="Read the password from standard input."
+)
+@with_appcontext
+def admin_create(username, password_stdin):
+    """Create an administrator; the password is prompted for, or read from stdin."""
+    if not username.strip() or any(c.isspace() for c in username):
+        raise click.ClickException("A username has no spaces.")
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if len(password) < 12:
+        raise click.ClickException("Use a password of at least 12 characters.")
+    with database.connection_context():
+        if Admin.get_or_none(Admin.username == username):
+            raise click.ClickException(f"Administrator {username} already exists.")
+        admin = Admin(username=username)
+        admin.set_password(password)
+        admin.save()
+    from .auth import setup_code_path
+
+    try:
+        os.remove(setup_code_path(current_app))
+    except FileNotFoundError:
+        pass
+    click.echo(f"Administrator {username} created.", err=True)
+
+
 def init_app(app):
     """Register mdm's commands on the Flask CLI."""
     app.cli.add_command(serve_command)
+    app.cli.add_command(admin_group)
     app.cli.add_command(token_group)
     app.cli.add_command(attribute_group)
 

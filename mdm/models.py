@@ -220,6 +220,31 @@ class Membership(database.Model):
         indexes = ((("group", "user"), True),)
 
 
+class Admin(database.Model):
+    """A console administrator; SCIM users never sign in here."""
+
+    username = TextField(unique=True, collation="NOCASE")
+    password_hash = TextField()
+    created_at = DateTimeField(default=utcnow)
+    last_login_at = DateTimeField(null=True)
+
+    # flask-login's interface, kept here so the model needs no Flask import.
+    is_active = True
+    is_authenticated = True
+    is_anonymous = False
+
+    def get_id(self):
+        return str(self.id)
+
+    def set_password(self, password):
+        self.password_hash = hash_password(password)
+
+    def check_password(self, password):
+        from werkzeug.security import check_password_hash
+
+        return check_password_hash(self.password_hash, password)
+
+
 class CustomAttribute(database.Model):
     """An administrator-defined user attribute in the custom extension schema."""
 
@@ -245,8 +270,9 @@ User.add_index(User.user_name, unique=True, where=User.deprovisioned_at.is_null(
 Group.add_index(Group.display_name, unique=True, where=Group.deprovisioned_at.is_null())
 Membership.add_index(Membership.user)
 
-MODELS = [BearerToken, User, Group, Membership, CustomAttribute]
-SCHEMA_VERSION = 1
+MODELS = [BearerToken, User, Group, Membership, CustomAttribute, Admin]
+# 1: SCIM tables; 2: Admin.
+SCHEMA_VERSION = 2
 
 
 def migrate():

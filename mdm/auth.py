@@ -1,0 +1,222 @@
+"""Administrator sign-in: first-run setup, login, logout and failure throttling."""
+
+import hmac
+import os
+import secrets
+import threading
+import time
+from urllib.parse import urlsplit
+
+from flask import Blueprint
+from flask import abort
+from flask import current_app
+from flask import flash
+from flask import redirect
+from flask import render_template
+from flask import request
+from flask import url_for
+from flask_login import LoginManager
+from flask_login import current_user
+from flask_login import login_user
+from flask_login import logout_user
+
+from .db import database
+from .forms import LoginForm
+from .forms import LogoutForm
+from .forms import SetupForm
+from .models import Admin
+from .models import utcnow
+
+bp = Blueprint("auth", __name__)
+
+login_manager = LoginManager()
+login_manager.login_view = "auth.login"
+login_manager.login_message = "Sign in to continue."
+
+SETUP_CODE_FILE = "setup_code"
+
+
+@login_manager.user_loader
+def load_admin(admin_id):
+    if not admin_id.isdigit():
+        return None
+    return Admin.get_or_none(Admin.id == int(admin_id))
+
+
+#
+# Throttling of failed sign-ins
+#
+
+
+class Throttle:
+    """Count recent failures per key and refuse once a key has too many."""
+
+    def __init__(self, limit, window):
+        self.limit = limit
+        self.window = window
+        self._failures = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key, now):
+        times = [t for t in self._failures.get(key, ()) if now - t < self.window]
+        if times:
+            self._failures[key] = times
+        else:
+            self._failures.pop(key, None)
+        return times
+
+    def retry_after(self, key):
+        """Return seconds until ``key`` may try again, or 0."""
+        now = time.monotonic()
+        with self._lock:
+            times = self._recent(key, now)
+            if len(times) < self.limit:
+                return 0
+            return int(self.window - (now - times[0])) + 1
+
+    def fail(self, key):
+        with self._lock:
+            self._failures.setdefault(key, []).append(time.monotonic())
+
+    def clear(self, key):
+        with self._lock:
+            self._failures.pop(key, None)
+
+
+# Per account: 5 failures in 15 minutes. Per address: 20, so one address
+# cannot walk through many accounts either.
+account_throttle = Throttle(5, 15 * 60)
+address_throttle = Throttle(20, 15 * 60)
+
+
+def _retry_after(username):
+    return max(
+        account_throttle.retry_after(username.lower()),
+        address_throttle.retry_after(request.remote_addr or "?"),
+    )
+
+
+#
+# First-run setup
+#
+
+
+def setup_code_path(app=None):
+    app = app or current_app
+    return os.path.join(app.instance_path, SETUP_CODE_FILE)
+
+
+def ensure_setup_code(app):
+    """Return the one-time setup code while no administrator exists, else None."""
+    with database.connection_context():
+        if Admin.select().exists():
+            return None
+    path = setup_code_path(app)
+    try:
+        with open(path) as f:
+            code = f.read().strip()
+        if code:
+            return code
+    except FileNotFoundError:
+        pass
+    code = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(code)
+    return code
+
+
+def _valid_setup_code(code):
+    try:
+        with open(setup_code_path()) as f:
+            expected = f.read().strip()
+    except FileNotFoundError:
+        return False
+    return bool(code) and bool(expected) and hmac.compare_digest(code, expected)
+
+
+@bp.route("/setup", methods=("GET", "POST"))
+def setup():
+    """Create the first administrator; refused without the printed setup code."""
+    if Admin.select().exists():
+        return redirect(url_for("auth.login"))
+    code = request.values.get("code", "")
+    if not _valid_setup_code(code):
+        abort(403, "Open the setup link printed by the server when it started.")
+    form = SetupForm()
+    if form.validate_on_submit():
+        admin = Admin(username=form.username.data.strip())
+        admin.set_password(form.password.data)
+        admin.save()
+        try:
+            os.remove(setup_code_path())
+        except FileNotFoundError:
+            pass
+        login_user(admin)
+        flash(f"Administrator {admin.username} created.", "success")
+        return redirect(url_for("admin.provisioning", idp="entra"))
+    return render_template("auth/setup.html", form=form, code=code)
+
+
+#
+# Sign-in
+#
+
+
+def _safe_next(target):
+    """Return ``target`` if it is a local path, else None (open-redirect guard)."""
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or "\\" in target:
+        return None
+    return target
+
+
+@bp.route("/login", methods=("GET", "POST"))
+def login():
+    """Sign an administrator in."""
+    if current_user.is_authenticated:
+        return redirect(url_for("admin.index"))
+    if not Admin.select().exists():
+        return render_template("auth/no_admin.html"), 503
+    form = LoginForm()
+    error = None
+    if form.validate_on_submit():
+        username = form.username.data.strip()
+        wait = _retry_after(username)
+        if wait:
+            minutes = (wait + 59) // 60
+            error = (
+                "Too many failed sign-ins. Try again in "
+                f"{minutes} minute{'s' if minutes != 1 else ''}."
+            )
+        else:
+            admin = Admin.get_or_none(Admin.username == username)
+            if admin is not None and admin.check_password(form.password.data):
+                account_throttle.clear(username.lower())
+                admin.last_login_at = utcnow()
+                admin.save()
+                login_user(admin)
+                target = _safe_next(request.args.get("next"))
+                return redirect(target or url_for("admin.index"))
+            account_throttle.fail(username.lower())
+            address_throttle.fail(request.remote_addr or "?")
+            error = "The username or password is incorrect."
+    status = 429 if error and error.startswith("Too many") else 200
+    return render_template("auth/login.html", form=form, error=error), status
+
+
+@bp.post("/logout")
+def logout():
+    """Sign the administrator out."""
+    form = LogoutForm()
+    if form.validate_on_submit():
+        logout_user()
+        flash("Signed out.", "success")
+    return redirect(url_for("auth.login"))
+
+
+def init_app(app):
+    """Attach flask-login to the app."""
+    login_manager.init_app(app)

@@ -1,0 +1,103 @@
+"""Admin console forms; every one carries a CSRF token (flask-wtf)."""
+
+import re
+
+from flask_wtf import FlaskForm
+from flask_wtf.csrf import CSRFProtect
+from wtforms import PasswordField
+from wtforms import SelectField
+from wtforms import StringField
+from wtforms import SubmitField
+from wtforms.fields.choices import SelectChoice
+from wtforms.validators import DataRequired
+from wtforms.validators import EqualTo
+from wtforms.validators import Length
+from wtforms.validators import Optional
+from wtforms.validators import Regexp
+
+from .scim.schema import CUSTOM_TYPES
+
+csrf = CSRFProtect()
+
+EXPIRY_CHOICES = [
+    SelectChoice("never", "Never"),
+    SelectChoice("90", "90 days"),
+    SelectChoice("180", "180 days"),
+    SelectChoice("365", "1 year"),
+]
+TOKEN_ACTIONS = [
+    SelectChoice("activate", "Set to Active"),
+    SelectChoice("deactivate", "Set to Inactive"),
+    SelectChoice("renew", "Renew"),
+    SelectChoice("remove", "Remove"),
+]
+
+
+class LoginForm(FlaskForm):
+    username = StringField("Username", validators=[DataRequired(), Length(max=150)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
+    submit = SubmitField("Sign in")
+
+
+class LogoutForm(FlaskForm):
+    submit = SubmitField("Sign out")
+
+
+class SetupForm(FlaskForm):
+    username = StringField(
+        "Username",
+        validators=[
+            DataRequired(),
+            Length(max=150),
+            Regexp(r"^[^\s]+$", message="A username has no spaces."),
+        ],
+    )
+    password = PasswordField(
+        "Password",
+        validators=[
+            DataRequired(),
+            Length(min=12, max=1024, message="Use at least 12 characters."),
+        ],
+    )
+    confirm = PasswordField(
+        "Confirm password",
+        validators=[
+            DataRequired(),
+            EqualTo("password", message="The passwords differ."),
+        ],
+    )
+    submit = SubmitField("Create administrator")
+
+
+class GenerateTokenForm(FlaskForm):
+    label = StringField("Label (optional)", validators=[Optional(), Length(max=100)])
+    expiry = SelectField("Expires", choices=EXPIRY_CHOICES, default="never")
+    submit = SubmitField("Generate")
+
+    def expires_in_days(self):
+        return None if self.expiry.data == "never" else int(self.expiry.data)
+
+
+class TokenActionForm(FlaskForm):
+    action = SelectField("Select", choices=TOKEN_ACTIONS)
+    submit = SubmitField("Apply")
+
+
+class ConfirmForm(FlaskForm):
+    submit = SubmitField("Confirm")
+
+
+class AttributeForm(FlaskForm):
+    name = StringField(
+        "Attribute name",
+        validators=[
+            DataRequired(),
+            Length(max=64),
+            Regexp(
+                re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$"),
+                message="Start with a letter; use letters, digits, - and _ only.",
+            ),
+        ],
+    )
+    type = SelectField("Type", choices=[SelectChoice(t) for t in CUSTOM_TYPES])
+    submit = SubmitField("Add attribute")

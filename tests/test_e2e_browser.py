@@ -1,0 +1,266 @@
+"""End-to-end console flows in a real Chromium driven by Playwright.
+
+Debian's chromium is required (``.ci/run`` installs it); the tests fail, not
+skip, when it is missing. Screenshots go to $MDM_SCREENSHOTS when it is set.
+"""
+
+import json
+import os
+import shutil
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+from playwright.sync_api import expect
+from playwright.sync_api import sync_playwright
+from waitress.server import create_server
+
+from mdm import create_app
+from mdm.auth import ensure_setup_code
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+PASSWORD = "correct horse battery"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+def live(tmp_path):
+    """Serve a fresh app with waitress on a free loopback port."""
+    app = create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "e2e",
+            "DATABASE": str(tmp_path / "mdm.sqlite"),
+        }
+    )
+    server = create_server(app, host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.effective_port}"
+    yield app, base
+    server.close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def page():
+    assert os.path.exists(CHROMIUM), (
+        "Debian's chromium is missing: apt-get install chromium"
+    )
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        yield context.new_page()
+        context.close()
+        browser.close()
+
+
+def shot(page, name):
+    folder = os.environ.get("MDM_SCREENSHOTS")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        page.screenshot(path=os.path.join(folder, f"{name}.png"), full_page=True)
+
+
+def scim(base, secret, method, path, body=None):
+    """Call the SCIM API like an IdP; return (status, JSON body or None)."""
+    request = urllib.request.Request(
+        f"{base}/scim/v2{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={
+            "Authorization": f"Bearer {secret}",
+            "Content-Type": "application/scim+json",
+        },
+    )
+    try:
+        with urllib.request.urlopen(request) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def setup_admin(page, app, base):
+    code = ensure_setup_code(app)
+    page.goto(f"{base}/setup?code={code}")
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_label("Confirm password").fill(PASSWORD)
+    shot(page, "setup")
+    page.get_by_role("button", name="Create administrator").click()
+    expect(page.get_by_role("heading", name="User Provisioning")).to_be_visible()
+
+
+def generate(page, label):
+    page.get_by_role("link", name="Generate").click()
+    page.get_by_label("Label (optional)").fill(label)
+    page.get_by_label("Expires").select_option(label="90 days")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.get_by_text("This token is shown only now")).to_be_visible()
+    secret = page.get_by_label("Token", exact=True).input_value()
+    url = page.get_by_label("Target SCIM URL").input_value()
+    return secret, url
+
+
+def choose(page, key, action):
+    row = page.get_by_role("row").filter(has_text=key)
+    row.get_by_label(f"Select an action for token {key}").select_option(label=action)
+    row.get_by_role("button", name="Apply").click()
+
+
+def test_setup_sign_in_and_token_lifecycle(live, page):
+    app, base = live
+    page.goto(f"{base}/setup")
+    assert "403" in page.title()
+    setup_admin(page, app, base)
+    shot(page, "provisioning-empty")
+
+    secret, url = generate(page, "Entra production")
+    assert url == f"{base}/scim/v2"
+    shot(page, "token-generated")
+    assert scim(base, secret, "GET", "/Users")[0] == 200
+    page.get_by_role("link", name="I've copied it").click()
+    key = secret.split("_")[1]
+    expect(page.get_by_role("row").filter(has_text=key)).to_contain_text("Active")
+
+    choose(page, key, "Set to Inactive")
+    expect(page.get_by_role("row").filter(has_text=key)).to_contain_text("Inactive")
+    assert scim(base, secret, "GET", "/Users")[0] == 401
+    choose(page, key, "Set to Active")
+    assert scim(base, secret, "GET", "/Users")[0] == 200
+
+    choose(page, key, "Renew")
+    shot(page, "token-renew-confirm")
+    page.get_by_role("button", name="Renew token").click()
+    new_secret = page.get_by_label("Token", exact=True).input_value()
+    assert scim(base, secret, "GET", "/Users")[0] == 401
+    assert scim(base, new_secret, "GET", "/Users")[0] == 200
+    page.get_by_role("link", name="I've copied it").click()
+
+    second, _ = generate(page, "Rotation")
+    page.get_by_role("link", name="I've copied it").click()
+    expect(page.get_by_text("A maximum of 2 tokens can exist")).to_be_visible()
+    expect(page.get_by_role("link", name="Generate")).to_have_count(0)
+    shot(page, "provisioning-full")
+
+    new_key = new_secret.split("_")[1]
+    choose(page, new_key, "Remove")
+    page.get_by_role("button", name="Remove token").click()
+    expect(page.get_by_text(f"Token {new_key} removed.")).to_be_visible()
+    assert scim(base, new_secret, "GET", "/Users")[0] == 401
+    assert scim(base, second, "GET", "/Users")[0] == 200
+    expect(page.get_by_role("link", name="Generate")).to_be_visible()
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password").fill("wrong password!")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_text("The username or password is incorrect.")).to_be_visible()
+    shot(page, "sign-in-error")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Users")).to_be_visible()
+
+
+def test_provisioned_users_and_groups_appear_and_purge(live, page):
+    app, base = live
+    setup_admin(page, app, base)
+    secret, _ = generate(page, "Entra")
+    status, ann = scim(
+        base,
+        secret,
+        "POST",
+        "/Users",
+        {
+            "userName": "ann@contoso.com",
+            "displayName": "Ann Lee",
+            "externalId": "ann",
+            "emails": [{"value": "ann@contoso.com", "type": "work", "primary": True}],
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {
+                "department": "Sales"
+            },
+        },
+    )
+    assert status == 201
+    _, bob = scim(base, secret, "POST", "/Users", {"userName": "bob@contoso.com"})
+    status, group = scim(
+        base,
+        secret,
+        "POST",
+        "/Groups",
+        {"displayName": "Sales", "members": [{"value": ann["id"]}]},
+    )
+    assert status == 201
+
+    page.get_by_role("link", name="Users").click()
+    row = page.get_by_role("row").filter(has_text="ann@contoso.com")
+    expect(row).to_contain_text("Ann Lee")
+    expect(row).to_contain_text("SCIM Entra ID")
+    expect(row).to_contain_text("Sales")
+    expect(row).to_contain_text("Active")
+    shot(page, "users")
+
+    page.get_by_label("Search").fill("ann")
+    page.get_by_role("button", name="Apply").click()
+    expect(page).to_have_url(
+        f"{base}/admin/users?q=ann&source=&status=&group=&sort=username&order=asc"
+    )
+    expect(page.get_by_role("row")).to_have_count(2)
+
+    page.get_by_role("link", name="Ann Lee").click()
+    expect(page.get_by_text("Managed by Entra ID")).to_be_visible()
+    expect(page.get_by_text("Sales").first).to_be_visible()
+    shot(page, "user")
+
+    page.get_by_role("link", name="User Groups").click()
+    group_row = page.get_by_role("row").filter(has_text="Sales")
+    expect(group_row).to_contain_text("1")
+    shot(page, "groups")
+    page.get_by_role("link", name="Sales").click()
+    expect(page.get_by_role("link", name="Ann Lee")).to_be_visible()
+    shot(page, "group")
+
+    assert scim(base, secret, "DELETE", f"/Users/{bob['id']}")[0] == 204
+    page.goto(f"{base}/admin/users")
+    expect(page.get_by_role("row").filter(has_text="bob@contoso.com")).to_contain_text(
+        "Deprovisioned"
+    )
+    page.get_by_role("link", name="Purge all deprovisioned (1)").click()
+    shot(page, "purge-confirm")
+    page.get_by_role("button", name="Purge 1 user").click()
+    expect(page.get_by_text("Purged 1 deprovisioned user.")).to_be_visible()
+    expect(page.get_by_role("row").filter(has_text="bob@contoso.com")).to_have_count(0)
+
+
+def test_custom_attributes_page_and_phone_layout(live, page):
+    app, base = live
+    setup_admin(page, app, base)
+    page.get_by_role("link", name="Custom Attributes").click()
+    page.get_by_label("Attribute name").fill("costCenterCode")
+    page.get_by_label("Type").select_option("string")
+    page.get_by_role("button", name="Add attribute").click()
+    path = "urn:ietf:params:scim:schemas:extension:ivanti:2.0:User:costCenterCode"
+    expect(page.get_by_label("Attribute path for costCenterCode")).to_have_value(path)
+    shot(page, "attributes")
+    with urllib.request.urlopen(f"{base}/scim/v2/Schemas") as response:
+        ids = [s["id"] for s in json.loads(response.read())["Resources"]]
+    assert "urn:ietf:params:scim:schemas:extension:ivanti:2.0:User" in ids
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"{base}/admin/provisioning/okta")
+    expect(page.get_by_text("OAuth Bearer Token", exact=True)).to_be_visible()
+    shot(page, "provisioning-okta-phone")
+    page.goto(f"{base}/admin/users")
+    expect(page.get_by_text("No users yet")).to_be_visible()
+    shot(page, "users-empty-phone")
