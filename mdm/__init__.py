@@ -53,12 +53,14 @@ def create_app(test_config=None):
     from . import cli
     from . import db
     from . import errors
+    from . import security
     from .forms import csrf
     from .scim import bp as scim_bp
 
     db.init_app(app)
     app.json.sort_keys = False
     app.url_map.merge_slashes = False
+    security.init_app(app)
     auth.init_app(app)
     csrf.init_app(app)
     app.register_blueprint(auth.bp)

@@ -82,6 +82,11 @@ class Throttle:
         with self._lock:
             self._failures.pop(key, None)
 
+    def reset(self):
+        """Forget every failure (a new app, or a test)."""
+        with self._lock:
+            self._failures.clear()
+
 
 # Per account: 5 failures in 15 minutes. Per address: 20, so one address
 # cannot walk through many accounts either.
@@ -141,7 +146,11 @@ def setup():
     if Admin.select().exists():
         return redirect(url_for("auth.login"))
     code = request.values.get("code", "")
+    address = request.remote_addr or "?"
+    if address_throttle.retry_after(address):
+        abort(429, "Too many wrong setup codes from this address; try again later.")
     if not _valid_setup_code(code):
+        address_throttle.fail(address)
         abort(403, "Open the setup link printed by the server when it started.")
     form = SetupForm()
     if form.validate_on_submit():
@@ -218,5 +227,7 @@ def logout():
 
 
 def init_app(app):
-    """Attach flask-login to the app."""
+    """Attach flask-login to the app and start with clean throttles."""
     login_manager.init_app(app)
+    account_throttle.reset()
+    address_throttle.reset()

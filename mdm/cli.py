@@ -36,7 +36,7 @@ def target_url(host="127.0.0.1", port=8080):
 @with_appcontext
 def serve_command(host, port, threads):
     """Serve the console and the SCIM API with waitress."""
-    from waitress import serve
+    from .server import serve
 
     app = current_app._get_current_object()
     click.echo(f"mdm serving on http://{host}:{port}/", err=True)
@@ -57,7 +57,8 @@ def serve_command(host, port, threads):
                 "Provisioning, or run `mdm token create --idp entra`.",
                 err=True,
             )
-    serve(app, host=host, port=port, threads=threads, ident="mdm")
+    serve(app, host, port, threads)
+    click.echo("mdm stopped.", err=True)
 
 
 @click.group("token")
@@ -202,6 +203,19 @@ def attribute_remove(name):
     click.echo(f"Attribute {name} removed.", err=True)
 
 
+@click.command("backup")
+@click.argument("path", type=click.Path(dir_okay=False))
+@with_appcontext
+def backup_command(path):
+    """Write a consistent copy of the database to PATH, even while serving."""
+    from .db import backup
+
+    if os.path.exists(path):
+        raise click.ClickException(f"{path} exists; choose a new file.")
+    pages = backup(path)
+    click.echo(f"Backed up {pages} pages to {path}.", err=True)
+
+
 @click.group("admin")
 def admin_group():
     """Manage console administrators."""
@@ -242,6 +256,7 @@ def init_app(app):
     """Register mdm's commands on the Flask CLI."""
     app.cli.add_command(serve_command)
     app.cli.add_command(admin_group)
+    app.cli.add_command(backup_command)
     app.cli.add_command(token_group)
     app.cli.add_command(attribute_group)
 

@@ -1,0 +1,66 @@
+"""Serve the app with waitress and stop gracefully on SIGTERM or Ctrl-C."""
+
+import signal
+import threading
+import time
+
+from waitress import wasyncore
+from waitress.server import create_server
+
+GRACE_SECONDS = 30
+
+
+def serve(app, host, port, threads, on_ready=None):
+    """Serve until SIGTERM/SIGINT, then finish in-flight requests and return.
+
+    waitress's own serve() dies mid-response on SIGTERM. Here the listening
+    socket closes first, the event loop keeps flushing responses until every
+    request has been answered (or GRACE_SECONDS pass), then the workers stop.
+    SQLite transactions are atomic, so a request cut short writes nothing.
+    """
+    server = create_server(app, host=host, port=port, threads=threads, ident="mdm")
+    stopping = threading.Event()
+
+    def request_stop(signum, frame):
+        stopping.set()
+        server.pull_trigger()  # wake the event loop now
+
+    previous = {
+        sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    if on_ready is not None:
+        on_ready(server)
+    try:
+        while not stopping.is_set():
+            _poll(server, 1.0)
+        wasyncore.dispatcher.close(server)  # stop accepting; keep the trigger
+        deadline = time.monotonic() + GRACE_SECONDS
+        while _busy(server) and time.monotonic() < deadline:
+            _poll(server, 0.05)
+        for channel in list(server.active_channels.values()):
+            channel.close()
+        server.task_dispatcher.shutdown(cancel_pending=False, timeout=5)
+        server.trigger.close()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _poll(server, timeout):
+    server.asyncore.loop(
+        timeout=timeout,
+        map=server._map,
+        use_poll=server.adj.asyncore_use_poll,
+        count=1,
+    )
+
+
+def _busy(server):
+    """Tell whether any request is queued, running, or still being sent."""
+    dispatcher = server.task_dispatcher
+    if dispatcher.active_count or dispatcher.queue:
+        return True
+    return any(
+        channel.requests or channel.total_outbufs_len
+        for channel in server.active_channels.values()
+    )
