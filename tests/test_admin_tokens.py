@@ -73,6 +73,11 @@ def banners(soup):
     return [" ".join(b.get_text().split()) for b in soup.select(".banner")]
 
 
+def text_of(node):
+    """Return a node's text without surrounding whitespace."""
+    return node.get_text(strip=True)
+
+
 def flashes(soup):
     """Return the text of each flashed message on a page."""
     return [f.get_text(strip=True) for f in soup.select("div.flash")]
@@ -336,6 +341,33 @@ def test_token_table_columns(app, client, console):
     options = [o.get_text(strip=True) for o in actions.find_all("option")]
     assert options == ["Select", "Set to Active", "Set to Inactive", "Renew", "Remove"]
     assert used["Actions"].find("button").get_text(strip=True) == "Apply"
+
+
+def test_token_label_and_client_are_escaped(app, client, console):
+    """A label or User-Agent that looks like HTML is shown as text."""
+    secret = shown_secret(generate(console, label="<b>bold</b>"))
+    client.get(
+        "/scim/v2/Users",
+        headers={"Authorization": f"Bearer {secret}", "User-Agent": "<i>agent</i>"},
+    )
+    soup = page(console.get("/admin/provisioning/entra"))
+    (row,) = token_rows(soup)
+    assert text_of(row["Label"]) == "<b>bold</b>"
+    assert text_of(row["Last client"]) == "<i>agent</i>"
+    assert soup.find("b") is None and soup.find("i") is None
+
+
+def test_expired_token_status(app, console):
+    """A token past its expiry is listed as Expired and counts as inactive."""
+    token, _ = issue_token(app, "entra", expires_in_days=1)
+    with app.app_context(), database.connection_context():
+        BearerToken.update(expires_at=utcnow() - timedelta(minutes=1)).where(
+            BearerToken.id == token.id
+        ).execute()
+    soup = page(console.get("/admin/provisioning/entra"))
+    (row,) = token_rows(soup)
+    assert text_of(row["Status"]) == "Expired"
+    assert any(b.startswith("No active token") for b in banners(soup))
 
 
 def test_token_tables_are_per_connection(app, console):
