@@ -269,10 +269,16 @@ class CustomAttribute(database.Model):
 User.add_index(User.user_name, unique=True, where=User.deprovisioned_at.is_null())
 Group.add_index(Group.display_name, unique=True, where=Group.deprovisioned_at.is_null())
 Membership.add_index(Membership.user)
+# The console lists every user, deprovisioned ones included, sorted by these.
+# Named apart from the partial unique index, which owns the default name.
+User.add_index(User.user_name, name="user_user_name_all")
+User.add_index(User.display_name)
+User.add_index(User.deprovisioned_at)
+Group.add_index(Group.deprovisioned_at)
 
 MODELS = [BearerToken, User, Group, Membership, CustomAttribute, Admin]
-# 1: SCIM tables; 2: Admin.
-SCHEMA_VERSION = 2
+# 1: SCIM tables; 2: Admin; 3: console sort and status indexes.
+SCHEMA_VERSION = 3
 
 
 def migrate():
