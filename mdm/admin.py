@@ -354,11 +354,10 @@ def users():
     group = None
     if group_id:
         group = Group.get_or_none(Group.scim_id == group_id)
-        if group is not None:
-            members = Membership.select(Membership.user).where(
-                Membership.group == group.id
-            )
-            query = query.where(User.id.in_(members))
+        # A stale link to a purged group matches nobody, not everybody.
+        group_pk = group.id if group is not None else -1
+        members = Membership.select(Membership.user).where(Membership.group == group_pk)
+        query = query.where(User.id.in_(members))
     key = USER_SORTS.get(sort, User.user_name)
     ordering = key.desc() if order == "desc" else key.asc()
     query = query.order_by(ordering, User.id)
@@ -373,6 +372,7 @@ def users():
         source=source,
         status=status,
         group=group,
+        unknown_group=bool(group_id) and group is None,
         group_choices=Group.live().order_by(Group.display_name).limit(500),
         sort=sort,
         order=order,

@@ -37,10 +37,15 @@ SETUP_CODE_FILE = "setup_code"
 
 
 @login_manager.user_loader
-def load_admin(admin_id):
-    if not admin_id.isdigit():
+def load_admin(session_id):
+    """Return the administrator a session names, if its session key is still current."""
+    admin_id, _, key = session_id.partition(":")
+    if not admin_id.isdigit() or not key:
         return None
-    return Admin.get_or_none(Admin.id == int(admin_id))
+    admin = Admin.get_or_none(Admin.id == int(admin_id))
+    if admin is None or not hmac.compare_digest(admin.session_key, key):
+        return None
+    return admin
 
 
 #
@@ -221,6 +226,8 @@ def logout():
     """Sign the administrator out."""
     form = LogoutForm()
     if form.validate_on_submit():
+        if current_user.is_authenticated:
+            current_user.end_sessions()
         logout_user()
         flash("Signed out.", "success")
     return redirect(url_for("auth.login"))

@@ -225,6 +225,8 @@ class Admin(database.Model):
 
     username = TextField(unique=True, collation="NOCASE")
     password_hash = TextField()
+    # Part of the session id: rotating it signs out every copy of a session cookie.
+    session_key = TextField(default=lambda: secrets.token_hex(16))
     created_at = DateTimeField(default=utcnow)
     last_login_at = DateTimeField(null=True)
 
@@ -234,7 +236,12 @@ class Admin(database.Model):
     is_anonymous = False
 
     def get_id(self):
-        return str(self.id)
+        return f"{self.id}:{self.session_key}"
+
+    def end_sessions(self):
+        """Invalidate every session cookie issued for this administrator."""
+        self.session_key = secrets.token_hex(16)
+        self.save()
 
     def set_password(self, password):
         self.password_hash = hash_password(password)
@@ -277,8 +284,8 @@ User.add_index(User.deprovisioned_at)
 Group.add_index(Group.deprovisioned_at)
 
 MODELS = [BearerToken, User, Group, Membership, CustomAttribute, Admin]
-# 1: SCIM tables; 2: Admin; 3: console sort and status indexes.
-SCHEMA_VERSION = 3
+# 1: SCIM tables; 2: Admin; 3: console sort and status indexes; 4: Admin.session_key.
+SCHEMA_VERSION = 4
 
 
 def migrate():
@@ -291,7 +298,25 @@ def migrate():
         )
     with database.atomic():
         database.create_tables(MODELS, safe=True)
+        _add_missing_columns()
         database.execute_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _add_missing_columns():
+    """Add columns that later schema versions gave to tables an older release created."""
+    from playhouse.migrate import SqliteMigrator
+    from playhouse.migrate import migrate as run
+
+    columns = {c.name for c in database.get_columns("admin")}
+    if "session_key" not in columns:
+        run(
+            SqliteMigrator(database).add_column(
+                "admin", "session_key", TextField(default="")
+            )
+        )
+        for admin in Admin.select():
+            admin.session_key = secrets.token_hex(16)
+            admin.save()
 
 
 #

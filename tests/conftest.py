@@ -11,6 +11,14 @@ from mdm.models import BearerToken
 SCIM = "application/scim+json"
 
 
+@pytest.fixture(autouse=True)
+def instance_folder(tmp_path, monkeypatch):
+    """Keep every app a test creates out of the repository's instance folder."""
+    folder = tmp_path / "instance"
+    monkeypatch.setenv("MDM_INSTANCE_PATH", str(folder))
+    return folder
+
+
 @pytest.fixture
 def app(tmp_path):
     """Create an app with its own database file and instance folder."""

@@ -97,7 +97,7 @@ def test_upgrade_from_schema_1_keeps_data(tmp_path):
     app = create_app({"TESTING": True, "DATABASE": path})
     with app.app_context(), database.connection_context():
         version = database.execute_sql("PRAGMA user_version").fetchone()[0]
-        assert version == SCHEMA_VERSION == 3
+        assert version == SCHEMA_VERSION == 4
         assert Admin.select().count() == 0
         assert BearerToken.authenticate(secret).id == token.id
         stored = User.get(User.user_name == "old@x")
@@ -109,6 +109,28 @@ def test_upgrade_from_schema_1_keeps_data(tmp_path):
         headers={"Authorization": f"Bearer {secret}"},
     ).get_json()
     assert body["Resources"][0]["members"][0]["display"] == "Old"
+
+
+def test_upgrade_from_schema_2_adds_admin_session_key(tmp_path):
+    path = str(tmp_path / "v2.sqlite")
+    conn = sqlite3.connect(path)
+    conn.execute(
+        'CREATE TABLE "admin" ("id" INTEGER NOT NULL PRIMARY KEY, "username" TEXT '
+        'NOT NULL COLLATE NOCASE, "password_hash" TEXT NOT NULL, "created_at" '
+        'DATETIME NOT NULL, "last_login_at" DATETIME)'
+    )
+    conn.execute(
+        "INSERT INTO admin (username, password_hash, created_at) "
+        "VALUES ('root', 'hash', '2026-01-01 00:00:00')"
+    )
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    app = create_app({"TESTING": True, "DATABASE": path})
+    with app.app_context(), database.connection_context():
+        admin = Admin.get(Admin.username == "root")
+        assert admin.password_hash == "hash"
+        assert len(admin.session_key) == 32
 
 
 def test_newer_schema_is_refused(tmp_path):
