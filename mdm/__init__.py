@@ -48,23 +48,29 @@ def create_app(test_config=None):
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = _persistent_secret_key(app.instance_path)
 
+    from . import activity
     from . import admin
     from . import auth
     from . import cli
+    from . import dashboard
     from . import db
     from . import errors
+    from . import logs
     from . import security
     from .forms import csrf
     from .scim import bp as scim_bp
 
     db.init_app(app)
+    activity.init_app(app)
     app.json.sort_keys = False
     app.url_map.merge_slashes = False
     security.init_app(app)
     auth.init_app(app)
     csrf.init_app(app)
     app.register_blueprint(auth.bp)
+    app.register_blueprint(dashboard.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(logs.bp)
     app.register_blueprint(scim_bp)
     csrf.exempt(scim_bp)  # bearer-token API: no cookies, so no CSRF
     admin.init_app(app)

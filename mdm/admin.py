@@ -21,6 +21,7 @@ from peewee import NodeList
 from peewee import Value
 from peewee import fn
 
+from .activity import audit
 from .db import write_transaction
 from .forms import AttributeForm
 from .forms import ConfirmForm
@@ -123,12 +124,6 @@ def sort_url(column):
 bp.add_app_template_global(sort_url)
 
 
-@bp.get("/")
-def index():
-    """Open the console on the users page."""
-    return redirect(url_for("admin.users"))
-
-
 #
 # User Provisioning (tokens)
 #
@@ -222,6 +217,7 @@ def generate_token(idp):
         except TokenError as error:
             flash(str(error), "danger")
             return redirect(url_for("admin.provisioning", idp=idp))
+        audit("SCIM Token Created", _token_details(token))
         return render_template(
             "admin/token_secret.html",
             idp=idp,
@@ -246,6 +242,10 @@ def token_action(idp, token_id):
     if action in ("renew", "remove"):
         return redirect(url_for(f"admin.{action}_token", idp=idp, token_id=token.id))
     token.set_active(action == "activate")
+    audit(
+        "SCIM Token Enabled" if token.active else "SCIM Token Disabled",
+        _token_details(token),
+    )
     state = "Active" if token.active else "Inactive"
     flash(f"Token {token.key} is now {state}.", "success")
     return redirect(url_for("admin.provisioning", idp=idp))
@@ -257,7 +257,9 @@ def renew_token(idp, token_id):
     token = _token_or_404(_idp_or_404(idp), token_id)
     form = ConfirmForm()
     if form.validate_on_submit():
+        old_key = token.key
         secret = token.renew()
+        audit("SCIM Token Renewed", f"{_token_details(token)}; replaced {old_key}")
         return render_template(
             "admin/token_secret.html",
             idp=idp,
@@ -287,6 +289,7 @@ def remove_token(idp, token_id):
     form = ConfirmForm()
     if form.validate_on_submit():
         token.delete_instance()
+        audit("SCIM Token Deleted", _token_details(token))
         flash(f"Token {token.key} removed.", "success")
         return redirect(url_for("admin.provisioning", idp=idp))
     return render_template(
@@ -301,6 +304,12 @@ def remove_token(idp, token_id):
         cancel_url=url_for("admin.provisioning", idp=idp),
         danger=True,
     )
+
+
+def _token_details(token):
+    """Describe a token for the audit trail: IdP, public key and label, never the secret."""
+    label = f", label {token.label!r}" if token.label else ""
+    return f"IdP: {token.idp_name}; token {token.key}{label}"
 
 
 #
@@ -409,6 +418,8 @@ def _user_or_404(scim_id):
 @bp.get("/users/<scim_id>")
 def user(scim_id):
     """Show every stored attribute of one user."""
+    from .logs import history
+
     row = _user_or_404(scim_id)
     data = json.loads(row.data)
     extensions = {k: data.pop(k) for k in list(data) if k.startswith("urn:")}
@@ -425,6 +436,7 @@ def user(scim_id):
         extensions=extensions,
         groups=list(groups),
         managed_by=IDPS.get(row.source, row.source),
+        history=history(row.scim_id),
     )
 
 
@@ -442,6 +454,10 @@ def purge_user(scim_id):
     if form.validate_on_submit():
         with write_transaction():
             row.delete_instance()
+        audit(
+            "User Purged",
+            f"{row.user_name} ({row.scim_id}), {source_label(row.source)}",
+        )
         flash(f"User {row.user_name} purged.", "success")
         return redirect(url_for("admin.users"))
     return render_template(
@@ -469,6 +485,7 @@ def purge_deprovisioned():
             removed = (
                 User.delete().where(User.deprovisioned_at.is_null(False)).execute()
             )
+        audit("Deprovisioned Users Purged", f"{removed} users")
         flash(
             f"Purged {removed} deprovisioned user{'s' if removed != 1 else ''}.",
             "success",
@@ -540,6 +557,8 @@ def _member_counts(groups):
 @bp.get("/groups/<scim_id>")
 def group(scim_id):
     """Show one group and a searchable page of its members."""
+    from .logs import history
+
     row = Group.get_or_none(Group.scim_id == scim_id)
     if row is None:
         abort(404)
@@ -557,7 +576,13 @@ def group(scim_id):
         )
     members = members.order_by(User.user_name, User.id)
     pagination = Pagination(members, page_arg())
-    return render_template("admin/group.html", group=row, pagination=pagination, q=q)
+    return render_template(
+        "admin/group.html",
+        group=row,
+        pagination=pagination,
+        q=q,
+        history=history(row.scim_id),
+    )
 
 
 #
@@ -575,6 +600,7 @@ def attributes():
             form.name.errors.append(f"An attribute called {name} already exists.")
         else:
             CustomAttribute.create(name=name, type=form.type.data)
+            audit("Custom Attribute Added", f"{name} ({form.type.data})")
             flash(f"Attribute {name} added; /Schemas now advertises it.", "success")
             return redirect(url_for("admin.attributes"))
     return render_template(
@@ -594,6 +620,7 @@ def delete_attribute(attribute_id):
     form = ConfirmForm()
     if form.validate_on_submit():
         attribute.delete_instance()
+        audit("Custom Attribute Deleted", f"{attribute.name} ({attribute.type})")
         flash(f"Attribute {attribute.name} deleted.", "success")
         return redirect(url_for("admin.attributes"))
     return render_template(
@@ -615,4 +642,4 @@ def init_app(app):
 
     @app.get("/")
     def root():
-        return redirect(url_for("admin.index"))
+        return redirect(url_for("dashboard.home"))

@@ -20,6 +20,7 @@ from flask_login import current_user
 from flask_login import login_user
 from flask_login import logout_user
 
+from .activity import audit
 from .db import database
 from .forms import LoginForm
 from .forms import LogoutForm
@@ -166,6 +167,11 @@ def setup():
             os.remove(setup_code_path())
         except FileNotFoundError:
             pass
+        audit(
+            "Administrator Created",
+            f"{admin.username} (first-run setup)",
+            actor=admin.username,
+        )
         login_user(admin)
         flash(f"Administrator {admin.username} created.", "success")
         return redirect(url_for("admin.provisioning", idp="entra"))
@@ -181,6 +187,9 @@ def _safe_next(target):
     """Return ``target`` if it is a local path, else None (open-redirect guard)."""
     if not target or not target.startswith("/") or target.startswith("//"):
         return None
+    # Browsers drop tabs and newlines, turning "/\t/host" into "//host".
+    if any(ord(c) < 32 or c.isspace() for c in target):
+        return None
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or "\\" in target:
         return None
@@ -191,7 +200,7 @@ def _safe_next(target):
 def login():
     """Sign an administrator in."""
     if current_user.is_authenticated:
-        return redirect(url_for("admin.index"))
+        return redirect(url_for("dashboard.home"))
     if not Admin.select().exists():
         return render_template("auth/no_admin.html"), 503
     form = LoginForm()
@@ -212,10 +221,12 @@ def login():
                 admin.last_login_at = utcnow()
                 admin.save()
                 login_user(admin)
+                audit("Admin Signed In", "", actor=admin.username)
                 target = _safe_next(request.args.get("next"))
-                return redirect(target or url_for("admin.index"))
+                return redirect(target or url_for("dashboard.home"))
             account_throttle.fail(username.lower())
             address_throttle.fail(request.remote_addr or "?")
+            audit("Admin Sign-in Failed", f"username {username[:150]!r}", actor="")
             error = "The username or password is incorrect."
     status = 429 if error and error.startswith("Too many") else 200
     return render_template("auth/login.html", form=form, error=error), status
@@ -227,6 +238,7 @@ def logout():
     form = LogoutForm()
     if form.validate_on_submit():
         if current_user.is_authenticated:
+            audit("Admin Signed Out", "")
             current_user.end_sessions()
         logout_user()
         flash("Signed out.", "success")

@@ -9,6 +9,7 @@ from flask import current_app
 from flask.cli import FlaskGroup
 from flask.cli import with_appcontext
 
+from .activity import audit
 from .db import database
 from .models import IDPS
 from .models import Admin
@@ -78,6 +79,7 @@ def token_create(idp, label, expires_in):
             token, secret = BearerToken.issue(idp, label, "cli", expires_in)
         except TokenError as error:
             raise click.ClickException(str(error)) from None
+    audit("SCIM Token Created", _details(token), actor="cli")
     click.echo(secret)
     click.echo(f"Target SCIM URL: {target_url()}", err=True)
     click.echo(
@@ -110,6 +112,10 @@ def token_list():
         )
 
 
+def _details(token):
+    return f"IdP: {token.idp_name}; token {token.key}"
+
+
 def _token(token_id):
     token = BearerToken.get_or_none(BearerToken.id == token_id)
     if token is None:
@@ -123,7 +129,9 @@ def _token(token_id):
 def token_set_active(token_id):
     """Let a token authenticate again."""
     with database.connection_context():
-        _token(token_id).set_active(True)
+        token = _token(token_id)
+        token.set_active(True)
+    audit("SCIM Token Enabled", _details(token), actor="cli")
     click.echo(f"Token {token_id} is active.", err=True)
 
 
@@ -133,7 +141,9 @@ def token_set_active(token_id):
 def token_set_inactive(token_id):
     """Stop a token from authenticating without removing it."""
     with database.connection_context():
-        _token(token_id).set_active(False)
+        token = _token(token_id)
+        token.set_active(False)
+    audit("SCIM Token Disabled", _details(token), actor="cli")
     click.echo(f"Token {token_id} is inactive.", err=True)
 
 
@@ -143,7 +153,9 @@ def token_set_inactive(token_id):
 def token_renew(token_id):
     """Issue a new secret in the token's slot; the old one stops working at once."""
     with database.connection_context():
-        secret = _token(token_id).renew()
+        token = _token(token_id)
+        secret = token.renew()
+    audit("SCIM Token Renewed", _details(token), actor="cli")
     click.echo(secret)
     click.echo(f"Target SCIM URL: {target_url()}", err=True)
 
@@ -154,7 +166,9 @@ def token_renew(token_id):
 def token_remove(token_id):
     """Delete a token; users and groups it provisioned stay."""
     with database.connection_context():
-        _token(token_id).delete_instance()
+        token = _token(token_id)
+        token.delete_instance()
+    audit("SCIM Token Deleted", _details(token), actor="cli")
     click.echo(f"Token {token_id} removed.", err=True)
 
 
@@ -177,6 +191,7 @@ def attribute_add(name, type_):
         if CustomAttribute.get_or_none(CustomAttribute.name == name):
             raise click.ClickException(f"Attribute {name} already exists.")
         CustomAttribute.create(name=name, type=type_)
+    audit("Custom Attribute Added", f"{name} ({type_})", actor="cli")
     urn = current_app.config["SCIM_CUSTOM_SCHEMA"]
     click.echo(f"{urn}:{name}")
 
@@ -200,6 +215,7 @@ def attribute_remove(name):
         removed = CustomAttribute.delete().where(CustomAttribute.name == name).execute()
     if not removed:
         raise click.ClickException(f"No attribute {name}.")
+    audit("Custom Attribute Deleted", name, actor="cli")
     click.echo(f"Attribute {name} removed.", err=True)
 
 
@@ -243,6 +259,7 @@ def admin_create(username, password_stdin):
         admin = Admin(username=username)
         admin.set_password(password)
         admin.save()
+    audit("Administrator Created", f"{username} (mdm admin create)", actor="cli")
     from .auth import setup_code_path
 
     try:

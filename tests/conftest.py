@@ -1,8 +1,13 @@
 """Shared fixtures: a fresh app and database per test, and a SCIM client with a live token."""
 
 import json
+import threading
+import time
+from contextlib import contextmanager
 
 import pytest
+from waitress import wasyncore
+from waitress.server import create_server
 
 from mdm import create_app
 from mdm.db import database
@@ -116,3 +121,34 @@ def okta(app, client):
     """A SCIM client authenticated with an Okta token."""
     _, secret = issue_token(app, "okta")
     return ScimClient(client, secret)
+
+
+@contextmanager
+def live_server(app, threads=8):
+    """Serve ``app`` with waitress on a free loopback port; yield the port."""
+    server = create_server(app, host="127.0.0.1", port=0, threads=threads)
+    stopping = threading.Event()
+
+    def run():
+        # Sockets are closed by the loop's own thread: closing them from another
+        # thread while it sits in select() makes select() fail with EBADF.
+        while not stopping.is_set():
+            server.asyncore.loop(timeout=0.05, map=server._map, count=1)
+        wasyncore.close_all(server._map)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield server.effective_port
+    finally:
+        # A task may still be finishing after its client read the answer; let it.
+        dispatcher = server.task_dispatcher
+        deadline = time.monotonic() + 5
+        while (
+            dispatcher.active_count or dispatcher.queue
+        ) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        dispatcher.shutdown(timeout=5)
+        stopping.set()
+        thread.join(timeout=5)
+        database.close_all()

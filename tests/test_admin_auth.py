@@ -349,11 +349,11 @@ def test_login_with_wrong_credentials(app, client, username, password):
 
 
 def test_login_with_right_password(app, client):
-    """The right password signs in and lands on the users page."""
+    """The right password signs in and lands on the dashboard."""
     admin_id = add_admin(app)
     response = login(client, follow_redirects=True)
     assert response.status_code == 200
-    assert response.request.path == "/admin/users"
+    assert response.request.path == "/admin/"
     assert response.history and response.history[0].status_code == 302
     assert session_user(client) == str(admin_id)
     assert signed_in(client)
@@ -419,7 +419,7 @@ def test_next_ignored_for_foreign_targets(app, client, target):
     assert response.status_code == 302
     location = urlsplit(response.location)
     assert location.netloc in ("", "localhost")
-    assert location.path in ("/admin/", "/admin/users")
+    assert location.path == "/admin/"
     assert signed_in(client)
 
 

@@ -7,17 +7,17 @@ skip, when it is missing. Screenshots go to $MDM_SCREENSHOTS when it is set.
 import json
 import os
 import shutil
-import threading
 import urllib.error
 import urllib.request
 
 import pytest
 from playwright.sync_api import expect
 from playwright.sync_api import sync_playwright
-from waitress.server import create_server
 
 from mdm import create_app
 from mdm.auth import ensure_setup_code
+
+from .conftest import live_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PASSWORD = "correct horse battery"
@@ -42,13 +42,8 @@ def live(tmp_path):
             "DATABASE": str(tmp_path / "mdm.sqlite"),
         }
     )
-    server = create_server(app, host="127.0.0.1", port=0, threads=4)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.effective_port}"
-    yield app, base
-    server.close()
-    thread.join(timeout=5)
+    with live_server(app, threads=4) as port:
+        yield app, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture
@@ -170,7 +165,7 @@ def test_setup_sign_in_and_token_lifecycle(live, page):
     shot(page, "sign-in-error")
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("heading", name="Users")).to_be_visible()
+    expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
 
 
 def test_provisioned_users_and_groups_appear_and_purge(live, page):
@@ -264,3 +259,39 @@ def test_custom_attributes_page_and_phone_layout(live, page):
     page.goto(f"{base}/admin/users")
     expect(page.get_by_text("No users yet")).to_be_visible()
     shot(page, "users-empty-phone")
+
+
+def test_failed_request_shows_in_activity_with_its_hint(live, page):
+    app, base = live
+    setup_admin(page, app, base)
+    secret, _ = generate(page, "Entra")
+    body = {"userName": "dup@contoso.com", "password": "Sup3r-secret-pw"}
+    assert scim(base, secret, "POST", "/Users", body)[0] == 201
+    status, error = scim(base, secret, "POST", "/Users", body)
+    assert (status, error["scimType"]) == (409, "uniqueness")
+    assert scim(base, "mdm_0_wrong", "GET", "/Users")[0] == 401
+    from mdm.activity import writer
+
+    writer.flush()
+
+    page.get_by_role("link", name="Dashboard").click()
+    expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
+    shot(page, "dashboard")
+    page.get_by_role("link", name="Provisioning Activity").click()
+    expect(page.get_by_role("heading", name="Provisioning activity")).to_be_visible()
+    failed = page.get_by_role("row").filter(has_text="409")
+    expect(failed).to_contain_text("dup@contoso.com")
+    shot(page, "activity")
+    failed.get_by_role("link").first.click()
+    expect(page.get_by_text("What this usually means:")).to_be_visible()
+    expect(page.get_by_text("already exists").first).to_be_visible()
+    expect(page.get_by_text("Sup3r-secret-pw")).to_have_count(0)
+    shot(page, "activity-entry")
+    page.get_by_role("link", name="Audit Trail").click()
+    expect(
+        page.get_by_role("row").filter(has_text="SCIM Token Created")
+    ).to_contain_text("Entra ID")
+    shot(page, "audit")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.get_by_role("link", name="Dashboard").click()
+    shot(page, "dashboard-phone")

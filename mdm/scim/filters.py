@@ -342,7 +342,10 @@ class _Parser:
             # Legacy Entra sends externalId eq jyoung: a bare word is a string.
             return word
         if match.group("frac") is None and match.group("exp") is None:
-            return int(word)
+            try:
+                return int(word)
+            except ValueError:  # more digits than int() converts (4300)
+                self.fail(f"number {word[:20]!r}... is out of range")
         number = float(word)
         if not math.isfinite(number):
             self.fail(f"number {word!r} is out of range")
@@ -520,7 +523,8 @@ def _as_number(value):
                 number = convert(value.strip())
             except ValueError:
                 continue
-            if math.isfinite(number):
+            # isfinite() on a 400-digit int overflows; every int is finite.
+            if isinstance(number, int) or math.isfinite(number):
                 return number
     return None
 
@@ -676,6 +680,12 @@ def _condition(operand, op, value):
         wanted = _as_number(value)
         if wanted is None:
             raise ScimError.invalid_filter(f"{value!r} is not a number.")
+        if isinstance(wanted, int) and not -(2**63) <= wanted < 2**63:
+            # SQLite binds integers as 64-bit; a larger one compares as a REAL.
+            try:
+                wanted = float(wanted)
+            except OverflowError:
+                raise ScimError.invalid_filter("The number is out of range.") from None
         return _ORDER[op](x, wanted)
     if operand.type == "dateTime":
         wanted = _as_datetime(value)

@@ -8,6 +8,10 @@ from .errors import ScimError
 
 MAX_NAME_LENGTH = 1024
 MAX_STRING_LENGTH = 65536
+MAX_START_INDEX = 2**53
+# Values per multi-valued attribute (emails, roles, ...); group members are
+# rows of their own and not limited by this.
+MAX_VALUES = 1000
 TRUE_STRINGS = {"true": True, "false": False}
 READ_ONLY = {"id", "meta", "schemas", "groups"}
 
@@ -23,7 +27,7 @@ def json_body(raw):
     except UnicodeDecodeError:
         raise ScimError.invalid_syntax("The request body is not valid UTF-8.") from None
     try:
-        body = json.loads(text)
+        body = json.loads(text, parse_constant=_not_json)
     except RecursionError:
         raise ScimError.invalid_syntax(
             "The request body is nested too deeply."
@@ -34,7 +38,40 @@ def json_body(raw):
         ) from None
     if not isinstance(body, dict):
         raise ScimError.invalid_syntax("The request body must be a JSON object.")
+    # A \ud800 escape decodes to a lone surrogate, which no UTF-8 column can store.
+    if "\\u" in text and _has_surrogate(body):
+        raise ScimError.invalid_syntax(
+            "The request body contains an unpaired surrogate escape."
+        )
     return body
+
+
+def _not_json(name):
+    # Python's json module accepts NaN and Infinity; RFC 8259 does not.
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _has_surrogate(body):
+    """Tell whether any key or string in ``body`` holds a lone surrogate (iteratively)."""
+    pending = [body]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.values())
+            strings = value.keys()
+        elif isinstance(value, list):
+            pending.extend(value)
+            continue
+        elif isinstance(value, str):
+            strings = (value,)
+        else:
+            continue
+        for text in strings:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False
 
 
 def get_key(body, name):
@@ -142,7 +179,14 @@ def _multi_valued(attribute, value, name):
         raise ScimError.invalid_value(
             f"{name} must be an array, not {_describe(value)}."
         )
+    if len(value) > MAX_VALUES:
+        raise ScimError.invalid_value(
+            f"{name} has {len(value)} values; at most {MAX_VALUES} are stored."
+        )
     items = []
+    # Cleaned values are scalars or flat dicts of scalars, so duplicates are
+    # found by hash: a list scan would make a 50,000-element array quadratic.
+    seen = set()
     for item in value:
         if attribute.complex:
             if isinstance(item, str):
@@ -151,7 +195,11 @@ def _multi_valued(attribute, value, name):
             cleaned = _complex(attribute, item, name)
         else:
             cleaned = _scalar(attribute, item, name)
-        if cleaned is not None and cleaned not in items:
+        if cleaned is None:
+            continue
+        key = frozenset(cleaned.items()) if isinstance(cleaned, dict) else cleaned
+        if key not in seen:
+            seen.add(key)
             items.append(cleaned)
     if attribute.complex:
         _one_primary(items)
@@ -341,7 +389,8 @@ def _page_number(value, name):
         raise ScimError.invalid_value(f"{name} must be an integer.")
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
+        # OverflowError: a JSON 1e400 reads as float("inf").
         raise ScimError.invalid_value(f"{name} must be an integer.") from None
 
 
@@ -365,7 +414,8 @@ def list_params(source, default_count, max_count):
     start = _page_number(get("startIndex"), "startIndex")
     count = _page_number(get("count"), "count")
     # RFC 7644 §3.4.2.4: startIndex below 1 means 1; a negative count means 0.
-    start = max(1, start) if start is not None else 1
+    # SQLite's OFFSET is a signed 64-bit integer; no directory holds more rows.
+    start = min(max(1, start), MAX_START_INDEX) if start is not None else 1
     count = default_count if count is None else min(max(0, count), max_count)
     return ListParams(
         filter=text if text and text.strip() else None,

@@ -8,6 +8,9 @@ from . import parse
 from .errors import ScimError
 
 OPS = ("add", "replace", "remove")
+# IdPs send tens of operations (the Entra validator's largest has 38); a cap
+# keeps one request from holding the write lock for seconds.
+MAX_OPERATIONS = 500
 # Computed by the server; Entra sometimes echoes them in a no-path value.
 SERVER_KEYS = ("id", "meta", "schemas", "groups")
 # An element with only these says nothing, e.g. an email whose value was cleared.
@@ -57,6 +60,11 @@ def operations(body):
         raise ScimError.invalid_syntax("The PATCH body needs an Operations array.")
     if not isinstance(items, list):
         raise ScimError.invalid_syntax("Operations must be an array.")
+    if len(items) > MAX_OPERATIONS:
+        raise ScimError.invalid_value(
+            f"A PATCH may carry at most {MAX_OPERATIONS} operations; "
+            f"this one has {len(items)}. Split it into several requests."
+        )
     # An empty array is a no-op: the Entra validator fails a server that
     # answers RFC 7644's 400 (entra-wire §3.5 P12).
     return [_operation(item) for item in items]
@@ -279,15 +287,22 @@ class _Patch:
             if op == "replace":
                 items = []
             written = []
-            for item in _listed(value):
+            listed = _listed(value)
+            # Many new elements are looked up by hash so a big array stays
+            # linear; a few are found by a scan, cheaper than hashing every item.
+            index = _index(items) if len(listed) > 16 else None
+            for item in listed:
                 element = self.element(attribute, item)
                 if not element:
                     continue
-                if element in items:
+                found = _find(items, index, element)
+                if found is not None:
                     # RFC 7644 §3.5.2.1: adding a value already there changes nothing.
-                    element = items[items.index(element)]
+                    element = found
                 else:
                     items.append(element)
+                    if index is not None:
+                        index[_element_key(element)] = element
                 written.append(element)
             _assign(holder, attribute.name, items)
             _one_primary(items, written)
@@ -528,6 +543,31 @@ def _read_only(target):
     if attribute.mutability == "readOnly":
         return True
     return sub is not None and sub.mutability == "readOnly"
+
+
+def _index(items):
+    """Map each element's key to its first occurrence."""
+    index = {}
+    for item in items:
+        index.setdefault(_element_key(item), item)
+    return index
+
+
+def _find(items, index, element):
+    """Return the element of ``items`` equal to ``element``, or None."""
+    if index is not None:
+        return index.get(_element_key(element))
+    return items[items.index(element)] if element in items else None
+
+
+def _element_key(item):
+    """Return a hashable key equal for equal flat elements, or a unique one."""
+    try:
+        key = frozenset(item.items()) if isinstance(item, dict) else ("", item)
+        hash(key)
+    except TypeError:  # an unhashable value: it equals no new element
+        return object()
+    return key
 
 
 def _among(item, matched):

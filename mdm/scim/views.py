@@ -8,8 +8,11 @@ from flask import g
 from flask import make_response
 from flask import request
 from peewee import IntegrityError
+from werkzeug.exceptions import ClientDisconnected
 from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import RequestEntityTooLarge
 
+from .. import activity
 from ..db import write_transaction
 from ..models import CustomAttribute
 from ..models import Group
@@ -94,7 +97,22 @@ def request_body():
             "invalidSyntax",
             f"Content-Type {mimetype} is not supported; send application/scim+json.",
         )
-    return parse.json_body(request.get_data(cache=False))
+    try:
+        raw = request.get_data(cache=True)  # kept for the activity log
+    except ClientDisconnected:
+        raise ScimError.invalid_syntax(
+            "The request body is shorter than its Content-Length."
+        ) from None
+    limit = request.max_content_length
+    if (
+        limit is not None
+        and request.content_length is None
+        and len(raw) >= limit
+        and request.input_stream.read(1)
+    ):
+        # Werkzeug cuts a streamed (chunked) body at the limit without failing.
+        raise RequestEntityTooLarge()
+    return parse.json_body(raw)
 
 
 def list_params(source=None):
@@ -239,6 +257,16 @@ def search(model, resource_type, params):
     return query, list(page)
 
 
+def listed(resources, total, params):
+    """Answer a list or search, noting what was looked for in the activity log."""
+    found = "no match" if total == 0 else f"{total} found"
+    if params.filter:
+        activity.note(f"{found} for {params.filter[:200]}")
+    else:
+        activity.note(f"listed {len(resources)} of {total}")
+    return serialize.list_response(resources, total, params.start_index)
+
+
 def _total(query, page, params):
     """Count matches, skipping the COUNT when a first, short page already holds them all."""
     if params.start_index == 1 and 0 < len(page) < params.count:
@@ -253,7 +281,7 @@ def query_users():
     """List users, optionally filtered, sorted and paged (RFC 7644 §3.4.2)."""
     params = list_params()
     resources, total = search_users(params, user_type())
-    return serialize.list_response(resources, total, params.start_index)
+    return listed(resources, total, params)
 
 
 @bp.post("/Users/.search", strict_slashes=False)
@@ -261,17 +289,44 @@ def search_users_view():
     """Search users with a SearchRequest body (RFC 7644 §3.4.3)."""
     params = list_params(request_body())
     resources, total = search_users(params, user_type())
-    return serialize.list_response(resources, total, params.start_index)
+    return listed(resources, total, params)
 
 
 @bp.get("/Users/<user_id>", strict_slashes=False)
 def query_user(user_id):
     """Return one user (RFC 7644 §3.4.1)."""
     user = get_live(User, user_id, "User")
+    activity.note(target=user.user_name)
     if not_modified(user):
         return not_modified_response(user)
     attributes, excluded = projection()
     return respond(render_user(user, user_type(), attributes, excluded))
+
+
+def describe_changes(before, after, password_hash=None):
+    """Summarise a user change for the activity log: disabled, fields changed, no change."""
+    changed = []
+    for key in sorted(set(before) | set(after), key=str.lower):
+        old, new = before.get(key), after.get(key)
+        if old == new:
+            continue
+        if key.startswith("urn:") and isinstance(old or new, dict):
+            old, new = old or {}, new or {}
+            changed += [
+                sub
+                for sub in sorted(set(old) | set(new))
+                if old.get(sub) != new.get(sub)
+            ]
+        elif key != "active":
+            changed.append(key)
+    parts = []
+    if before.get("active", True) != after.get("active", True):
+        parts.append("disabled" if after.get("active") is False else "enabled")
+    if changed:
+        parts.append("changed " + ", ".join(changed))
+    if password_hash:
+        parts.append("password set")
+    return "; ".join(parts) or "no change"
 
 
 def _uniqueness_error(data):
@@ -292,7 +347,14 @@ def create_user():
             mirror_user(user, data, password_hash)
             user.save(force_insert=True)
     except IntegrityError:
+        activity.note(target=data["userName"])
         raise _uniqueness_error(data) from None
+    activity.note(
+        "created" + ("" if user.active else " (disabled)"),
+        "User",
+        user.scim_id,
+        user.user_name,
+    )
     attributes, excluded = projection()
     resource = render_user(user, resource_type, attributes, excluded, groups=())
     location = f"{base_url()}/Users/{user.scim_id}"
@@ -309,12 +371,14 @@ def replace_user(user_id):
         with write_transaction():
             user = get_live(User, user_id, "User")
             check_if_match(user)
-            if user.attributes != data or password_hash:
+            before = user.attributes
+            if before != data or password_hash:
                 mirror_user(user, data, password_hash)
                 touch(user)
                 user.save()
     except IntegrityError:
         raise _uniqueness_error(data) from None
+    activity.note(describe_changes(before, data, password_hash), target=user.user_name)
     attributes, excluded = projection()
     return respond(render_user(user, resource_type, attributes, excluded))
 
@@ -339,6 +403,10 @@ def patch_user(user_id):
                 user.save()
     except IntegrityError:
         raise _uniqueness_error(data) from None
+    summary = describe_changes(before, data, password_hash)
+    if result.ignored:
+        summary += f"; ignored: {', '.join(result.ignored)}"
+    activity.note(summary, target=user.user_name)
     for note in result.ignored:
         current_app.logger.info("PATCH /Users/%s: %s", user_id, note)
     attributes, excluded = projection()
@@ -354,6 +422,7 @@ def delete_user(user_id):
         user.deprovisioned_at = utcnow()
         touch(user)
         user.save()
+    activity.note("deleted (kept as deprovisioned)", target=user.user_name)
     return "", 204
 
 
@@ -409,7 +478,7 @@ def query_groups():
     """List groups, optionally filtered, sorted and paged (RFC 7644 §3.4.2)."""
     params = list_params()
     resources, total = search_groups(params)
-    return serialize.list_response(resources, total, params.start_index)
+    return listed(resources, total, params)
 
 
 @bp.post("/Groups/.search", strict_slashes=False)
@@ -417,13 +486,14 @@ def search_groups_view():
     """Search groups with a SearchRequest body (RFC 7644 §3.4.3)."""
     params = list_params(request_body())
     resources, total = search_groups(params)
-    return serialize.list_response(resources, total, params.start_index)
+    return listed(resources, total, params)
 
 
 @bp.get("/Groups/<group_id>", strict_slashes=False)
 def query_group(group_id):
     """Return one group (RFC 7644 §3.4.1)."""
     group = get_live(Group, group_id, "Group")
+    activity.note(target=group.display_name)
     if not_modified(group):
         return not_modified_response(group)
     attributes, excluded = projection()
@@ -450,26 +520,50 @@ def resolve_members(ids, group_id):
 
 
 def apply_member_changes(group, changes):
-    """Apply PATCH member changes in order as row inserts and deletes; return rows changed."""
-    changed = 0
-    for action, argument in changes:
+    """Apply PATCH member changes in order as row inserts and deletes.
+
+    Returns (rows added, rows removed).
+    """
+    added = removed = 0
+    for action, argument in _merge_runs(changes):
         if action == "add":
-            changed += add_members(group, resolve_members(argument, group.scim_id))
+            added += add_members(group, resolve_members(argument, group.scim_id))
         elif action == "remove":
-            changed += remove_members(group, user_pks(argument).values())
+            removed += remove_members(group, user_pks(argument).values())
         elif action == "remove_all":
-            changed += clear_members(group)
+            removed += clear_members(group)
         elif action == "replace":
-            changed += clear_members(group)
-            changed += add_members(group, resolve_members(argument, group.scim_id))
+            removed += clear_members(group)
+            added += add_members(group, resolve_members(argument, group.scim_id))
         elif action == "remove_where":
-            matched = User.select(User.id).where(filters.member_expression(argument))
-            changed += (
+            try:
+                condition = filters.member_expression(argument)
+            except ScimError as error:
+                # As for a user's emails[...]: a bad filter in a path is a bad path.
+                raise ScimError.invalid_path(error.detail) from None
+            matched = User.select(User.id).where(condition)
+            removed += (
                 Membership.delete()
                 .where((Membership.group == group.id) & Membership.user.in_(matched))
                 .execute()
             )
-    return changed
+    return added, removed
+
+
+def _merge_runs(changes):
+    """Merge consecutive adds (or removes) into one, so 5,000 one-member ops cost a few queries."""
+    merged = []
+    for action, argument in changes:
+        if merged and action in ("add", "remove") and merged[-1][0] == action:
+            merged[-1][1].update(dict.fromkeys(argument))
+        elif action in ("add", "remove"):
+            merged.append((action, dict.fromkeys(argument)))
+        else:
+            merged.append((action, argument))
+    return [
+        (action, list(argument) if isinstance(argument, dict) else argument)
+        for action, argument in merged
+    ]
 
 
 def _group_uniqueness_error(data):
@@ -490,10 +584,18 @@ def create_group():
                 external_id=data.get("externalId"),
             )
             group.save(force_insert=True)
+            added = 0
             if member_ids:
-                add_members(group, resolve_members(member_ids, group.scim_id))
+                added = add_members(group, resolve_members(member_ids, group.scim_id))
     except IntegrityError:
+        activity.note(target=data["displayName"])
         raise _group_uniqueness_error(data) from None
+    activity.note(
+        f"created with {added} member{'s' if added != 1 else ''}",
+        "Group",
+        group.scim_id,
+        group.display_name,
+    )
     attributes, excluded = projection()
     resource = render_group(group, attributes, excluded)
     location = f"{base_url()}/Groups/{group.scim_id}"
@@ -508,16 +610,33 @@ def replace_group(group_id):
         with write_transaction():
             group = get_live(Group, group_id, "Group")
             check_if_match(group)
+            old_name = group.display_name
             changed = _set_group_attributes(group, data)
+            added = removed = 0
             if member_ids is not None:
-                changed += apply_member_changes(group, [("replace", member_ids)])
+                added, removed = apply_member_changes(group, [("replace", member_ids)])
+            changed += added + removed
             if changed:
                 touch(group)
                 group.save()
     except IntegrityError:
         raise _group_uniqueness_error(data) from None
+    activity.note(
+        describe_group_change(old_name, group, added, removed),
+        target=group.display_name,
+    )
     attributes, excluded = projection()
     return respond(render_group(group, attributes, excluded))
+
+
+def describe_group_change(old_name, group, added, removed):
+    """Summarise a group change for the activity log: renames and members +n/-m."""
+    parts = []
+    if old_name != group.display_name:
+        parts.append(f"renamed from {old_name!r}")
+    if added or removed:
+        parts.append(f"members +{added}/\u2212{removed}")
+    return "; ".join(parts) or "no change"
 
 
 def _set_group_attributes(group, data):
@@ -545,13 +664,19 @@ def patch_group(group_id):
                 resource["externalId"] = group.external_id
             result = patch.apply(resource, operations, schema.GROUP_TYPE)
             data, _ = parse.group(resource)
+            old_name = group.display_name
             changed = _set_group_attributes(group, data)
-            changed += apply_member_changes(group, result.members)
+            added, removed = apply_member_changes(group, result.members)
+            changed += added + removed
             if changed:
                 touch(group)
                 group.save()
     except IntegrityError:
         raise _group_uniqueness_error(data) from None
+    activity.note(
+        describe_group_change(old_name, group, added, removed),
+        target=group.display_name,
+    )
     for note in result.ignored:
         current_app.logger.info("PATCH /Groups/%s: %s", group_id, note)
     attributes, excluded = projection()
@@ -571,6 +696,7 @@ def delete_group(group_id):
         group.deprovisioned_at = utcnow()
         touch(group)
         group.save()
+    activity.note("deleted (kept as deprovisioned)", target=group.display_name)
     return "", 204
 
 

@@ -1,0 +1,436 @@
+"""Provisioning activity and audit trail: a separate SQLite file fed by a buffered writer.
+
+SCIM requests must never wait on logging, so each request only appends a
+dict to a queue; one background thread inserts batches into
+``activity.sqlite`` (its own file, hence its own write lock) and prunes it
+by age and size.
+"""
+
+import atexit
+import json
+import queue
+import re
+import threading
+import time
+from datetime import timedelta
+from urllib.parse import parse_qsl
+from urllib.parse import urlencode
+
+from flask import current_app
+from flask import g
+from flask import request
+from peewee import DateTimeField
+from peewee import FloatField
+from peewee import IntegerField
+from peewee import TextField
+from playhouse.pool import PooledSqliteDatabase
+from werkzeug.exceptions import HTTPException
+
+from .models import utcnow
+
+PRAGMAS = {"journal_mode": "wal", "busy_timeout": 15000, "synchronous": "normal"}
+activity_db = PooledSqliteDatabase(
+    None,
+    pragmas=PRAGMAS,
+    max_connections=32,
+    stale_timeout=300,
+    check_same_thread=False,
+)
+
+MAX_BODY = 16 * 1024
+REDACTED = "[redacted]"
+SECRET_KEYS = re.compile(r"password|secret|token|authorization|credential", re.I)
+SCHEMA_VERSION = 1
+
+
+class ActivityEntry(activity_db.Model):
+    """One SCIM request as the identity provider sent it and as it was answered."""
+
+    time = DateTimeField(default=utcnow, index=True)
+    idp = TextField(null=True, index=True)
+    token_key = TextField(null=True)
+    client_address = TextField(null=True)
+    user_agent = TextField(null=True)
+    method = TextField()
+    path = TextField()
+    query = TextField(default="")
+    resource_type = TextField(null=True, index=True)
+    resource_id = TextField(null=True, index=True)
+    target = TextField(null=True)
+    summary = TextField(default="")
+    status = IntegerField(index=True)
+    scim_type = TextField(null=True)
+    detail = TextField(null=True)
+    duration_ms = FloatField(default=0)
+    request_body = TextField(null=True)
+    response_body = TextField(null=True)
+
+    class Meta:
+        table_name = "activity"
+
+    @property
+    def outcome(self):
+        return f"{self.status // 100}xx"
+
+
+class AuditEvent(activity_db.Model):
+    """An administrative event: token changes, sign-ins, purges, settings."""
+
+    time = DateTimeField(default=utcnow, index=True)
+    event = TextField(index=True)
+    actor = TextField(default="")
+    address = TextField(null=True)
+    details = TextField(default="")
+
+    class Meta:
+        table_name = "audit_event"
+
+
+ACTIVITY_MODELS = [ActivityEntry, AuditEvent]
+
+
+#
+# Redaction
+#
+
+
+def redact(value):
+    """Return ``value`` with every secret-looking field replaced (recursively)."""
+    if isinstance(value, dict):
+        cleaned = {}
+        for key, item in value.items():
+            if isinstance(key, str) and SECRET_KEYS.search(key):
+                cleaned[key] = REDACTED
+            else:
+                cleaned[key] = redact(item)
+        # A PATCH operation whose path names a secret carries it in "value".
+        path = next(
+            (v for k, v in value.items() if isinstance(k, str) and k.lower() == "path"),
+            None,
+        )
+        if isinstance(path, str) and SECRET_KEYS.search(path):
+            for key in cleaned:
+                if key.lower() == "value":
+                    cleaned[key] = REDACTED
+        return cleaned
+    if isinstance(value, list):
+        return [redact(item) for item in value]
+    return value
+
+
+def body_text(raw):
+    """Return a redacted, truncated text form of a request or response body."""
+    if not raw:
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"[{len(raw)} bytes, not UTF-8]"
+    try:
+        parsed = json.loads(text)
+    except (ValueError, RecursionError):
+        # Not JSON: keep a prefix, but never anything that looks like a secret.
+        if SECRET_KEYS.search(text):
+            return "[unparsed body withheld: it may contain a secret]"
+        return _truncate(text)
+    try:
+        return _truncate(json.dumps(redact(parsed), ensure_ascii=False, indent=1))
+    except RecursionError:
+        return "[body nested too deeply to redact: withheld]"
+
+
+def _truncate(text):
+    if len(text) <= MAX_BODY:
+        return text
+    return text[:MAX_BODY] + f"\n… [truncated, {len(text)} characters in all]"
+
+
+#
+# The buffered writer
+#
+
+
+class Writer:
+    """Insert queued rows in batches from one background thread."""
+
+    def __init__(self):
+        self.queue = queue.Queue(maxsize=50000)
+        self.thread = None
+        self.lock = threading.Lock()
+        self.retention_days = 30
+        self.max_rows = 500000
+        self.dropped = 0
+        self._last_prune = 0.0
+
+    def start(self):
+        with self.lock:
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(
+                    target=self._run, name="mdm-activity", daemon=True
+                )
+                self.thread.start()
+
+    def put(self, model, row):
+        try:
+            self.queue.put_nowait((model, row))
+        except queue.Full:
+            # Never block provisioning: drop the record and count it.
+            self.dropped += 1
+
+    def _run(self):
+        while True:
+            batch = [self.queue.get()]
+            deadline = time.monotonic() + 0.2
+            while len(batch) < 500:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(self.queue.get(timeout=remaining))
+                except queue.Empty:
+                    break
+            try:
+                self._insert(batch)
+            except Exception:  # noqa: BLE001 - the writer must outlive any bad row
+                current_logger().exception(
+                    "Could not record %d activity rows", len(batch)
+                )
+            finally:
+                for _ in batch:
+                    self.queue.task_done()
+
+    def _insert(self, batch):
+        rows = {}
+        for model, row in batch:
+            if model is None:
+                continue  # a flush marker
+            rows.setdefault(model, []).append(row)
+        if not rows:
+            return
+        with activity_db.connection_context(), activity_db.atomic():
+            for model, items in rows.items():
+                model.insert_many(items).execute()
+            if time.monotonic() - self._last_prune > 300:
+                self._last_prune = time.monotonic()
+                prune(self.retention_days, self.max_rows)
+
+    def flush(self, timeout=10):
+        """Wait until everything queued so far is written (tests, shutdown)."""
+        if self.thread is None:
+            return
+        self.put(None, None)
+        done = threading.Event()
+
+        def wait():
+            self.queue.join()
+            done.set()
+
+        threading.Thread(target=wait, daemon=True).start()
+        done.wait(timeout)
+
+
+writer = Writer()
+atexit.register(writer.flush, 5)
+
+
+def current_logger():
+    try:
+        return current_app.logger
+    except RuntimeError:
+        import logging
+
+        return logging.getLogger("mdm")
+
+
+def prune(retention_days, max_rows):
+    """Delete activity older than the retention period, then the oldest beyond max_rows."""
+    cutoff = utcnow() - timedelta(days=retention_days)
+    ActivityEntry.delete().where(ActivityEntry.time < cutoff).execute()
+    AuditEvent.delete().where(AuditEvent.time < cutoff - timedelta(days=335)).execute()
+    newest_kept = (
+        ActivityEntry.select(ActivityEntry.id)
+        .order_by(ActivityEntry.id.desc())
+        .offset(max_rows)
+        .limit(1)
+        .scalar()
+    )
+    if newest_kept is not None:
+        ActivityEntry.delete().where(ActivityEntry.id <= newest_kept).execute()
+
+
+#
+# Recording
+#
+
+
+def audit(event, details="", actor=None, address=None):
+    """Queue an audit event such as "SCIM Token Created"."""
+    if actor is None:
+        try:
+            from flask_login import current_user
+
+            actor = current_user.username if current_user.is_authenticated else ""
+        except (RuntimeError, AttributeError):
+            actor = ""
+    if address is None:
+        try:
+            address = request.remote_addr
+        except RuntimeError:
+            address = None
+    writer.put(
+        AuditEvent,
+        {
+            "time": utcnow(),
+            "event": event,
+            "actor": actor or "",
+            "address": address,
+            "details": details,
+        },
+    )
+
+
+def note(summary=None, resource_type=None, resource_id=None, target=None):
+    """Let a SCIM view describe what it did, for its activity record."""
+    if summary is not None:
+        g.activity_summary = summary
+    if resource_type is not None:
+        g.activity_resource_type = resource_type
+    if resource_id is not None:
+        g.activity_resource_id = resource_id
+    if target is not None:
+        g.activity_target = target
+
+
+def _start_timer():
+    g.activity_started = time.perf_counter()
+
+
+def _record(response):
+    from .scim import URL_PREFIX
+
+    path = request.path
+    if not (path == URL_PREFIX or path.startswith(URL_PREFIX + "/")):
+        return response
+    if not current_app.config.get("ACTIVITY_LOG", True):
+        return response
+    started = g.get("activity_started")
+    duration = (time.perf_counter() - started) * 1000 if started else 0.0
+    token = g.get("scim_token")
+    scim_type = detail = None
+    response_raw = None
+    if not response.is_streamed:
+        response_raw = response.get_data()
+        if response.status_code >= 400:
+            try:
+                error = json.loads(response_raw)
+                scim_type = error.get("scimType")
+                detail = error.get("detail")
+            except (ValueError, AttributeError):
+                pass
+    resource_type, resource_id = _resource(path)
+    writer.put(
+        ActivityEntry,
+        {
+            "time": utcnow(),
+            "idp": token.idp if token is not None else None,
+            "token_key": token.key if token is not None else None,
+            "client_address": request.remote_addr,
+            "user_agent": (request.headers.get("User-Agent") or "")[:512] or None,
+            "method": request.method,
+            "path": path[:2048],
+            "query": _query_text()[:2048],
+            "resource_type": g.get("activity_resource_type") or resource_type,
+            "resource_id": g.get("activity_resource_id") or resource_id,
+            "target": (g.get("activity_target") or None),
+            "summary": g.get("activity_summary") or "",
+            "status": response.status_code,
+            "scim_type": scim_type,
+            "detail": detail,
+            "duration_ms": round(duration, 2),
+            "request_body": _request_body(),
+            "response_body": body_text(response_raw),
+        },
+    )
+    return response
+
+
+def _request_body():
+    try:
+        return body_text(request.get_data(cache=True))
+    except HTTPException:
+        # The body was refused (too large); the answer says so, keep nothing.
+        return f"[body not read: {request.content_length or '?'} bytes]"
+
+
+def _query_text():
+    """Return the query string with secret-looking parameters redacted."""
+    pairs = parse_qsl(request.query_string.decode("latin-1"), keep_blank_values=True)
+    return urlencode(
+        [(k, REDACTED if SECRET_KEYS.search(k) else v) for k, v in pairs], safe=' "[]'
+    )
+
+
+def _resource(path):
+    from .scim import URL_PREFIX
+
+    parts = path[len(URL_PREFIX) :].strip("/").split("/")
+    kind = {"users": "User", "groups": "Group"}.get(parts[0].lower()) if parts else None
+    if kind is None:
+        return ("Config" if parts and parts[0] else None), None
+    if len(parts) > 1 and parts[1] and not parts[1].startswith("."):
+        return kind, parts[1][:200]
+    return kind, None
+
+
+def bind(path):
+    """Point the activity database at ``path`` and create its tables."""
+    if not activity_db.deferred:
+        activity_db.close_all()
+    activity_db.init(path, pragmas=PRAGMAS, check_same_thread=False)
+    with activity_db.connection_context():
+        activity_db.create_tables(ACTIVITY_MODELS, safe=True)
+        activity_db.execute_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def init_app(app):
+    """Open the activity file beside the database and hook request recording."""
+    import os
+
+    path = app.config.get("ACTIVITY_DATABASE") or os.path.join(
+        os.path.dirname(os.path.abspath(app.config["DATABASE"])), "activity.sqlite"
+    )
+    app.config["ACTIVITY_DATABASE"] = path
+    writer.flush()
+    bind(path)
+    writer.retention_days = int(app.config.get("ACTIVITY_RETENTION_DAYS", 30))
+    writer.max_rows = int(app.config.get("ACTIVITY_MAX_ROWS", 500000))
+    writer.start()
+    _record_operator_settings(app)
+    app.before_request(_start_timer)
+    app.after_request(_record)
+
+
+OPERATOR_SETTINGS = ("SCIM_ENABLED",)
+
+
+def _record_operator_settings(app):
+    """Audit operator switches whose value differs from the last one recorded."""
+    with activity_db.connection_context():
+        for name in OPERATOR_SETTINGS:
+            value = str(bool(app.config.get(name, True))).lower()
+            last = (
+                AuditEvent.select(AuditEvent.details)
+                .where(
+                    (AuditEvent.event == "Operator Setting Changed")
+                    & AuditEvent.details.startswith(f"{name}=")
+                )
+                .order_by(AuditEvent.id.desc())
+                .scalar()
+            )
+            previous = last.partition("=")[2] if last else "true"
+            if previous != value:
+                AuditEvent.create(
+                    event="Operator Setting Changed",
+                    actor="operator",
+                    details=f"{name}={value}",
+                )

@@ -1,0 +1,486 @@
+"""The console's home page: directory counts, connection health and request charts."""
+
+from collections import namedtuple
+from datetime import datetime
+from datetime import timedelta
+from urllib.parse import urlencode
+
+from flask import Blueprint
+from flask import current_app
+from flask import render_template
+from flask import url_for
+from flask_login import login_required
+from peewee import Case
+from peewee import fn
+from werkzeug.routing import BuildError
+
+from .activity import ActivityEntry
+from .activity import activity_db
+from .admin import EXPIRY_WARNING
+from .admin import no_store
+from .models import IDPS
+from .models import BearerToken
+from .models import Group
+from .models import Membership
+from .models import User
+from .models import utcnow
+
+bp = Blueprint("dashboard", __name__, url_prefix="/admin")
+bp.after_request(no_store)
+
+# Entra runs a cycle about every 40 minutes: two missed cycles make one overdue,
+# and the banners look at what happened within that same window.
+CYCLE = timedelta(minutes=80)
+# Only Entra polls on a schedule; Okta and generic clients push on change, so a
+# quiet Okta connection is normal and is never called overdue.
+CYCLIC_IDPS = ("entra",)
+ERROR_RATE_LIMIT = 0.4
+ERROR_RATE_MIN_REQUESTS = 5
+HOUR_FORMAT = "%Y-%m-%d %H"
+
+Bucket = namedtuple("Bucket", "start ok failed")
+
+
+@bp.before_request
+@login_required
+def require_admin():
+    """The dashboard needs a signed-in administrator."""
+
+
+#
+# Directory counts
+#
+
+
+def directory_counts():
+    """Count users by status, live groups and live memberships with aggregate queries only."""
+    live = User.deprovisioned_at.is_null()
+    users = (
+        User.select(
+            fn.COUNT(Case(None, [(live & User.active, 1)])),
+            fn.COUNT(Case(None, [(live & ~User.active, 1)])),
+            fn.COUNT(Case(None, [(~live, 1)])),
+        )
+        .tuples()
+        .get()
+    )
+    groups = Group.live().count()
+    memberships = (
+        Membership.select(fn.COUNT(Membership.id))
+        .join(User)
+        .switch(Membership)
+        .join(Group)
+        .where(User.deprovisioned_at.is_null() & Group.deprovisioned_at.is_null())
+        .scalar()
+    )
+    active, disabled, deprovisioned = users
+    return {
+        "active": active,
+        "disabled": disabled,
+        "deprovisioned": deprovisioned,
+        "users": active + disabled + deprovisioned,
+        "groups": groups,
+        "memberships": memberships,
+        "any_groups": bool(groups) or Group.select().exists(),
+    }
+
+
+#
+# Request charts
+#
+
+
+def _hour(value):
+    return value.replace(minute=0, second=0, microsecond=0)
+
+
+def window_start(now, hours):
+    """Return the start of the oldest of ``hours`` hourly buckets ending with now's hour."""
+    return _hour(now) - timedelta(hours=hours - 1)
+
+
+def hourly_rows(since):
+    """Return (hour "YYYY-MM-DD HH", succeeded, failed) per hour since ``since``, grouped in SQL."""
+    hour = fn.strftime(HOUR_FORMAT, ActivityEntry.time)
+    failed = ActivityEntry.status >= 400
+    query = (
+        ActivityEntry.select(
+            hour,
+            fn.COUNT(Case(None, [(~failed, 1)])),
+            fn.COUNT(Case(None, [(failed, 1)])),
+        )
+        .where(ActivityEntry.time >= since)
+        .group_by(hour)
+        .tuples()
+    )
+    with activity_db.connection_context():
+        return list(query)
+
+
+def hourly_series(rows, now, hours):
+    """Spread grouped rows over the last ``hours`` hourly buckets, oldest first, zeros filled."""
+    first = window_start(now, hours)
+    found = {}
+    for label, ok, failed in rows:
+        try:
+            start = datetime.strptime(label, HOUR_FORMAT)
+        except (TypeError, ValueError):
+            continue
+        if first <= start <= _hour(now):
+            previous = found.get(start, (0, 0))
+            found[start] = (previous[0] + (ok or 0), previous[1] + (failed or 0))
+    series = []
+    for index in range(hours):
+        start = first + timedelta(hours=index)
+        ok, failed = found.get(start, (0, 0))
+        series.append(Bucket(start, ok, failed))
+    return series
+
+
+def daily_totals(series):
+    """Sum an hourly series per UTC day: [(date, succeeded, failed)], oldest first."""
+    days = {}
+    for bucket in series:
+        ok, failed = days.get(bucket.start.date(), (0, 0))
+        days[bucket.start.date()] = (ok + bucket.ok, failed + bucket.failed)
+    return [(day, ok, failed) for day, (ok, failed) in days.items()]
+
+
+def _nice_ceiling(value):
+    """Round a positive count up to 1, 2 or 5 times a power of ten."""
+    if value <= 1:
+        return 1
+    step = 1
+    while True:
+        for factor in (1, 2, 5):
+            if step * factor >= value:
+                return step * factor
+        step *= 10
+
+
+CHART_WIDTH = 720
+CHART_HEIGHT = 170
+PLOT_LEFT = 44
+PLOT_TOP = 10
+PLOT_BOTTOM = 140
+
+
+def chart(series, label_every, label_format):
+    """Lay out a stacked bar chart: bars, axis ticks and labels in SVG user units."""
+    top = _nice_ceiling(max((b.ok + b.failed for b in series), default=0))
+    plot_width = CHART_WIDTH - PLOT_LEFT - 6
+    plot_height = PLOT_BOTTOM - PLOT_TOP
+    step = plot_width / len(series)
+    gap = min(step * 0.25, 6) if step > 8 else 0.5
+    bars = []
+    labels = []
+    for index, bucket in enumerate(series):
+        x = PLOT_LEFT + index * step
+        ok_height = plot_height * bucket.ok / top
+        failed_height = plot_height * bucket.failed / top
+        bars.append(
+            {
+                "bucket": bucket,
+                "x": round(x + gap / 2, 2),
+                "width": round(step - gap, 2),
+                "ok_y": round(PLOT_BOTTOM - ok_height, 2),
+                "ok_height": round(ok_height, 2),
+                "failed_y": round(PLOT_BOTTOM - ok_height - failed_height, 2),
+                "failed_height": round(failed_height, 2),
+            }
+        )
+        if bucket.start.hour % label_every == 0:
+            labels.append(
+                {
+                    "x": round(x + step / 2 if label_every < 24 else x, 2),
+                    "text": bucket.start.strftime(label_format),
+                    "anchor": "middle" if label_every < 24 else "start",
+                    "line": label_every >= 24 and index > 0,
+                    "line_x": round(x, 2),
+                }
+            )
+    ticks = [
+        {"value": value, "y": round(PLOT_BOTTOM - plot_height * value / top, 2)}
+        for value in sorted({0, top // 2 if top >= 2 else 0, top})
+    ]
+    ok = sum(b.ok for b in series)
+    failed = sum(b.failed for b in series)
+    return {
+        "width": CHART_WIDTH,
+        "height": CHART_HEIGHT,
+        "left": PLOT_LEFT,
+        "right": CHART_WIDTH - 6,
+        "top": PLOT_TOP,
+        "bottom": PLOT_BOTTOM,
+        "label_y": PLOT_BOTTOM + 18,
+        "bars": bars,
+        "labels": labels,
+        "ticks": ticks,
+        "ok": ok,
+        "failed": failed,
+        "total": ok + failed,
+        "peak": max((b.ok + b.failed for b in series), default=0),
+    }
+
+
+#
+# Connections
+#
+
+
+Connection = namedtuple(
+    "Connection",
+    "idp name tokens active_tokens last_success last_error last_request "
+    "day_total day_failed cycle_total cycle_failed state state_class age",
+)
+
+
+def _latest(idp, condition):
+    """Return the last recorded activity row for ``idp`` matching ``condition``, or None."""
+    # The writer appends rows in time order, so the highest id is the newest; ordering
+    # by id walks the idp index backwards, where ordering by time sorts every row.
+    return (
+        ActivityEntry.select(
+            ActivityEntry.id,
+            ActivityEntry.time,
+            ActivityEntry.method,
+            ActivityEntry.path,
+            ActivityEntry.status,
+            ActivityEntry.scim_type,
+            ActivityEntry.detail,
+        )
+        .where((ActivityEntry.idp == idp) & condition)
+        .order_by(ActivityEntry.id.desc())
+        .first()
+    )
+
+
+def window_counts(now):
+    """Return {idp: (24 h total, 24 h failed, cycle total, cycle failed, cycle 401s)}."""
+    # Requests refused before a token was recognised have no IdP: they count under None.
+    failed = ActivityEntry.status >= 400
+    recent = ActivityEntry.time >= now - CYCLE
+    # Grouping on an expression, not the bare column, keeps SQLite on the time
+    # index (a range of one day) instead of walking the idp index over every row.
+    idp = ActivityEntry.idp.concat("")
+    query = (
+        ActivityEntry.select(
+            idp,
+            fn.COUNT(ActivityEntry.id),
+            fn.COUNT(Case(None, [(failed, 1)])),
+            fn.COUNT(Case(None, [(recent, 1)])),
+            fn.COUNT(Case(None, [(recent & failed, 1)])),
+            fn.COUNT(Case(None, [(recent & (ActivityEntry.status == 401), 1)])),
+        )
+        .where(ActivityEntry.time >= now - timedelta(hours=24))
+        .group_by(idp)
+        .tuples()
+    )
+    return {row[0]: row[1:] for row in query}
+
+
+def connection_state(idp, tokens, active_tokens, last_request, now):
+    """Name a connection's state and its CSS class from its tokens and last request."""
+    if last_request is None:
+        if not tokens:
+            return "Not connected", "inactive"
+        if not active_tokens:
+            return "No active token", "expired"
+        return "No requests yet", "inactive"
+    if not active_tokens:
+        return "No active token", "expired"
+    if idp in CYCLIC_IDPS and now - last_request > CYCLE:
+        return "Cycle overdue", "overdue"
+    return "Connected", "active"
+
+
+def describe_age(delta):
+    """Say how long ago something happened: "5 min ago", "2 h 10 min ago", "3 days ago"."""
+    minutes = max(0, int(delta.total_seconds() // 60))
+    if minutes < 1:
+        return "just now"
+    if minutes < 60:
+        return f"{minutes} min ago"
+    if minutes < 48 * 60:
+        hours, rest = divmod(minutes, 60)
+        return f"{hours} h {rest} min ago" if rest else f"{hours} h ago"
+    return f"{minutes // 1440} days ago"
+
+
+def connections(now, counts):
+    """Summarise each identity-provider connection for its dashboard card."""
+    tokens = {}
+    for token in BearerToken.select().order_by(BearerToken.id):
+        tokens.setdefault(token.idp, []).append(token)
+    cards = []
+    with activity_db.connection_context():
+        for idp, name in IDPS.items():
+            own = tokens.get(idp, [])
+            active = sum(1 for t in own if t.status == "Active")
+            success = _latest(idp, ActivityEntry.status < 400)
+            error = _latest(idp, ActivityEntry.status >= 400)
+            times = [e.time for e in (success, error) if e is not None]
+            last = max(times) if times else None
+            day_total, day_failed, cycle_total, cycle_failed, _ = counts.get(
+                idp, (0, 0, 0, 0, 0)
+            )
+            state, state_class = connection_state(idp, own, active, last, now)
+            cards.append(
+                Connection(
+                    idp=idp,
+                    name=name,
+                    tokens=own,
+                    active_tokens=active,
+                    last_success=success,
+                    last_error=error,
+                    last_request=last,
+                    day_total=day_total,
+                    day_failed=day_failed,
+                    cycle_total=cycle_total,
+                    cycle_failed=cycle_failed,
+                    state=state,
+                    state_class=state_class,
+                    age=describe_age(now - last) if last else None,
+                )
+            )
+    return cards
+
+
+#
+# Banners
+#
+
+
+def banners(cards, counts, now, scim_enabled):
+    """Return the warnings an administrator should act on: (category, message, link, link text)."""
+    found = []
+    if not scim_enabled:
+        found.append(
+            (
+                "danger",
+                "Provisioning is disabled by the operator (SCIM_ENABLED is off): "
+                "identity providers get 403 on every request.",
+                None,
+                None,
+            )
+        )
+    refused = sum(row[4] for row in counts.values())
+    if refused:
+        found.append(
+            (
+                "danger",
+                f"{refused} request{'s' if refused != 1 else ''} in the last "
+                f"{_minutes(CYCLE)} minutes {'were' if refused != 1 else 'was'} "
+                "refused with 401. The identity provider is using a token that is "
+                "inactive, removed or expired; Entra will quarantine provisioning.",
+                activity_url(outcome="4xx", range="1h"),
+                "See refused requests",
+            )
+        )
+    for card in cards:
+        link = url_for("admin.provisioning", idp=card.idp)
+        total, failed = card.cycle_total, card.cycle_failed
+        if total >= ERROR_RATE_MIN_REQUESTS and failed / total > ERROR_RATE_LIMIT:
+            consequence = (
+                " Entra quarantines provisioning when more than 40% of its requests fail."
+                if card.idp == "entra"
+                else ""
+            )
+            found.append(
+                (
+                    "danger",
+                    f"{card.name}: {failed} of {total} requests "
+                    f"({round(100 * failed / total)}%) failed in the last "
+                    f"{_minutes(CYCLE)} minutes.{consequence}",
+                    activity_url(idp=card.idp, range="1h"),
+                    f"See {card.name} activity",
+                )
+            )
+        if card.last_request is not None and not card.active_tokens:
+            found.append(
+                (
+                    "danger",
+                    f"{card.name} has no active token: it cannot provision until you "
+                    "generate a token or set one to Active, then update the identity "
+                    "provider.",
+                    link,
+                    f"Open {card.name} tokens",
+                )
+            )
+        soon = now + EXPIRY_WARNING
+        for token in card.tokens:
+            if (
+                token.status == "Active"
+                and token.expires_at
+                and token.expires_at <= soon
+            ):
+                days = max(0, (token.expires_at - now).days)
+                found.append(
+                    (
+                        "warning",
+                        f"{card.name} token {token.key} expires in {days} "
+                        f"day{'s' if days != 1 else ''} ({token.expires_at:%Y-%m-%d}). "
+                        "Generate or renew a token and update the identity provider "
+                        "before then.",
+                        link,
+                        f"Open {card.name} tokens",
+                    )
+                )
+    return found
+
+
+def _minutes(delta):
+    return int(delta.total_seconds() // 60)
+
+
+def activity_url(**filters):
+    """Link to the provisioning activity list, filtered by its query arguments."""
+    fallback = "/admin/activity" + (f"?{urlencode(filters)}" if filters else "")
+    return _url("logs.activity", fallback, **filters)
+
+
+def activity_entry_url(entry_id):
+    """Link to one activity row, even before its page's endpoint is registered."""
+    return _url("logs.activity_entry", f"/admin/activity/{entry_id}", entry_id=entry_id)
+
+
+def _url(endpoint, fallback, **values):
+    try:
+        return url_for(endpoint, **values)
+    except BuildError:
+        return fallback
+
+
+#
+# The page
+#
+
+
+@bp.get("/")
+def home():
+    """Show the dashboard."""
+    now = utcnow()
+    counts = directory_counts()
+    with activity_db.connection_context():
+        window = window_counts(now)
+    rows = hourly_rows(window_start(now, 168))
+    day = hourly_series(rows, now, 24)
+    week = hourly_series(rows, now, 168)
+    cards = connections(now, window)
+    return render_template(
+        "admin/dashboard.html",
+        counts=counts,
+        cards=cards,
+        banners=banners(
+            cards, window, now, current_app.config.get("SCIM_ENABLED", True)
+        ),
+        day=day,
+        week=week,
+        week_days=daily_totals(week),
+        day_chart=chart(day, 3, "%H:00"),
+        week_chart=chart(week, 24, "%a %d"),
+        cycle_minutes=_minutes(CYCLE),
+        activity_entry_url=activity_entry_url,
+        activity_url=activity_url,
+        now=now,
+    )
