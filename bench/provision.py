@@ -117,9 +117,10 @@ def run_phase(name, jobs, url, token, clients, expect):
     return row
 
 
-def start_server(instance):
+def start_server(instance, activity_log=True):
     """Start mdm on a scratch instance and return (process, url, token)."""
     env = dict(os.environ, MDM_INSTANCE_PATH=instance)
+    env["MDM_ACTIVITY_LOG"] = "true" if activity_log else "false"
     mdm = [sys.executable, "-c", "from mdm.cli import main; main()"]
     token = subprocess.run(
         [*mdm, "token", "create", "--idp", "entra"],
@@ -302,9 +303,16 @@ def main():
     parser.add_argument("--url", help="target an existing server's SCIM base URL")
     parser.add_argument("--token", help="bearer token for --url")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument(
+        "--compare-activity-log",
+        action="store_true",
+        help="run the cycle with the activity log off, then on, and compare",
+    )
     args = parser.parse_args()
 
     rows = [floor(args.clients, max(2000, args.users))]
+    if args.compare_activity_log:
+        return compare_activity_log(args, rows[0])
     process = None
     with tempfile.TemporaryDirectory() as instance:
         if args.url:
@@ -325,6 +333,31 @@ def main():
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
     return 1 if any(r["failures"] for r in rows) else 0
+
+
+def compare_activity_log(args, floor_row):
+    """Run the same cycle with the activity log off and on; print the throughput ratio."""
+    totals = {}
+    for enabled in (False, True):
+        label = "on" if enabled else "off"
+        print(f"\n-- activity log {label} --")
+        with tempfile.TemporaryDirectory() as instance:
+            process, url, token = start_server(instance, activity_log=enabled)
+            try:
+                phases = cycle(url, token, args.users, args.clients, args.batch)
+            finally:
+                process.terminate()
+                process.wait()
+        requests = sum(p["requests"] for p in phases)
+        seconds = sum(p["requests"] / p["rps"] for p in phases if p["rps"])
+        totals[label] = requests / seconds
+        print(f"whole cycle: {totals[label]:.0f} req/s")
+    ratio = totals["on"] / totals["off"]
+    print(
+        f"\nactivity log on/off throughput: {ratio:.3f} "
+        f"(floor {floor_row['rps']:.0f} req/s)"
+    )
+    return 0 if ratio >= 0.9 else 1
 
 
 if __name__ == "__main__":

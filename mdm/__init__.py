@@ -34,6 +34,10 @@ def create_app(test_config=None):
         # Number of reverse proxies whose X-Forwarded-* headers are trusted.
         PROXY_FIX=0,
         MAX_CONTENT_LENGTH=2 * 1024 * 1024,
+        # Provisioning activity log (a separate activity.sqlite beside the database).
+        ACTIVITY_LOG=True,
+        ACTIVITY_RETENTION_DAYS=30,
+        ACTIVITY_MAX_ROWS=500000,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
     )

@@ -119,24 +119,38 @@ def redact(value):
 
 
 def body_text(raw):
-    """Return a redacted, truncated text form of a request or response body."""
+    """Return a redacted, truncated text form of a request or response body.
+
+    Bodies are parsed only when they mention a secret-looking key: parsing
+    and re-serialising every list response cost provisioning ~15% throughput.
+    """
     if not raw:
         return None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return f"[{len(raw)} bytes, not UTF-8]"
+    if not SECRET_KEYS.search(text):
+        return _truncate(text)
     try:
         parsed = json.loads(text)
     except (ValueError, RecursionError):
-        # Not JSON: keep a prefix, but never anything that looks like a secret.
-        if SECRET_KEYS.search(text):
-            return "[unparsed body withheld: it may contain a secret]"
-        return _truncate(text)
+        # Not JSON, yet it mentions a secret: keep nothing of it.
+        return "[unparsed body withheld: it may contain a secret]"
     try:
-        return _truncate(json.dumps(redact(parsed), ensure_ascii=False, indent=1))
+        return _truncate(json.dumps(redact(parsed), ensure_ascii=False))
     except RecursionError:
         return "[body nested too deeply to redact: withheld]"
+
+
+def pretty(text):
+    """Indent a stored JSON body for display; leave anything else as it is."""
+    if not text or text[0] not in "{[" or text.endswith("characters in all]"):
+        return text
+    try:
+        return json.dumps(json.loads(text), ensure_ascii=False, indent=1)
+    except (ValueError, RecursionError):
+        return text
 
 
 def _truncate(text):

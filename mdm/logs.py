@@ -25,6 +25,7 @@ from peewee import fn
 from .activity import ActivityEntry
 from .activity import AuditEvent
 from .activity import activity_db
+from .activity import pretty
 from .activity import writer
 from .admin import Pagination
 from .admin import _contains
@@ -108,6 +109,7 @@ def log_time(value):
 
 bp.add_app_template_global(connection_label)
 bp.add_app_template_filter(log_time)
+bp.add_app_template_filter(pretty, "pretty_json")
 
 
 def parse_moment(text, end=False):
