@@ -237,7 +237,7 @@ def measure(url, token, port, big, small, user_ids, args):
                 [
                     lambda c, name=name: c.send(
                         "GET",
-                        f'/Groups?excludedAttributes=members&filter=displayName+eq+"{name}"',
+                        f'/Groups?excludedAttributes=members&filter=displayName+eq+"{name.replace(" ", "+")}"',
                     )
                 ]
                 * n,

@@ -280,12 +280,24 @@ Membership.add_index(Membership.user)
 # Named apart from the partial unique index, which owns the default name.
 User.add_index(User.user_name, name="user_user_name_all")
 User.add_index(User.display_name)
-User.add_index(User.deprovisioned_at)
-Group.add_index(Group.deprovisioned_at)
+# Partial: only the few deprovisioned rows. A plain index on the column led
+# SQLite to answer "scim_id IN (...) AND deprovisioned_at IS NULL" by walking
+# every live row (74 ms at 100,000 users instead of 0.1 ms).
+User.add_index(
+    User.deprovisioned_at,
+    name="user_deprovisioned",
+    where=User.deprovisioned_at.is_null(False),
+)
+Group.add_index(
+    Group.deprovisioned_at,
+    name="group_deprovisioned",
+    where=Group.deprovisioned_at.is_null(False),
+)
 
 MODELS = [BearerToken, User, Group, Membership, CustomAttribute, Admin]
-# 1: SCIM tables; 2: Admin; 3: console sort and status indexes; 4: Admin.session_key.
-SCHEMA_VERSION = 4
+# 1: SCIM tables; 2: Admin; 3: console sort and status indexes; 4: Admin.session_key;
+# 5: partial indexes for deprovisioned rows replace schema 3's plain ones.
+SCHEMA_VERSION = 5
 
 
 def migrate():
@@ -297,6 +309,9 @@ def migrate():
             f"understands ({SCHEMA_VERSION}); upgrade mdm."
         )
     with database.atomic():
+        if 3 <= current < 5:
+            database.execute_sql('DROP INDEX IF EXISTS "user_deprovisioned_at"')
+            database.execute_sql('DROP INDEX IF EXISTS "group_deprovisioned_at"')
         database.create_tables(MODELS, safe=True)
         _add_missing_columns()
         database.execute_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")

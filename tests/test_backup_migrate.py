@@ -97,7 +97,7 @@ def test_upgrade_from_schema_1_keeps_data(tmp_path):
     app = create_app({"TESTING": True, "DATABASE": path})
     with app.app_context(), database.connection_context():
         version = database.execute_sql("PRAGMA user_version").fetchone()[0]
-        assert version == SCHEMA_VERSION == 4
+        assert version == SCHEMA_VERSION == 5
         assert Admin.select().count() == 0
         assert BearerToken.authenticate(secret).id == token.id
         stored = User.get(User.user_name == "old@x")
