@@ -35,6 +35,7 @@ from .models import Group
 from .models import Membership
 from .models import TokenError
 from .models import User
+from .models import groups_of
 from .models import utcnow
 from .scim import URL_PREFIX
 
@@ -371,7 +372,7 @@ def users():
     ordering = key.desc() if order == "desc" else key.asc()
     query = query.order_by(ordering, User.id)
     pagination = Pagination(query, page_arg())
-    groups = _group_names(pagination.items)
+    groups = groups_of([u.id for u in pagination.items])
     deprovisioned = User.select().where(User.deprovisioned_at.is_null(False)).count()
     return render_template(
         "admin/users.html",
@@ -388,24 +389,6 @@ def users():
         deprovisioned=deprovisioned,
         any_users=pagination.total or User.select().exists(),
     )
-
-
-def _group_names(users):
-    """Return {user pk: [group names]} for a page of users in one query."""
-    pks = [u.id for u in users]
-    if not pks:
-        return {}
-    rows = (
-        Membership.select(Membership.user, Group.display_name, Group.scim_id)
-        .join(Group)
-        .where(Membership.user.in_(pks) & Group.deprovisioned_at.is_null())
-        .order_by(Group.display_name)
-        .tuples()
-    )
-    found = {}
-    for user_pk, name, scim_id in rows:
-        found.setdefault(user_pk, []).append((name, scim_id))
-    return found
 
 
 def _user_or_404(scim_id):

@@ -381,6 +381,23 @@ def touch(row):
     row.last_modified = max(utcnow(), row.last_modified)
 
 
+def groups_of(user_pks):
+    """Return {user pk: [(group SCIM id, displayName)]} for live groups, in one query."""
+    if not user_pks:
+        return {}
+    query = (
+        Membership.select(Membership.user, Group.scim_id, Group.display_name)
+        .join(Group)
+        .where(Membership.user.in_(user_pks) & Group.deprovisioned_at.is_null())
+        .order_by(Group.display_name)
+        .tuples()
+    )
+    found = {}
+    for user_pk, group_id, display in query:
+        found.setdefault(user_pk, []).append((group_id, display))
+    return found
+
+
 def user_pks(scim_ids):
     """Map SCIM ids of live users to primary keys, in chunks that fit SQLite's parameter limit."""
     found = {}

@@ -21,6 +21,7 @@ from ..models import User
 from ..models import add_members
 from ..models import clear_members
 from ..models import group_scim_ids
+from ..models import groups_of
 from ..models import hash_password
 from ..models import mirror_user
 from ..models import remove_members
@@ -196,27 +197,9 @@ def token_idp():
 #
 
 
-def groups_of(users):
-    """Return {user pk: [(group id, displayName)]} for a page of users in one query."""
-    pks = [user.id for user in users]
-    if not pks:
-        return {}
-    query = (
-        Membership.select(Membership.user, Group.scim_id, Group.display_name)
-        .join(Group)
-        .where(Membership.user.in_(pks) & Group.deprovisioned_at.is_null())
-        .order_by(Group.display_name)
-        .tuples()
-    )
-    found = {}
-    for user_pk, group_id, display in query:
-        found.setdefault(user_pk, []).append((group_id, display))
-    return found
-
-
 def render_user(user, resource_type, attributes=None, excluded=None, groups=None):
     if groups is None:
-        groups = groups_of([user]).get(user.id, ())
+        groups = groups_of([user.id]).get(user.id, ())
     resource = serialize.user(user, base_url(), groups, resource_type)
     return serialize.project(resource, resource_type, attributes, excluded)
 
@@ -227,7 +210,7 @@ def search_users(params, resource_type):
     wanted = serialize.wants(
         resource_type, "groups", params.attributes, params.excluded
     )
-    groups = groups_of(page) if wanted else {}
+    groups = groups_of([user.id for user in page]) if wanted else {}
     resources = [
         render_user(
             user,
