@@ -16,12 +16,10 @@ from flask import url_for
 from flask_login import current_user
 from flask_login import login_required
 from peewee import JOIN
-from peewee import SQL
-from peewee import NodeList
-from peewee import Value
 from peewee import fn
 
 from .activity import audit
+from .db import like
 from .db import write_transaction
 from .forms import AttributeForm
 from .forms import ConfirmForm
@@ -36,8 +34,7 @@ from .models import Membership
 from .models import TokenError
 from .models import User
 from .models import groups_of
-from .models import utcnow
-from .scim import URL_PREFIX
+from .scim.views import base_url as target_scim_url
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -56,13 +53,6 @@ def no_store(response):
     # Pages show directory data and, once, token secrets: keep them out of caches.
     response.headers["Cache-Control"] = "no-store"
     return response
-
-
-def target_scim_url():
-    """Return the fixed Target SCIM URL an IdP is given."""
-    public = current_app.config.get("PUBLIC_URL")
-    root = public.rstrip("/") if public else request.url_root.rstrip("/")
-    return root + URL_PREFIX
 
 
 def source_label(source):
@@ -163,10 +153,9 @@ def _banners(tokens):
                 "generate a token or set one to Active.",
             )
         )
-    soon = utcnow() + EXPIRY_WARNING
     for token in tokens:
-        if token.status == "Active" and token.expires_at and token.expires_at <= soon:
-            days = max(0, (token.expires_at - utcnow()).days)
+        days = token.days_until_expiry(EXPIRY_WARNING)
+        if days is not None:
             banners.append(
                 (
                     "warning",
@@ -227,7 +216,9 @@ def generate_token(idp):
             scim_url=target_scim_url(),
             renewed=False,
         )
-    full = BearerToken.select().where(BearerToken.idp == idp).count() >= 2
+    full = (
+        BearerToken.select().where(BearerToken.idp == idp).count() >= MAX_TOKENS_PER_IDP
+    )
     return render_template("admin/token_generate.html", idp=idp, form=form, full=full)
 
 
@@ -329,8 +320,7 @@ STATUSES = ("active", "disabled", "deprovisioned")
 
 def _contains(field, text):
     """Match ``text`` anywhere in ``field``, case-insensitively, with % and _ literal."""
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return NodeList((field, SQL("LIKE"), Value(f"%{escaped}%"), SQL("ESCAPE '\\'")))
+    return like(field, text)
 
 
 @bp.get("/users")

@@ -407,14 +407,9 @@ def banners(cards, counts, now, scim_enabled):
                     f"Open {card.name} tokens",
                 )
             )
-        soon = now + EXPIRY_WARNING
         for token in card.tokens:
-            if (
-                token.status == "Active"
-                and token.expires_at
-                and token.expires_at <= soon
-            ):
-                days = max(0, (token.expires_at - now).days)
+            days = token.days_until_expiry(EXPIRY_WARNING, now)
+            if days is not None:
                 found.append(
                     (
                         "warning",

@@ -3,6 +3,9 @@
 import threading
 from contextlib import contextmanager
 
+from peewee import SQL
+from peewee import NodeList
+from peewee import Value
 from playhouse.pool import PooledSqliteDatabase
 
 # WAL lets readers run beside the one writer; busy_timeout makes a second
@@ -36,6 +39,15 @@ def init_app(app):
         migrate()
     app.before_request(_connect)
     app.teardown_request(_close)
+
+
+def like(expr, text, pattern="%{}%"):
+    """Match ``text`` with LIKE placed by ``pattern`` ("%{}%" contains), wildcards literal."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return NodeList(
+        (expr, SQL("LIKE"), Value(pattern.format(escaped)), SQL("ESCAPE '\\'")),
+        parens=True,
+    )
 
 
 def bind(path):

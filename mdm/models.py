@@ -66,6 +66,17 @@ class BearerToken(database.Model):
     def expired(self):
         return self.expires_at is not None and self.expires_at <= utcnow()
 
+    def days_until_expiry(self, within, now=None):
+        """Return whole days left if this active token expires within ``within``, else None."""
+        now = now or utcnow()
+        if (
+            self.status != "Active"
+            or not self.expires_at
+            or self.expires_at > now + within
+        ):
+            return None
+        return max(0, (self.expires_at - now).days)
+
     @property
     def status(self):
         if self.expired:

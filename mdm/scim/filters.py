@@ -17,6 +17,7 @@ from peewee import NodeList
 from peewee import Value
 from peewee import fn
 
+from ..db import like
 from .errors import ScimError
 
 MAX_LENGTH = 10_000
@@ -707,12 +708,8 @@ def _text_condition(operand, op, text):
             if op == "sw":
                 return fn.substr(x, 1, len(text)) == text
             return fn.substr(x, -len(text)) == text
-        # LIKE folds ASCII case like NOCASE; escape so % and _ stay literal.
-        escaped = re.sub(r"([\\%_])", r"\\\1", text)
-        pattern = {"co": "%{}%", "sw": "{}%", "ew": "%{}"}[op].format(escaped)
-        return NodeList(
-            (x, SQL("LIKE"), Value(pattern), SQL("ESCAPE '\\'")), parens=True
-        )
+        # LIKE folds ASCII case like NOCASE.
+        return like(x, text, {"co": "%{}%", "sw": "{}%", "ew": "%{}"}[op])
     if operand.case_exact:
         side = x.collate("BINARY") if operand.nocase else x
     else:
