@@ -13,7 +13,6 @@ import http.client
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,9 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.provision import PATCH_OP  # noqa: E402
 from bench.provision import floor  # noqa: E402
-from bench.provision import free_port  # noqa: E402
 from bench.provision import run_phase  # noqa: E402
-from bench.provision import wait_for  # noqa: E402
+from bench.provision import start_server  # noqa: E402
 
 ADMIN_PASSWORD = "bench-password-1234"
 
@@ -131,25 +129,9 @@ def main():
     rows = [floor(args.clients, 2000)]
     with tempfile.TemporaryDirectory() as instance:
         big, small, user_ids = seed(instance, args.users)
-        env = dict(os.environ, MDM_INSTANCE_PATH=instance)
-        mdm = [sys.executable, "-c", "from mdm.cli import main; main()"]
-        token = subprocess.run(
-            [*mdm, "token", "create", "--idp", "entra"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        port = free_port()
-        server = subprocess.Popen(
-            [*mdm, "serve", "--port", str(port), "--threads", "8"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        server, url, token = start_server(instance)
         try:
-            wait_for(port)
-            url = f"http://127.0.0.1:{port}/scim/v2"
+            port = urllib.parse.urlsplit(url).port
             rows += measure(url, token, port, big, small, user_ids, args)
             rss = rss_mb(server.pid)
         finally:
