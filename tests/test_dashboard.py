@@ -20,7 +20,9 @@ from .conftest import ScimClient
 from .conftest import issue_token
 
 PASSWORD = "correct horse battery"
-NOW = utcnow()
+# Half past an hour already gone, so rows placed minutes before NOW share its hourly bucket
+# whatever the wall clock reads when the suite runs.
+NOW = utcnow().replace(minute=30, second=0, microsecond=0) - timedelta(hours=1)
 
 
 @pytest.fixture(autouse=True)
