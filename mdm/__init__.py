@@ -34,6 +34,9 @@ def create_app(test_config=None):
         # Number of reverse proxies whose X-Forwarded-* headers are trusted.
         PROXY_FIX=0,
         MAX_CONTENT_LENGTH=2 * 1024 * 1024,
+        # Bulk limits, advertised in /ServiceProviderConfig (RFC 7644 §3.7.4).
+        SCIM_BULK_MAX_OPERATIONS=1000,
+        SCIM_BULK_MAX_PAYLOAD=1024 * 1024,
         # Provisioning activity log (a separate activity.sqlite beside the database).
         ACTIVITY_LOG=True,
         ACTIVITY_RETENTION_DAYS=30,

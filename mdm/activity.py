@@ -12,6 +12,7 @@ import queue
 import re
 import threading
 import time
+from contextlib import contextmanager
 from datetime import timedelta
 from urllib.parse import parse_qsl
 from urllib.parse import urlencode
@@ -315,6 +316,74 @@ def note(summary=None, resource_type=None, resource_id=None, target=None):
         g.activity_target = target
 
 
+NOTES = (
+    "activity_summary",
+    "activity_resource_type",
+    "activity_resource_id",
+    "activity_target",
+)
+
+
+@contextmanager
+def operation():
+    """Collect the notes of one Bulk operation apart from its enclosing request's."""
+    saved = {key: g.pop(key, None) for key in NOTES}
+    noted = {}
+    try:
+        yield noted
+    finally:
+        for key in NOTES:
+            noted[key] = g.pop(key, None)
+            if saved[key] is not None:
+                setattr(g, key, saved[key])
+
+
+def record_operation(method, path, status, noted, body, response, duration):
+    """Record one operation of a Bulk request as its own activity row (RFC 7644 §3.7)."""
+    if not current_app.config.get("ACTIVITY_LOG", True):
+        return
+    resource_type, resource_id = _resource(path)
+    error = response if status >= 400 and isinstance(response, dict) else {}
+    summary = noted.get("activity_summary")
+    writer.put(
+        ActivityEntry,
+        {
+            **_client(),
+            "time": utcnow(),
+            "method": method[:16],
+            "path": path[:2048],
+            "query": "",
+            "resource_type": noted.get("activity_resource_type") or resource_type,
+            "resource_id": noted.get("activity_resource_id") or resource_id,
+            "target": noted.get("activity_target") or None,
+            "summary": f"Bulk: {summary}" if summary else "Bulk",
+            "status": status,
+            "scim_type": error.get("scimType"),
+            "detail": error.get("detail"),
+            "duration_ms": round(duration * 1000, 2),
+            "request_body": _json_text(body),
+            "response_body": _json_text(response),
+        },
+    )
+
+
+def _json_text(value):
+    if value is None:
+        return None
+    return body_text(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+
+
+def _client():
+    """Return who sent the current SCIM request: connection, token and client."""
+    token = g.get("scim_token")
+    return {
+        "idp": token.idp if token is not None else None,
+        "token_key": token.key if token is not None else None,
+        "client_address": request.remote_addr,
+        "user_agent": (request.headers.get("User-Agent") or "")[:512] or None,
+    }
+
+
 def _start_timer():
     g.activity_started = time.perf_counter()
 
@@ -329,7 +398,6 @@ def _record(response):
         return response
     started = g.get("activity_started")
     duration = (time.perf_counter() - started) * 1000 if started else 0.0
-    token = g.get("scim_token")
     scim_type = detail = None
     response_raw = None
     if not response.is_streamed:
@@ -345,11 +413,8 @@ def _record(response):
     writer.put(
         ActivityEntry,
         {
+            **_client(),
             "time": utcnow(),
-            "idp": token.idp if token is not None else None,
-            "token_key": token.key if token is not None else None,
-            "client_address": request.remote_addr,
-            "user_agent": (request.headers.get("User-Agent") or "")[:512] or None,
             "method": request.method,
             "path": path[:2048],
             "query": _query_text()[:2048],

@@ -47,7 +47,7 @@ QUICK_RANGES = {
 }
 OUTCOMES = ("2xx", "4xx", "5xx")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
-RESOURCE_TYPES = ("User", "Group", "Config")
+RESOURCE_TYPES = ("User", "Group", "Bulk", "Config")
 NO_TOKEN = "none"
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 

@@ -622,3 +622,140 @@ def test_list_params_clamp_paging_or_raise_scim_errors(source):
         return
     assert 1 <= params.start_index < 2**63
     assert 0 <= params.count <= 500
+
+
+#
+# Bulk: any BulkRequest is answered with per-operation results, never a 5xx
+#
+
+BULK_IDS = ["a", "b", "c", "", "a b"]
+references = st.sampled_from([f"bulkId:{b}" for b in BULK_IDS] + ["bulkId:", "x"])
+resource_data = st.fixed_dictionaries(
+    {},
+    optional={
+        "userName": st.one_of(st.sampled_from(["u1", "u2", "U1"]), scalars),
+        "displayName": st.one_of(st.sampled_from(["g1", "g2"]), scalars),
+        "active": st.sampled_from([True, "False", "maybe", None]),
+        "members": st.lists(
+            st.one_of(
+                st.fixed_dictionaries({"value": st.one_of(references, scalars)}),
+                references,
+            ),
+            max_size=3,
+        ),
+        ENT: st.fixed_dictionaries(
+            {},
+            optional={"manager": st.one_of(references, st.just({"value": "bulkId:a"}))},
+        ),
+        "schemas": st.lists(st.sampled_from([CORE, ENT, "urn:x"]), max_size=2),
+    },
+)
+bulk_operations = st.fixed_dictionaries(
+    {
+        "method": st.sampled_from(
+            ["POST", "PUT", "PATCH", "DELETE", "patch", "GET", 3]
+        ),
+        "path": st.one_of(
+            st.sampled_from(
+                [
+                    "/Users",
+                    "/Groups",
+                    "/Users/bulkId:a",
+                    "/Groups/bulkId:b",
+                    "/Users/missing",
+                    "/Users/a/b/c",
+                    "",
+                ]
+            ),
+            st.text(max_size=20),
+        ),
+    },
+    optional={
+        "bulkId": st.one_of(st.sampled_from(BULK_IDS), st.integers()),
+        "version": st.one_of(st.just('W/"1"'), st.just("*"), st.integers()),
+        "data": st.one_of(resource_data, bodies, scalars),
+    },
+)
+
+
+member_lists = st.lists(
+    st.fixed_dictionaries({"value": references}), min_size=1, max_size=3
+)
+likely_operations = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "method": st.just("POST"),
+            "path": st.just("/Users"),
+            "bulkId": st.sampled_from(BULK_IDS),
+            "data": st.fixed_dictionaries(
+                {"userName": st.sampled_from(["u1", "u2", "u3", "U1"])},
+                optional={ENT: st.fixed_dictionaries({"manager": references})},
+            ),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "method": st.just("POST"),
+            "path": st.just("/Groups"),
+            "bulkId": st.sampled_from(BULK_IDS),
+            "data": st.fixed_dictionaries(
+                {"displayName": st.sampled_from(["g1", "g2"])},
+                optional={"members": member_lists},
+            ),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "method": st.sampled_from(["PATCH", "PUT", "DELETE"]),
+            "path": st.sampled_from(
+                [f"/{t}/bulkId:{b}" for t in ("Users", "Groups") for b in "abc"]
+            ),
+            "data": st.one_of(bodies, resource_data),
+        },
+        optional={"version": st.sampled_from(['W/"1"', 'W/"2"', "*"])},
+    ),
+)
+
+
+@pytest.fixture
+def bulk_client(tmp_path):
+    from mdm import create_app
+
+    from .conftest import issue_token
+
+    app = create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "properties",
+            "DATABASE": str(tmp_path / "bulk.sqlite"),
+            "ACTIVITY_LOG": False,
+        }
+    )
+    _, secret = issue_token(app, "generic")
+    return app.test_client(), {"Authorization": f"Bearer {secret}"}
+
+
+@FAST
+@given(
+    st.lists(st.one_of(likely_operations, bulk_operations, scalars), max_size=6),
+    st.one_of(st.none(), st.integers(-1, 3)),
+)
+def test_bulk_answers_every_operation_or_a_scim_error(bulk_client, operations, fail):
+    client, headers = bulk_client
+    body = {"Operations": operations}
+    if fail is not None:
+        body["failOnErrors"] = fail
+    response = client.post("/scim/v2/Bulk", json=body, headers=headers)
+    assert response.status_code in (200, 400), response.get_json()
+    answer = response.get_json()
+    if response.status_code == 400:
+        assert answer["scimType"] == "invalidValue"
+        return
+    results = answer["Operations"]
+    assert len(results) <= len(operations)
+    if fail is None or fail < 1:
+        assert len(results) == len(operations)
+    for result in results:
+        assert 200 <= int(result["status"]) < 500, result
+        if int(result["status"]) >= 400:
+            assert result["response"]["status"] == result["status"]

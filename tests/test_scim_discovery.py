@@ -12,7 +12,11 @@ def test_service_provider_config(client):
     assert response.headers["Content-Type"] == "application/scim+json"
     body = response.get_json()
     assert body["patch"] == {"supported": True}
-    assert body["bulk"] == {"supported": False, "maxOperations": 0, "maxPayloadSize": 0}
+    assert body["bulk"] == {
+        "supported": True,
+        "maxOperations": 1000,
+        "maxPayloadSize": 1048576,
+    }
     assert body["filter"] == {"supported": True, "maxResults": 500}
     assert body["sort"] == body["etag"] == body["changePassword"] == {"supported": True}
     assert body["authenticationSchemes"][0]["type"] == "oauthbearertoken"

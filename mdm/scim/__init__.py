@@ -7,4 +7,6 @@ CONTENT_TYPE = "application/scim+json"
 
 bp = Blueprint("scim", __name__, url_prefix=URL_PREFIX)
 
-from . import views  # noqa: E402,F401  (registers the routes on bp)
+# Importing the view modules registers their routes on bp.
+from . import bulk  # noqa: E402,F401
+from . import views  # noqa: E402,F401

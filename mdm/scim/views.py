@@ -149,9 +149,8 @@ def _same_tag(a, b):
     return a.removeprefix("W/") == b.removeprefix("W/")
 
 
-def check_if_match(row):
-    """Refuse a write whose If-Match names another version (412)."""
-    header = request.headers.get("If-Match")
+def check_if_match(row, header):
+    """Refuse a write whose If-Match (or Bulk ``version``) names another version (412)."""
     if not header:
         return
     current = serialize.etag(row)
@@ -322,7 +321,16 @@ def _uniqueness_error(data):
 def create_user():
     """Create a user (RFC 7644 §3.3)."""
     resource_type = user_type()
-    data, password = parse.user(request_body(), resource_type, creating=True)
+    user = create_user_from(request_body(), resource_type)
+    attributes, excluded = projection()
+    resource = render_user(user, resource_type, attributes, excluded, groups=())
+    location = f"{base_url()}/Users/{user.scim_id}"
+    return respond(resource, 201, {"Location": location})
+
+
+def create_user_from(body, resource_type):
+    """Create a user from a request body; shared by POST /Users and Bulk."""
+    data, password = parse.user(body, resource_type, creating=True)
     password_hash = hash_password(password) if password else None
     try:
         with write_transaction():
@@ -338,22 +346,28 @@ def create_user():
         user.scim_id,
         user.user_name,
     )
-    attributes, excluded = projection()
-    resource = render_user(user, resource_type, attributes, excluded, groups=())
-    location = f"{base_url()}/Users/{user.scim_id}"
-    return respond(resource, 201, {"Location": location})
+    return user
 
 
 @bp.put("/Users/<user_id>", strict_slashes=False)
 def replace_user(user_id):
     """Replace a user's attributes (RFC 7644 §3.5.1); an omitted password is kept."""
     resource_type = user_type()
-    data, password = parse.user(request_body(), resource_type)
+    user = replace_user_with(
+        user_id, request_body(), resource_type, request.headers.get("If-Match")
+    )
+    attributes, excluded = projection()
+    return respond(render_user(user, resource_type, attributes, excluded))
+
+
+def replace_user_with(user_id, body, resource_type, if_match=None):
+    """Replace a user from a request body; shared by PUT and Bulk."""
+    data, password = parse.user(body, resource_type)
     password_hash = hash_password(password) if password else None
     try:
         with write_transaction():
             user = get_live(User, user_id, "User")
-            check_if_match(user)
+            check_if_match(user, if_match)
             before = user.attributes
             if before != data or password_hash:
                 mirror_user(user, data, password_hash)
@@ -362,19 +376,27 @@ def replace_user(user_id):
     except IntegrityError:
         raise _uniqueness_error(data) from None
     activity.note(describe_changes(before, data, password_hash), target=user.user_name)
-    attributes, excluded = projection()
-    return respond(render_user(user, resource_type, attributes, excluded))
+    return user
 
 
 @bp.patch("/Users/<user_id>", strict_slashes=False)
 def patch_user(user_id):
     """Apply PATCH operations to a user (RFC 7644 §3.5.2) and return it."""
     resource_type = user_type()
-    operations = patch.operations(request_body())
+    user = patch_user_with(
+        user_id, request_body(), resource_type, request.headers.get("If-Match")
+    )
+    attributes, excluded = projection()
+    return respond(render_user(user, resource_type, attributes, excluded))
+
+
+def patch_user_with(user_id, body, resource_type, if_match=None):
+    """Apply a PatchOp body to a user; shared by PATCH and Bulk."""
+    operations = patch.operations(body)
     try:
         with write_transaction():
             user = get_live(User, user_id, "User")
-            check_if_match(user)
+            check_if_match(user, if_match)
             resource = user.attributes
             before = copy.deepcopy(resource)
             result = patch.apply(resource, operations, resource_type)
@@ -392,21 +414,28 @@ def patch_user(user_id):
     activity.note(summary, target=user.user_name)
     for note in result.ignored:
         current_app.logger.info("PATCH /Users/%s: %s", user_id, note)
-    attributes, excluded = projection()
-    return respond(render_user(user, resource_type, attributes, excluded))
+    return user
 
 
 @bp.delete("/Users/<user_id>", strict_slashes=False)
 def delete_user(user_id):
     """Remove a user from SCIM (RFC 7644 §3.6); the directory keeps it as deprovisioned."""
-    with write_transaction():
-        user = get_live(User, user_id, "User")
-        check_if_match(user)
-        user.deprovisioned_at = utcnow()
-        touch(user)
-        user.save()
-    activity.note("deleted (kept as deprovisioned)", target=user.user_name)
+    deprovision(User, user_id, request.headers.get("If-Match"))
     return "", 204
+
+
+def deprovision(model, scim_id, if_match=None):
+    """Mark a live user or group deprovisioned; shared by DELETE and Bulk."""
+    kind = "User" if model is User else "Group"
+    with write_transaction():
+        row = get_live(model, scim_id, kind)
+        check_if_match(row, if_match)
+        row.deprovisioned_at = utcnow()
+        touch(row)
+        row.save()
+    target = row.user_name if model is User else row.display_name
+    activity.note("deleted (kept as deprovisioned)", target=target)
+    return row
 
 
 #
@@ -558,7 +587,16 @@ def _group_uniqueness_error(data):
 @bp.post("/Groups", strict_slashes=False)
 def create_group():
     """Create a group, with any members that name known users (RFC 7644 §3.3)."""
-    data, member_ids = parse.group(request_body())
+    group = create_group_from(request_body())
+    attributes, excluded = projection()
+    resource = render_group(group, attributes, excluded)
+    location = f"{base_url()}/Groups/{group.scim_id}"
+    return respond(resource, 201, {"Location": location})
+
+
+def create_group_from(body):
+    """Create a group from a request body; shared by POST /Groups and Bulk."""
+    data, member_ids = parse.group(body)
     try:
         with write_transaction():
             group = Group(
@@ -579,20 +617,26 @@ def create_group():
         group.scim_id,
         group.display_name,
     )
-    attributes, excluded = projection()
-    resource = render_group(group, attributes, excluded)
-    location = f"{base_url()}/Groups/{group.scim_id}"
-    return respond(resource, 201, {"Location": location})
+    return group
 
 
 @bp.put("/Groups/<group_id>", strict_slashes=False)
 def replace_group(group_id):
     """Replace a group (RFC 7644 §3.5.1); members change only when the body lists them."""
-    data, member_ids = parse.group(request_body())
+    group = replace_group_with(
+        group_id, request_body(), request.headers.get("If-Match")
+    )
+    attributes, excluded = projection()
+    return respond(render_group(group, attributes, excluded))
+
+
+def replace_group_with(group_id, body, if_match=None):
+    """Replace a group from a request body; shared by PUT and Bulk."""
+    data, member_ids = parse.group(body)
     try:
         with write_transaction():
             group = get_live(Group, group_id, "Group")
-            check_if_match(group)
+            check_if_match(group, if_match)
             old_name = group.display_name
             changed = _set_group_attributes(group, data)
             added = removed = 0
@@ -608,8 +652,7 @@ def replace_group(group_id):
         describe_group_change(old_name, group, added, removed),
         target=group.display_name,
     )
-    attributes, excluded = projection()
-    return respond(render_group(group, attributes, excluded))
+    return group
 
 
 def describe_group_change(old_name, group, added, removed):
@@ -637,11 +680,22 @@ def patch_group(group_id):
     Answers 204 as Entra expects, or 200 with the resource when the client
     asks for attributes or excludedAttributes.
     """
-    operations = patch.operations(request_body())
+    group = patch_group_with(group_id, request_body(), request.headers.get("If-Match"))
+    attributes, excluded = projection()
+    if attributes or excluded:
+        return respond(render_group(group, attributes, excluded))
+    response = make_response("", 204)
+    response.headers["ETag"] = serialize.etag(group)
+    return response
+
+
+def patch_group_with(group_id, body, if_match=None):
+    """Apply a PatchOp body to a group; shared by PATCH and Bulk."""
+    operations = patch.operations(body)
     try:
         with write_transaction():
             group = get_live(Group, group_id, "Group")
-            check_if_match(group)
+            check_if_match(group, if_match)
             resource = {"displayName": group.display_name}
             if group.external_id is not None:
                 resource["externalId"] = group.external_id
@@ -662,29 +716,18 @@ def patch_group(group_id):
     )
     for note in result.ignored:
         current_app.logger.info("PATCH /Groups/%s: %s", group_id, note)
-    attributes, excluded = projection()
-    if attributes or excluded:
-        return respond(render_group(group, attributes, excluded))
-    response = make_response("", 204)
-    response.headers["ETag"] = serialize.etag(group)
-    return response
+    return group
 
 
 @bp.delete("/Groups/<group_id>", strict_slashes=False)
 def delete_group(group_id):
     """Remove a group from SCIM (RFC 7644 §3.6); the directory keeps it as deprovisioned."""
-    with write_transaction():
-        group = get_live(Group, group_id, "Group")
-        check_if_match(group)
-        group.deprovisioned_at = utcnow()
-        touch(group)
-        group.save()
-    activity.note("deleted (kept as deprovisioned)", target=group.display_name)
+    deprovision(Group, group_id, request.headers.get("If-Match"))
     return "", 204
 
 
 #
-# Search across resource types, /Me and /Bulk
+# Search across resource types and /Me
 #
 
 
@@ -737,12 +780,6 @@ def me():
     raise ScimError(501, None, "/Me is not supported: tokens are not tied to a user.")
 
 
-@bp.route("/Bulk", methods=["POST"], strict_slashes=False)
-def bulk():
-    """Answer /Bulk, which this server does not support (RFC 7644 §3.7)."""
-    raise ScimError(501, None, "Bulk operations are not supported.")
-
-
 #
 # Discovery (RFC 7644 §4)
 #
@@ -755,7 +792,11 @@ def query_service_provider_config():
     return {
         "schemas": [schema.SERVICE_PROVIDER_CONFIG_SCHEMA],
         "patch": {"supported": True},
-        "bulk": {"supported": False, "maxOperations": 0, "maxPayloadSize": 0},
+        "bulk": {
+            "supported": True,
+            "maxOperations": current_app.config["SCIM_BULK_MAX_OPERATIONS"],
+            "maxPayloadSize": current_app.config["SCIM_BULK_MAX_PAYLOAD"],
+        },
         "filter": {
             "supported": True,
             "maxResults": current_app.config["SCIM_MAX_RESULTS"],
