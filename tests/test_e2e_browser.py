@@ -295,3 +295,62 @@ def test_failed_request_shows_in_activity_with_its_hint(live, page):
     page.set_viewport_size({"width": 390, "height": 844})
     page.get_by_role("link", name="Dashboard").click()
     shot(page, "dashboard-phone")
+
+
+def test_bulk_request_and_its_operations_show_in_activity(live, page):
+    app, base = live
+    setup_admin(page, app, base)
+    secret, _ = generate(page, "Entra")
+    status, answer = scim(
+        base,
+        secret,
+        "POST",
+        "/Bulk",
+        {
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"],
+            "Operations": [
+                {
+                    "method": "POST",
+                    "path": "/Users",
+                    "bulkId": "kim",
+                    "data": {"userName": "kim@contoso.com", "displayName": "Kim Ode"},
+                },
+                {
+                    "method": "POST",
+                    "path": "/Groups",
+                    "bulkId": "ops",
+                    "data": {
+                        "displayName": "Ops",
+                        "members": [{"value": "bulkId:kim"}],
+                    },
+                },
+                {"method": "DELETE", "path": "/Users/no-such-user"},
+            ],
+        },
+    )
+    assert status == 200
+    assert [op["status"] for op in answer["Operations"]] == ["201", "201", "404"]
+    from mdm.activity import writer
+
+    writer.flush()
+
+    page.get_by_role("link", name="Provisioning Activity").click()
+    page.get_by_label("Resource").select_option("Bulk")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.get_by_role("row")).to_have_count(2)
+    request_row = page.get_by_role("row").nth(1)
+    expect(request_row).to_contain_text("3 of 3 operations applied, 1 failed")
+    expect(request_row).to_contain_text("200")
+    page.goto(f"{base}/admin/activity")
+    expect(page.get_by_role("row").filter(has_text="Bulk: created")).to_have_count(2)
+    expect(page.get_by_role("row").filter(has_text="no-such-user")).to_contain_text(
+        "404"
+    )
+    shot(page, "activity-bulk")
+
+    page.get_by_role("link", name="User Groups").click()
+    page.get_by_role("link", name="Ops").click()
+    expect(page.get_by_role("link", name="Kim Ode")).to_be_visible()
+    page.get_by_role("link", name="Kim Ode").click()
+    expect(page.get_by_text("Bulk: created")).to_be_visible()
+    shot(page, "user-bulk-history")
