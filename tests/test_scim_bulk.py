@@ -343,6 +343,26 @@ def test_circular_manager_references_are_both_set(app, scim):
     assert [op["version"] for op in body["Operations"]] == [version(a), version(b)]
 
 
+def test_a_ring_of_1000_forward_references_resolves(app, scim):
+    """Each user's manager is the next one's bulkId and the last points at the first."""
+    count = 1000
+    operations = [
+        post_user(
+            f"u{n}",
+            f"ring{n:04d}",
+            **{ENTERPRISE: {"manager": {"value": f"bulkId:u{(n + 1) % count}"}}},
+        )
+        for n in range(count)
+    ]
+    body = bulk(scim, *operations)
+    assert {op["status"] for op in body["Operations"]} == {"201"}
+    with app.app_context(), database.connection_context():
+        users = {u.user_name: u for u in User.select()}
+    for n in range(count):
+        manager = users[f"ring{n:04d}"].attributes[ENTERPRISE]["manager"]["value"]
+        assert manager == users[f"ring{(n + 1) % count:04d}"].scim_id
+
+
 def test_rfc_circular_groups_are_both_created(app, scim):
     """§3.7.1's two groups that contain each other: both are created (nesting is not kept)."""
     body = bulk(

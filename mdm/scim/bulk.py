@@ -181,6 +181,11 @@ def _target(path):
     return model, unquote(parts[1]) if len(parts) == 2 else None
 
 
+def _needs(operation):
+    """Return the bulkIds an operation refers to (none when it is already refused)."""
+    return () if operation.error else operation.references
+
+
 def _references(value, found):
     """Collect the bulkIds that ``value`` refers to, wherever they appear."""
     if isinstance(value, str):
@@ -241,25 +246,34 @@ class Job:
             self._complete_deferred()
         return [self.results[index] for index in sorted(self.results)]
 
-    def _visit(self, operation):
-        if operation.index in self.state or self.stopped:
+    def _visit(self, root):
+        """Apply ``root`` after the POSTs it refers to: depth first, on an explicit stack.
+
+        A chain of forward references may be as long as the request (1,000
+        operations), deeper than Python's recursion limit.
+        """
+        if root.index in self.state:
             return
-        self.state[operation.index] = ACTIVE
-        circular = set()
-        if operation.error is None:
-            for bulk_id in operation.references:
+        self.state[root.index] = ACTIVE
+        stack = [(root, iter(_needs(root)), set())]
+        while stack and not self.stopped:
+            operation, needs, circular = stack[-1]
+            for bulk_id in needs:
                 needed = self.defined.get(bulk_id)
                 if needed is None:
                     continue  # reported when the reference is resolved
-                if self.state.get(needed.index) == ACTIVE:
+                state = self.state.get(needed.index)
+                if state == ACTIVE:
                     circular.add(bulk_id)
-                else:
-                    self._visit(needed)
-            if self.stopped:
-                return
-        if self._apply(operation, circular) and circular:
-            self.deferred.append((operation, circular))
-        self.state[operation.index] = DONE
+                elif state is None:
+                    self.state[needed.index] = ACTIVE
+                    stack.append((needed, iter(_needs(needed)), set()))
+                    break
+            else:
+                stack.pop()
+                if self._apply(operation, circular) and circular:
+                    self.deferred.append((operation, circular))
+                self.state[operation.index] = DONE
 
     def _apply(self, operation, circular):
         """Apply one operation in its own transaction and record its result."""
