@@ -8,6 +8,10 @@ from waitress import wasyncore
 from waitress.server import create_server
 
 GRACE_SECONDS = 30
+# waitress reads a whole body before the app runs; a Content-Length beyond this
+# multiple of the app's own limits is refused at once, unread, with a plain 413.
+# Bodies between the two limits still get the app's SCIM 413 (RFC 7644 §3.12).
+BODY_CAP_FACTOR = 4
 
 
 def serve(app, host, port, threads, on_ready=None):
@@ -18,7 +22,14 @@ def serve(app, host, port, threads, on_ready=None):
     request has been answered (or GRACE_SECONDS pass), then the workers stop.
     SQLite transactions are atomic, so a request cut short writes nothing.
     """
-    server = create_server(app, host=host, port=port, threads=threads, ident="mdm")
+    server = create_server(
+        app,
+        host=host,
+        port=port,
+        threads=threads,
+        ident="mdm",
+        max_request_body_size=body_cap(app.config),
+    )
     stopping = threading.Event()
 
     def request_stop(signum, frame):
@@ -44,6 +55,12 @@ def serve(app, host, port, threads, on_ready=None):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def body_cap(config):
+    """Return the largest body waitress will read for the app."""
+    limits = [config.get("MAX_CONTENT_LENGTH"), config.get("SCIM_BULK_MAX_PAYLOAD")]
+    return BODY_CAP_FACTOR * max(int(limit) for limit in limits if limit)
 
 
 def _poll(server, timeout):

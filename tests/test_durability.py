@@ -175,3 +175,40 @@ def test_sigterm_answers_in_flight_requests_and_exits(tmp_path):
     for user_name, data, password_hash in rows:
         assert json.loads(data)["userName"] == user_name
         assert (password_hash is not None) == user_name.startswith("slow")
+
+
+def test_served_bodies_beyond_the_cap_are_refused_unread(tmp_path):
+    """waitress refuses a huge declared body at once; a moderately large one gets SCIM's 413."""
+    instance = str(tmp_path)
+    token = crash.create_token(instance)
+    process, port = crash.start_server(instance, str(tmp_path / "serve.log"))
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/scim+json",
+    }
+    try:
+        # 100 MB declared, nothing sent: answered without waiting for the body.
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.putrequest("POST", "/scim/v2/Bulk")
+        for name, value in {**headers, "Content-Length": str(100 * 2**20)}.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        started = time.monotonic()
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 413
+        assert time.monotonic() - started < 5
+        conn.close()
+
+        # 1.5 MB: within what waitress reads, over Bulk's maxPayloadSize.
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/scim/v2/Bulk", b" " * (3 * 2**19), headers)
+        response = conn.getresponse()
+        assert response.status == 413
+        assert response.getheader("Content-Type") == "application/scim+json"
+        assert json.loads(response.read())["detail"] == (
+            "The size of the bulk operation exceeds the maxPayloadSize (1048576 bytes)."
+        )
+        conn.close()
+    finally:
+        crash.stop_server(process)
