@@ -1,5 +1,6 @@
 """The SQLite database: one deferred handle, bound and migrated by the app factory."""
 
+import inspect
 import threading
 from contextlib import contextmanager
 
@@ -48,6 +49,67 @@ def like(expr, text, pattern="%{}%"):
         (expr, SQL("LIKE"), Value(pattern.format(escaped)), SQL("ESCAPE '\\'")),
         parens=True,
     )
+
+
+class Prepared:
+    """A query rendered to SQL once through the ORM, then run with new values.
+
+    Rendering a query costs several times what SQLite takes to answer an
+    indexed lookup, so queries on every request's path are rendered on first
+    use with a marker for each argument of ``build``; each run binds the real
+    values in the markers' places. Arguments are bound as given, so pass
+    values the column stores unconverted (text, integers).
+    """
+
+    def __init__(self, build):
+        self.build = build
+        self.names = list(inspect.signature(build).parameters)
+        self._compiled = None
+
+    def _compile(self):
+        markers = {f"\x00{name}\x00": name for name in self.names}
+        query = self.build(*markers)
+        sql, params = query.sql()
+        # Every parameter must be a marker, or a run would bind stale values.
+        order = [markers[param] for param in params]
+        self._compiled = (getattr(query, "model", None), sql, order)
+        return self._compiled
+
+    def execute(self, **values):
+        """Run the query and return the cursor."""
+        _, sql, order = self._compiled or self._compile()
+        return database.execute_sql(sql, [values[name] for name in order])
+
+    def rows(self, **values):
+        """Run a select of one model's columns and return model instances."""
+        model = (self._compiled or self._compile())[0]
+        return load(model, self.execute(**values))
+
+    def first(self, **values):
+        """Return the first row as a model instance, or None."""
+        rows = self.rows(**values)
+        return rows[0] if rows else None
+
+
+def load(model, cursor):
+    """Build ``model`` instances from a cursor over its columns, as the ORM would."""
+    rows = cursor.fetchall()
+    if not rows:
+        return []
+    columns = model._meta.columns
+    fields = [columns[item[0]] for item in cursor.description]
+    names = [field.name for field in fields]
+    converters = [field.python_value for field in fields]
+    result = []
+    for row in rows:
+        data = {
+            name: convert(value)
+            for name, convert, value in zip(names, converters, row, strict=True)
+        }
+        obj = model(__no_default__=1, **data)
+        obj._dirty.clear()
+        result.append(obj)
+    return result
 
 
 def bind(path):

@@ -15,6 +15,7 @@ from peewee import ForeignKeyField
 from peewee import IntegerField
 from peewee import TextField
 
+from .db import Prepared
 from .db import database
 
 IDPS = {"entra": "Entra ID", "okta": "Okta", "generic": "Generic SCIM"}
@@ -141,9 +142,8 @@ class BearerToken(database.Model):
         parts = secret.split("_") if secret else []
         if len(parts) < 3 or parts[0] != TOKEN_PREFIX:
             return None
-        # Raw SQL: this runs on every SCIM request and needs no query building.
-        rows = list(cls.raw("SELECT * FROM bearer_token WHERE key = ?", parts[1]))
-        token = rows[0] if rows else None
+        # Prepared: this runs on every SCIM request and needs no query building.
+        token = _token_by_key.first(key=parts[1])
         if token is None:
             return None
         if not hmac.compare_digest(token.secret_hash, cls._hash(secret)):
@@ -165,6 +165,9 @@ class BearerToken(database.Model):
                 .where(BearerToken.id == self.id)
                 .execute()
             )
+
+
+_token_by_key = Prepared(lambda key: BearerToken.select().where(BearerToken.key == key))
 
 
 class User(database.Model):
