@@ -7,12 +7,17 @@ from flask import current_app
 from flask import g
 from flask import make_response
 from flask import request
+from peewee import SQL
 from peewee import IntegrityError
+from peewee import Select
+from peewee import fn
 from werkzeug.exceptions import ClientDisconnected
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from .. import activity
+from ..db import Prepared
+from ..db import database
 from ..db import write_transaction
 from ..models import CustomAttribute
 from ..models import Group
@@ -179,9 +184,17 @@ def not_modified_response(row):
     return response
 
 
+def _live_by_id(model):
+    # scim_id is unique, so no LIMIT is needed to fetch at most one row.
+    return Prepared(lambda scim_id: model.live().where(model.scim_id == scim_id))
+
+
+_LIVE_BY_ID = {User: _live_by_id(User), Group: _live_by_id(Group)}
+
+
 def get_live(model, scim_id, kind):
     """Return the live user or group with ``scim_id`` or raise a SCIM 404."""
-    row = model.live().where(model.scim_id == scim_id).first()
+    row = _LIVE_BY_ID[model].first(scim_id=scim_id)
     if row is None:
         raise ScimError.not_found(f"{kind} {scim_id} not found.")
     return row
@@ -226,6 +239,9 @@ def search_users(params, resource_type):
 
 def search(model, resource_type, params):
     """Return the filtered query and its requested page, both run in the database."""
+    found = _lookup(model, params)
+    if found is not None:
+        return found
     query = model.live()
     if params.filter:
         node = filters.parse(params.filter)
@@ -238,6 +254,74 @@ def search(model, resource_type, params):
         order.insert(0, key.desc() if params.descending else key.asc())
     page = query.order_by(*order).offset(params.start_index - 1).limit(params.count)
     return query, list(page)
+
+
+# The attributes an identity provider looks resources up by, answered by
+# queries the general filter compiler rendered once (see _Lookup).
+LOOKUP_ATTRIBUTES = {
+    User: ("userName", "externalId", "id"),
+    Group: ("displayName", "externalId", "id"),
+}
+
+
+class _Lookup:
+    """Prepared page and count queries for ``attribute eq "value"`` on one model."""
+
+    def __init__(self, model, attribute):
+        resource_type = schema.user_type() if model is User else schema.GROUP_TYPE
+
+        def where(value):
+            # Compiled by the general compiler, so both paths run the same SQL.
+            node = filters.Compare(filters.Path(None, attribute), "eq", value)
+            return model.live().where(filters.to_expression(node, resource_type))
+
+        self.page = Prepared(
+            lambda value, offset, limit: (
+                where(value).order_by(model.id).offset(offset).limit(limit)
+            )
+        )
+        self.count = Prepared(
+            lambda value: Select(
+                [where(value).select(SQL("1")).alias("_wrapped")], [fn.COUNT(SQL("1"))]
+            ).bind(database)
+        )
+
+
+_LOOKUPS = {
+    (model, name.lower()): _Lookup(model, name)
+    for model, names in LOOKUP_ATTRIBUTES.items()
+    for name in names
+}
+
+
+class _Matches:
+    """The count side of a prepared lookup, standing in for the ORM query."""
+
+    def __init__(self, lookup, value):
+        self.lookup = lookup
+        self.value = value
+
+    def count(self):
+        return self.lookup.count.execute(value=self.value).fetchone()[0]
+
+
+def _lookup(model, params):
+    """Answer a plain ``attribute eq "value"`` search with prepared queries, or None."""
+    if not params.filter or params.sort_by:
+        return None
+    simple = filters.simple_eq(params.filter)
+    if simple is None:
+        return None
+    lookup = _LOOKUPS.get((model, simple[0].lower()))
+    if lookup is None:
+        return None
+    value = simple[1]
+    if not params.count:
+        return _Matches(lookup, value), []
+    page = lookup.page.rows(
+        value=value, offset=params.start_index - 1, limit=params.count
+    )
+    return _Matches(lookup, value), page
 
 
 def listed(resources, total, params):
