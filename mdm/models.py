@@ -395,19 +395,29 @@ def touch(row):
     row.last_modified = max(utcnow(), row.last_modified)
 
 
-def groups_of(user_pks):
-    """Return {user pk: [(group SCIM id, displayName)]} for live groups, in one query."""
-    if not user_pks:
-        return {}
-    query = (
+def _groups_query(user_pks):
+    return (
         Membership.select(Membership.user, Group.scim_id, Group.display_name)
         .join(Group)
         .where(Membership.user.in_(user_pks) & Group.deprovisioned_at.is_null())
         .order_by(Group.display_name)
-        .tuples()
     )
+
+
+# One user's groups are fetched on every user read; the same SQL, rendered once.
+_groups_of_one = Prepared(lambda pk: _groups_query([pk]))
+
+
+def groups_of(user_pks):
+    """Return {user pk: [(group SCIM id, displayName)]} for live groups, in one query."""
+    if not user_pks:
+        return {}
+    if len(user_pks) == 1:
+        rows = _groups_of_one.execute(pk=user_pks[0]).fetchall()
+    else:
+        rows = _groups_query(user_pks).tuples()
     found = {}
-    for user_pk, group_id, display in query:
+    for user_pk, group_id, display in rows:
         found.setdefault(user_pk, []).append((group_id, display))
     return found
 
