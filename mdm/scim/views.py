@@ -1,6 +1,7 @@
 """SCIM endpoints (RFC 7644 §3): thin views over parse, filters, patch, models and serialize."""
 
 import copy
+import functools
 import json
 
 from flask import current_app
@@ -89,9 +90,16 @@ def base_url():
 
 def user_type():
     """Return the User resource type with the currently defined custom attributes."""
-    return schema.user_type(
-        current_app.config["SCIM_CUSTOM_SCHEMA"], CustomAttribute.definitions()
+    # The definitions are read on every request, so a change by an administrator
+    # (in any process) applies to the next one; only building the type is cached.
+    return _user_type(
+        current_app.config["SCIM_CUSTOM_SCHEMA"], tuple(CustomAttribute.definitions())
     )
+
+
+@functools.lru_cache(maxsize=32)
+def _user_type(custom_urn, definitions):
+    return schema.user_type(custom_urn, definitions)
 
 
 def request_body():
@@ -498,20 +506,30 @@ def delete_user(user_id):
 #
 
 
+def _members_query(group_pks):
+    return (
+        Membership.select(Membership.group, User.scim_id, User.display_name)
+        .join(User)
+        .where(Membership.group.in_(group_pks) & User.deprovisioned_at.is_null())
+        .order_by(Membership.id)
+    )
+
+
+# One group's members are fetched on every group read; the same SQL, rendered once.
+_members_of_one = Prepared(lambda pk: _members_query([pk]))
+
+
 def members_of(groups):
     """Return {group pk: [(user id, displayName)]} for live members, in one query."""
     pks = [group.id for group in groups]
     if not pks:
         return {}
-    query = (
-        Membership.select(Membership.group, User.scim_id, User.display_name)
-        .join(User)
-        .where(Membership.group.in_(pks) & User.deprovisioned_at.is_null())
-        .order_by(Membership.id)
-        .tuples()
-    )
+    if len(pks) == 1:
+        rows = _members_of_one.execute(pk=pks[0]).fetchall()
+    else:
+        rows = _members_query(pks).tuples()
     found = {pk: [] for pk in pks}
-    for group_pk, user_id, display in query:
+    for group_pk, user_id, display in rows:
         found[group_pk].append((user_id, display))
     return found
 
