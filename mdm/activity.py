@@ -39,7 +39,8 @@ activity_db = PooledSqliteDatabase(
 
 MAX_BODY = 16 * 1024
 REDACTED = "[redacted]"
-SECRET_KEYS = re.compile(r"password|secret|token|authorization|credential", re.I)
+SECRET_WORDS = ("password", "secret", "token", "authorization", "credential")
+SECRET_KEYS = re.compile("|".join(SECRET_WORDS), re.I)
 SCHEMA_VERSION = 1
 
 
@@ -130,7 +131,7 @@ def body_text(raw):
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return f"[{len(raw)} bytes, not UTF-8]"
-    if not SECRET_KEYS.search(text):
+    if not mentions_secret(text):
         return _truncate(text)
     try:
         parsed = json.loads(text)
@@ -141,6 +142,16 @@ def body_text(raw):
         return _truncate(json.dumps(redact(parsed), ensure_ascii=False))
     except RecursionError:
         return "[body nested too deeply to redact: withheld]"
+
+
+def mentions_secret(text):
+    """Tell whether ``text`` contains a secret-looking word, exactly as SECRET_KEYS finds one."""
+    if text.isascii():
+        # The regex takes ~100 ns a character ignoring case; for ASCII text,
+        # ignoring case is lower-casing, and substring search is far faster.
+        lowered = text.lower()
+        return any(word in lowered for word in SECRET_WORDS)
+    return SECRET_KEYS.search(text) is not None
 
 
 def pretty(text):
@@ -222,8 +233,15 @@ class Writer:
         if not rows:
             return
         with activity_db.connection_context(), activity_db.atomic():
+            cursor = activity_db.cursor()
             for model, items in rows.items():
-                model.insert_many(items).execute()
+                # One statement for the batch with the fields' own conversions:
+                # the ORM's insert_many spent ~0.1 ms a row building its SQL.
+                fields = [f for f in model._meta.sorted_fields if not f.primary_key]
+                cursor.executemany(
+                    _insert_sql(model, fields),
+                    [[_column_value(f, row) for f in fields] for row in items],
+                )
             if time.monotonic() - self._last_prune > 300:
                 self._last_prune = time.monotonic()
                 prune(self.retention_days, self.max_rows)
@@ -241,6 +259,19 @@ class Writer:
 
         threading.Thread(target=wait, daemon=True).start()
         done.wait(timeout)
+
+
+def _column_value(field, row):
+    if field.name in row:
+        return field.db_value(row[field.name])
+    default = field.default
+    return field.db_value(default() if callable(default) else default)
+
+
+def _insert_sql(model, fields):
+    columns = ", ".join(f'"{field.column_name}"' for field in fields)
+    marks = ", ".join("?" for _ in fields)
+    return f'INSERT INTO "{model._meta.table_name}" ({columns}) VALUES ({marks})'
 
 
 writer = Writer()
