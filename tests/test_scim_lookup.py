@@ -4,9 +4,6 @@ from urllib.parse import quote
 
 import pytest
 
-from mdm.db import Prepared
-from mdm.db import database
-from mdm.models import User
 from mdm.scim import filters
 from mdm.scim.filters import simple_eq
 
@@ -167,10 +164,3 @@ def test_lookup_skips_the_filter_parser(scim, directory, monkeypatch):
 def test_other_filters_take_the_general_path(text):
     parsed = simple_eq(text)
     assert parsed is None or parsed[0].lower() not in ("username", "externalid", "id")
-
-
-def test_prepared_refuses_a_parameter_it_does_not_bind(app):
-    query = Prepared(lambda name: User.select().where(User.user_name == name).limit(5))
-    with app.app_context(), database.connection_context():
-        with pytest.raises(KeyError):
-            query.rows(name="x")

@@ -19,6 +19,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from .. import activity
 from ..db import Prepared
 from ..db import database
+from ..db import insert
+from ..db import update
 from ..db import write_transaction
 from ..models import CustomAttribute
 from ..models import Group
@@ -420,7 +422,7 @@ def create_user():
         with write_transaction():
             user = User(source=token_idp())
             mirror_user(user, data, password_hash)
-            user.save(force_insert=True)
+            insert(user)
     except IntegrityError:
         activity.note(target=data["userName"])
         raise _uniqueness_error(data) from None
@@ -450,7 +452,7 @@ def replace_user(user_id):
             if before != data or password_hash:
                 mirror_user(user, data, password_hash)
                 touch(user)
-                user.save()
+                update(user)
     except IntegrityError:
         raise _uniqueness_error(data) from None
     activity.note(describe_changes(before, data, password_hash), target=user.user_name)
@@ -475,7 +477,7 @@ def patch_user(user_id):
             if data != before or password_hash:
                 mirror_user(user, data, password_hash)
                 touch(user)
-                user.save()
+                update(user)
     except IntegrityError:
         raise _uniqueness_error(data) from None
     summary = describe_changes(before, data, password_hash)
@@ -496,7 +498,7 @@ def delete_user(user_id):
         check_if_match(user)
         user.deprovisioned_at = utcnow()
         touch(user)
-        user.save()
+        update(user)
     activity.note("deleted (kept as deprovisioned)", target=user.user_name)
     return "", 204
 
@@ -668,7 +670,7 @@ def create_group():
                 display_name=data["displayName"],
                 external_id=data.get("externalId"),
             )
-            group.save(force_insert=True)
+            insert(group)
             added = 0
             if member_ids:
                 added = add_members(group, resolve_members(member_ids, group.scim_id))
@@ -703,7 +705,7 @@ def replace_group(group_id):
             changed += added + removed
             if changed:
                 touch(group)
-                group.save()
+                update(group)
     except IntegrityError:
         raise _group_uniqueness_error(data) from None
     activity.note(
@@ -755,7 +757,7 @@ def patch_group(group_id):
             changed += added + removed
             if changed:
                 touch(group)
-                group.save()
+                update(group)
     except IntegrityError:
         raise _group_uniqueness_error(data) from None
     activity.note(
@@ -780,7 +782,7 @@ def delete_group(group_id):
         check_if_match(group)
         group.deprovisioned_at = utcnow()
         touch(group)
-        group.save()
+        update(group)
     activity.note("deleted (kept as deprovisioned)", target=group.display_name)
     return "", 204
 
