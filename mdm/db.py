@@ -91,23 +91,28 @@ class Prepared:
         return rows[0] if rows else None
 
 
+_load_plans = {}
+
+
 def load(model, cursor):
     """Build ``model`` instances from a cursor over its columns, as the ORM would."""
     rows = cursor.fetchall()
     if not rows:
         return []
-    columns = model._meta.columns
-    fields = [columns[item[0]] for item in cursor.description]
-    names = [field.name for field in fields]
-    converters = [field.python_value for field in fields]
+    key = (model, cursor.description)
+    plan = _load_plans.get(key)
+    if plan is None:
+        columns = model._meta.columns
+        fields = [columns[item[0]] for item in cursor.description]
+        plan = _load_plans[key] = [(f.name, f.python_value) for f in fields]
     result = []
     for row in rows:
-        data = {
+        # What the ORM's cursor wrapper does, without a setattr per column.
+        obj = model(__no_default__=1)
+        obj.__data__ = {
             name: convert(value)
-            for name, convert, value in zip(names, converters, row, strict=True)
+            for (name, convert), value in zip(plan, row, strict=False)
         }
-        obj = model(__no_default__=1, **data)
-        obj._dirty.clear()
         result.append(obj)
     return result
 
