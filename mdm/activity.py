@@ -7,8 +7,8 @@ by age and size.
 """
 
 import atexit
+import collections
 import json
-import queue
 import re
 import threading
 import time
@@ -40,7 +40,8 @@ activity_db = PooledSqliteDatabase(
 
 MAX_BODY = 16 * 1024
 REDACTED = "[redacted]"
-SECRET_KEYS = re.compile(r"password|secret|token|authorization|credential", re.I)
+SECRET_WORDS = ("password", "secret", "token", "authorization", "credential")
+SECRET_KEYS = re.compile("|".join(SECRET_WORDS), re.I)
 SCHEMA_VERSION = 1
 
 
@@ -131,7 +132,7 @@ def body_text(raw):
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return f"[{len(raw)} bytes, not UTF-8]"
-    if not SECRET_KEYS.search(text):
+    if not mentions_secret(text):
         return _truncate(text)
     try:
         parsed = json.loads(text)
@@ -142,6 +143,16 @@ def body_text(raw):
         return _truncate(json.dumps(redact(parsed), ensure_ascii=False))
     except RecursionError:
         return "[body nested too deeply to redact: withheld]"
+
+
+def mentions_secret(text):
+    """Tell whether ``text`` contains a secret-looking word, exactly as SECRET_KEYS finds one."""
+    if text.isascii():
+        # The regex takes ~100 ns a character ignoring case; for ASCII text,
+        # ignoring case is lower-casing, and substring search is far faster.
+        lowered = text.lower()
+        return any(word in lowered for word in SECRET_WORDS)
+    return SECRET_KEYS.search(text) is not None
 
 
 def pretty(text):
@@ -166,10 +177,21 @@ def _truncate(text):
 
 
 class Writer:
-    """Insert queued rows in batches from one background thread."""
+    """Insert queued rows in batches from one background thread.
+
+    A request only appends to a deque. The thread is woken once per batch,
+    not once per row: with queue.Queue every put woke it, and that hand-off of
+    the GIL cost each SCIM request about as much as the rest of its logging.
+    """
+
+    MAX_PENDING = 50000
+    BATCH = 500
+    GATHER_SECONDS = 0.2
 
     def __init__(self):
-        self.queue = queue.Queue(maxsize=50000)
+        self.pending = collections.deque()
+        self.wake = threading.Event()
+        self.hurry = threading.Event()
         self.thread = None
         self.lock = threading.Lock()
         self.retention_days = 30
@@ -186,33 +208,37 @@ class Writer:
                 self.thread.start()
 
     def put(self, model, row):
-        try:
-            self.queue.put_nowait((model, row))
-        except queue.Full:
+        if len(self.pending) >= self.MAX_PENDING:
             # Never block provisioning: drop the record and count it.
             self.dropped += 1
+            return
+        self.pending.append((model, row))
+        if not self.wake.is_set():
+            self.wake.set()
 
     def _run(self):
         while True:
-            batch = [self.queue.get()]
-            deadline = time.monotonic() + 0.2
-            while len(batch) < 500:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(self.queue.get(timeout=remaining))
-                except queue.Empty:
-                    break
-            try:
-                self._insert(batch)
-            except Exception:  # noqa: BLE001 - the writer must outlive any bad row
-                current_logger().exception(
-                    "Could not record %d activity rows", len(batch)
-                )
-            finally:
-                for _ in batch:
-                    self.queue.task_done()
+            self.wake.wait()
+            # Let a batch gather; a flush cuts the wait short.
+            self.hurry.wait(self.GATHER_SECONDS)
+            self.hurry.clear()
+            # Cleared before draining: a row appended after the drain sets it again.
+            self.wake.clear()
+            while self.pending:
+                batch = []
+                while self.pending and len(batch) < self.BATCH:
+                    batch.append(self.pending.popleft())
+                self._write(batch)
+
+    def _write(self, batch):
+        try:
+            self._insert(batch)
+        except Exception:  # noqa: BLE001 - the writer must outlive any bad row
+            current_logger().exception("Could not record %d activity rows", len(batch))
+        finally:
+            for model, row in batch:
+                if model is None:
+                    row.set()  # a flush marker: everything before it is written
 
     def _insert(self, batch):
         rows = {}
@@ -223,8 +249,15 @@ class Writer:
         if not rows:
             return
         with activity_db.connection_context(), activity_db.atomic():
+            cursor = activity_db.cursor()
             for model, items in rows.items():
-                model.insert_many(items).execute()
+                # One statement for the batch with the fields' own conversions:
+                # the ORM's insert_many spent ~0.1 ms a row building its SQL.
+                fields = [f for f in model._meta.sorted_fields if not f.primary_key]
+                cursor.executemany(
+                    _insert_sql(model, fields),
+                    [[_column_value(f, row) for f in fields] for row in items],
+                )
             if time.monotonic() - self._last_prune > 300:
                 self._last_prune = time.monotonic()
                 prune(self.retention_days, self.max_rows)
@@ -233,15 +266,24 @@ class Writer:
         """Wait until everything queued so far is written (tests, shutdown)."""
         if self.thread is None:
             return
-        self.put(None, None)
         done = threading.Event()
-
-        def wait():
-            self.queue.join()
-            done.set()
-
-        threading.Thread(target=wait, daemon=True).start()
+        self.pending.append((None, done))
+        self.hurry.set()
+        self.wake.set()
         done.wait(timeout)
+
+
+def _column_value(field, row):
+    if field.name in row:
+        return field.db_value(row[field.name])
+    default = field.default
+    return field.db_value(default() if callable(default) else default)
+
+
+def _insert_sql(model, fields):
+    columns = ", ".join(f'"{field.column_name}"' for field in fields)
+    marks = ", ".join("?" for _ in fields)
+    return f'INSERT INTO "{model._meta.table_name}" ({columns}) VALUES ({marks})'
 
 
 writer = Writer()

@@ -15,6 +15,7 @@ from peewee import ForeignKeyField
 from peewee import IntegerField
 from peewee import TextField
 
+from .db import Prepared
 from .db import database
 
 IDPS = {"entra": "Entra ID", "okta": "Okta", "generic": "Generic SCIM"}
@@ -141,9 +142,8 @@ class BearerToken(database.Model):
         parts = secret.split("_") if secret else []
         if len(parts) < 3 or parts[0] != TOKEN_PREFIX:
             return None
-        # Raw SQL: this runs on every SCIM request and needs no query building.
-        rows = list(cls.raw("SELECT * FROM bearer_token WHERE key = ?", parts[1]))
-        token = rows[0] if rows else None
+        # Prepared: this runs on every SCIM request and needs no query building.
+        token = _token_by_key.first(key=parts[1])
         if token is None:
             return None
         if not hmac.compare_digest(token.secret_hash, cls._hash(secret)):
@@ -165,6 +165,9 @@ class BearerToken(database.Model):
                 .where(BearerToken.id == self.id)
                 .execute()
             )
+
+
+_token_by_key = Prepared(lambda key: BearerToken.select().where(BearerToken.key == key))
 
 
 class User(database.Model):
@@ -392,19 +395,29 @@ def touch(row):
     row.last_modified = max(utcnow(), row.last_modified)
 
 
-def groups_of(user_pks):
-    """Return {user pk: [(group SCIM id, displayName)]} for live groups, in one query."""
-    if not user_pks:
-        return {}
-    query = (
+def _groups_query(user_pks):
+    return (
         Membership.select(Membership.user, Group.scim_id, Group.display_name)
         .join(Group)
         .where(Membership.user.in_(user_pks) & Group.deprovisioned_at.is_null())
         .order_by(Group.display_name)
-        .tuples()
     )
+
+
+# One user's groups are fetched on every user read; the same SQL, rendered once.
+_groups_of_one = Prepared(lambda pk: _groups_query([pk]))
+
+
+def groups_of(user_pks):
+    """Return {user pk: [(group SCIM id, displayName)]} for live groups, in one query."""
+    if not user_pks:
+        return {}
+    if len(user_pks) == 1:
+        rows = _groups_of_one.execute(pk=user_pks[0]).fetchall()
+    else:
+        rows = _groups_query(user_pks).tuples()
     found = {}
-    for user_pk, group_id, display in query:
+    for user_pk, group_id, display in rows:
         found.setdefault(user_pk, []).append((group_id, display))
     return found
 

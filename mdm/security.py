@@ -18,7 +18,17 @@ HEADERS = {
 
 
 class SessionInterface(SecureCookieSessionInterface):
-    """Mark the session cookie Secure whenever the request came over HTTPS."""
+    """Mark the session cookie Secure over HTTPS; give the SCIM API no session at all."""
+
+    def open_session(self, app, request):
+        # SCIM clients authenticate with bearer tokens only; a null session
+        # keeps the console's cookie out of the API and skips its signing.
+        from .scim import URL_PREFIX
+
+        path = request.path
+        if path == URL_PREFIX or path.startswith(URL_PREFIX + "/"):
+            return self.make_null_session(app)
+        return super().open_session(app, request)
 
     def get_cookie_secure(self, app):
         if super().get_cookie_secure(app):

@@ -313,6 +313,53 @@ def test_body_text_withholds_unparsed_secrets():
     assert "truncated" in activity.body_text(long)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"userName": "a"}',
+        '{"PassWord": "x"}',
+        "x-client-SECRET",
+        "Bearer TOKEN",
+        "authorisation",
+        "credentials",
+        "pass word",
+        "",
+        "\u017fecret",  # long s: the regex's case folding matches it as "s"
+        "to\u212aen",  # Kelvin sign: matched as "k"
+        "\u00e9 password",
+        "\u00e9 nothing",
+    ],
+)
+def test_mentions_secret_agrees_with_the_pattern(text):
+    assert activity.mentions_secret(text) == bool(activity.SECRET_KEYS.search(text))
+
+
+def test_writer_stores_what_the_orm_would(app):
+    """Batched inserts keep every field's conversion and fill omitted defaults."""
+    now = utcnow()
+    activity.writer.put(
+        ActivityEntry,
+        {"time": now, "method": "GET", "path": "/p", "status": 200, "duration_ms": 1},
+    )
+    activity.writer.put(AuditEvent, {"time": now, "event": "E", "details": "d"})
+    activity.writer.flush()
+    with activity_db.connection_context():
+        stored = ActivityEntry.select().order_by(ActivityEntry.id.desc()).get()
+        ActivityEntry.insert(
+            time=now, method="GET", path="/p", status=200, duration_ms=1
+        ).execute()
+        via_orm = ActivityEntry.select().order_by(ActivityEntry.id.desc()).get()
+        event = AuditEvent.select().where(AuditEvent.event == "E").get()
+        raw = activity_db.execute_sql(
+            "SELECT time FROM activity ORDER BY id DESC LIMIT 2"
+        ).fetchall()
+    fields = [f.name for f in ActivityEntry._meta.sorted_fields if f.name != "id"]
+    assert [getattr(stored, f) for f in fields] == [getattr(via_orm, f) for f in fields]
+    assert stored.time == now and stored.query == "" and stored.summary == ""
+    assert raw[0] == raw[1]
+    assert (event.time, event.actor, event.details) == (now, "", "d")
+
+
 def test_secrets_never_reach_the_file_or_the_pages(app, client, console):
     """Passwords in POST and PATCH bodies and bearer tokens stay out of file and pages."""
     _, token = issue_token(app, "entra")

@@ -3,6 +3,7 @@
 import pytest
 
 from mdm.db import database
+from mdm.models import CustomAttribute
 from mdm.models import User
 
 CORE = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -322,6 +323,40 @@ def test_custom_attributes_round_trip(scim, runner):
     assert patched[CUSTOM] == {"badge": 43, "remote": True}
     found = scim.get(f"/Users?filter={CUSTOM}:badge eq 43").get_json()
     assert found["totalResults"] == 1
+
+
+def test_custom_attribute_changes_apply_to_the_next_request(app, scim, runner):
+    """The definitions come with the token on every request: never a stale schema."""
+
+    def advertised():
+        schemas = scim.get("/Schemas").get_json()["Resources"]
+        custom = [s for s in schemas if s["id"] == CUSTOM]
+        return [a["name"] for a in custom[0]["attributes"]] if custom else []
+
+    def stored(user_id):
+        return scim.get(f"/Users/{user_id}").get_json().get(CUSTOM)
+
+    user = scim.create_user("cy@example.com")
+    for name in ("zeta", "alpha", "mid"):
+        runner.invoke(args=["attribute", "add", name])
+    assert advertised() == ["zeta", "alpha", "mid"]
+    scim.patch(
+        f"/Users/{user['id']}",
+        {"Operations": [{"op": "add", "value": {f"{CUSTOM}:alpha": "a"}}]},
+    )
+    assert stored(user["id"]) == {"alpha": "a"}
+    with app.app_context(), database.connection_context():
+        CustomAttribute.delete().where(CustomAttribute.name == "alpha").execute()
+        expected = [name for name, _ in CustomAttribute.definitions()]
+    assert expected == ["zeta", "mid"]
+    assert advertised() == expected
+    with app.app_context(), database.connection_context():
+        CustomAttribute.delete().execute()
+    # Without definitions the extension is gone from the user, at once.
+    assert stored(user["id"]) is None and advertised() == []
+    runner.invoke(args=["attribute", "add", "alpha"])
+    assert stored(user["id"]) == {"alpha": "a"}
+    assert advertised() == ["alpha"]
 
 
 def test_search_endpoint(scim):

@@ -124,6 +124,25 @@ def parse(text):
     return node
 
 
+# ``attr eq "text"`` with nothing to unescape: how identity providers look a
+# resource up before creating it. JSON strings admit no raw control characters.
+_SIMPLE_EQ = re.compile(
+    r'\s*([A-Za-z]+)\s+eq\s+"([^"\\\x00-\x1f\ud800-\udfff]*)"\s*', re.IGNORECASE
+)
+
+
+def simple_eq(text):
+    """Return (attribute, value) when ``text`` is one ``attr eq "value"``, else None.
+
+    The attribute comes back as written; the caller decides which it answers
+    directly. Anything else, however equivalent, is left to parse().
+    """
+    if len(text) > MAX_LENGTH:
+        return None
+    match = _SIMPLE_EQ.fullmatch(text)
+    return match.groups() if match else None
+
+
 def parse_path(text):
     """Parse a PATCH operation path into a PatchPath, or raise invalidPath."""
     parser = _Parser(text, ScimError.invalid_path, "path")

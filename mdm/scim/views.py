@@ -1,18 +1,27 @@
 """SCIM endpoints (RFC 7644 §3): thin views over parse, filters, patch, models and serialize."""
 
 import copy
+import functools
 import json
 
 from flask import current_app
 from flask import g
 from flask import make_response
 from flask import request
+from peewee import SQL
 from peewee import IntegrityError
+from peewee import Select
+from peewee import fn
 from werkzeug.exceptions import ClientDisconnected
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.sansio.utils import get_current_url
 
 from .. import activity
+from ..db import Prepared
+from ..db import database
+from ..db import insert
+from ..db import update
 from ..db import write_transaction
 from ..models import CustomAttribute
 from ..models import Group
@@ -78,15 +87,29 @@ def handle_http_error(error):
 def base_url():
     """Return the absolute SCIM base URL, honouring PUBLIC_URL behind a proxy."""
     public = current_app.config.get("PUBLIC_URL")
-    root = public.rstrip("/") if public else request.url_root.rstrip("/")
-    return root + URL_PREFIX
+    if public:
+        return public.rstrip("/") + URL_PREFIX
+    return _base_url(request.scheme, request.host, request.root_path)
+
+
+@functools.lru_cache(maxsize=64)
+def _base_url(scheme, host, root_path):
+    # request.url_root, whose IRI conversion cost ~30 us on every request.
+    return get_current_url(scheme, host, root_path).rstrip("/") + URL_PREFIX
 
 
 def user_type():
     """Return the User resource type with the currently defined custom attributes."""
-    return schema.user_type(
-        current_app.config["SCIM_CUSTOM_SCHEMA"], CustomAttribute.definitions()
+    # The definitions are read on every request, so a change by an administrator
+    # (in any process) applies to the next one; only building the type is cached.
+    return _user_type(
+        current_app.config["SCIM_CUSTOM_SCHEMA"], tuple(CustomAttribute.definitions())
     )
+
+
+@functools.lru_cache(maxsize=32)
+def _user_type(custom_urn, definitions):
+    return schema.user_type(custom_urn, definitions)
 
 
 def request_body():
@@ -178,9 +201,17 @@ def not_modified_response(row):
     return response
 
 
+def _live_by_id(model):
+    # scim_id is unique, so no LIMIT is needed to fetch at most one row.
+    return Prepared(lambda scim_id: model.live().where(model.scim_id == scim_id))
+
+
+_LIVE_BY_ID = {User: _live_by_id(User), Group: _live_by_id(Group)}
+
+
 def get_live(model, scim_id, kind):
     """Return the live user or group with ``scim_id`` or raise a SCIM 404."""
-    row = model.live().where(model.scim_id == scim_id).first()
+    row = _LIVE_BY_ID[model].first(scim_id=scim_id)
     if row is None:
         raise ScimError.not_found(f"{kind} {scim_id} not found.")
     return row
@@ -225,6 +256,9 @@ def search_users(params, resource_type):
 
 def search(model, resource_type, params):
     """Return the filtered query and its requested page, both run in the database."""
+    found = _lookup(model, params)
+    if found is not None:
+        return found
     query = model.live()
     if params.filter:
         node = filters.parse(params.filter)
@@ -237,6 +271,74 @@ def search(model, resource_type, params):
         order.insert(0, key.desc() if params.descending else key.asc())
     page = query.order_by(*order).offset(params.start_index - 1).limit(params.count)
     return query, list(page)
+
+
+# The attributes an identity provider looks resources up by, answered by
+# queries the general filter compiler rendered once (see _Lookup).
+LOOKUP_ATTRIBUTES = {
+    User: ("userName", "externalId", "id"),
+    Group: ("displayName", "externalId", "id"),
+}
+
+
+class _Lookup:
+    """Prepared page and count queries for ``attribute eq "value"`` on one model."""
+
+    def __init__(self, model, attribute):
+        resource_type = schema.user_type() if model is User else schema.GROUP_TYPE
+
+        def where(value):
+            # Compiled by the general compiler, so both paths run the same SQL.
+            node = filters.Compare(filters.Path(None, attribute), "eq", value)
+            return model.live().where(filters.to_expression(node, resource_type))
+
+        self.page = Prepared(
+            lambda value, offset, limit: (
+                where(value).order_by(model.id).offset(offset).limit(limit)
+            )
+        )
+        self.count = Prepared(
+            lambda value: Select(
+                [where(value).select(SQL("1")).alias("_wrapped")], [fn.COUNT(SQL("1"))]
+            ).bind(database)
+        )
+
+
+_LOOKUPS = {
+    (model, name.lower()): _Lookup(model, name)
+    for model, names in LOOKUP_ATTRIBUTES.items()
+    for name in names
+}
+
+
+class _Matches:
+    """The count side of a prepared lookup, standing in for the ORM query."""
+
+    def __init__(self, lookup, value):
+        self.lookup = lookup
+        self.value = value
+
+    def count(self):
+        return self.lookup.count.execute(value=self.value).fetchone()[0]
+
+
+def _lookup(model, params):
+    """Answer a plain ``attribute eq "value"`` search with prepared queries, or None."""
+    if not params.filter or params.sort_by:
+        return None
+    simple = filters.simple_eq(params.filter)
+    if simple is None:
+        return None
+    lookup = _LOOKUPS.get((model, simple[0].lower()))
+    if lookup is None:
+        return None
+    value = simple[1]
+    if not params.count:
+        return _Matches(lookup, value), []
+    page = lookup.page.rows(
+        value=value, offset=params.start_index - 1, limit=params.count
+    )
+    return _Matches(lookup, value), page
 
 
 def listed(resources, total, params):
@@ -336,7 +438,7 @@ def create_user_from(body, resource_type):
         with write_transaction():
             user = User(source=token_idp())
             mirror_user(user, data, password_hash)
-            user.save(force_insert=True)
+            insert(user)
     except IntegrityError:
         activity.note(target=data["userName"])
         raise _uniqueness_error(data) from None
@@ -372,7 +474,7 @@ def replace_user_with(user_id, body, resource_type, if_match=None):
             if before != data or password_hash:
                 mirror_user(user, data, password_hash)
                 touch(user)
-                user.save()
+                update(user)
     except IntegrityError:
         raise _uniqueness_error(data) from None
     activity.note(describe_changes(before, data, password_hash), target=user.user_name)
@@ -405,7 +507,7 @@ def patch_user_with(user_id, body, resource_type, if_match=None):
             if data != before or password_hash:
                 mirror_user(user, data, password_hash)
                 touch(user)
-                user.save()
+                update(user)
     except IntegrityError:
         raise _uniqueness_error(data) from None
     summary = describe_changes(before, data, password_hash)
@@ -432,7 +534,7 @@ def deprovision(model, scim_id, if_match=None):
         check_if_match(row, if_match)
         row.deprovisioned_at = utcnow()
         touch(row)
-        row.save()
+        update(row)
     target = row.user_name if model is User else row.display_name
     activity.note("deleted (kept as deprovisioned)", target=target)
     return row
@@ -443,20 +545,30 @@ def deprovision(model, scim_id, if_match=None):
 #
 
 
+def _members_query(group_pks):
+    return (
+        Membership.select(Membership.group, User.scim_id, User.display_name)
+        .join(User)
+        .where(Membership.group.in_(group_pks) & User.deprovisioned_at.is_null())
+        .order_by(Membership.id)
+    )
+
+
+# One group's members are fetched on every group read; the same SQL, rendered once.
+_members_of_one = Prepared(lambda pk: _members_query([pk]))
+
+
 def members_of(groups):
     """Return {group pk: [(user id, displayName)]} for live members, in one query."""
     pks = [group.id for group in groups]
     if not pks:
         return {}
-    query = (
-        Membership.select(Membership.group, User.scim_id, User.display_name)
-        .join(User)
-        .where(Membership.group.in_(pks) & User.deprovisioned_at.is_null())
-        .order_by(Membership.id)
-        .tuples()
-    )
+    if len(pks) == 1:
+        rows = _members_of_one.execute(pk=pks[0]).fetchall()
+    else:
+        rows = _members_query(pks).tuples()
     found = {pk: [] for pk in pks}
-    for group_pk, user_id, display in query:
+    for group_pk, user_id, display in rows:
         found[group_pk].append((user_id, display))
     return found
 
@@ -604,7 +716,7 @@ def create_group_from(body):
                 display_name=data["displayName"],
                 external_id=data.get("externalId"),
             )
-            group.save(force_insert=True)
+            insert(group)
             added = 0
             if member_ids:
                 added = add_members(group, resolve_members(member_ids, group.scim_id))
@@ -645,7 +757,7 @@ def replace_group_with(group_id, body, if_match=None):
             changed += added + removed
             if changed:
                 touch(group)
-                group.save()
+                update(group)
     except IntegrityError:
         raise _group_uniqueness_error(data) from None
     activity.note(
@@ -707,7 +819,7 @@ def patch_group_with(group_id, body, if_match=None):
             changed += added + removed
             if changed:
                 touch(group)
-                group.save()
+                update(group)
     except IntegrityError:
         raise _group_uniqueness_error(data) from None
     activity.note(
