@@ -20,6 +20,7 @@ from peewee import fn
 
 from .activity import audit
 from .db import like
+from .db import ordering as sort_order
 from .db import write_transaction
 from .forms import AttributeForm
 from .forms import ConfirmForm
@@ -359,7 +360,7 @@ def users():
         members = Membership.select(Membership.user).where(Membership.group == group_pk)
         query = query.where(User.id.in_(members))
     key = USER_SORTS.get(sort, User.user_name)
-    ordering = key.desc() if order == "desc" else key.asc()
+    ordering = sort_order(key, order == "desc")
     query = query.order_by(ordering, User.id)
     pagination = Pagination(query, page_arg())
     groups = groups_of([u.id for u in pagination.items])
@@ -499,7 +500,7 @@ def groups():
         "updated": Group.last_modified,
     }
     key = keys.get(sort, Group.display_name)
-    query = query.order_by(key.desc() if order == "desc" else key.asc(), Group.id)
+    query = query.order_by(sort_order(key, order == "desc"), Group.id)
     pagination = Pagination(query, page_arg())
     counts = _member_counts(pagination.items)
     return render_template(

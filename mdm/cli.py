@@ -225,7 +225,13 @@ def attribute_remove(name):
 def backup_command(path):
     """Write a consistent copy of the database to PATH, even while serving."""
     from .db import backup
+    from .db import postgres
 
+    if postgres():
+        raise click.ClickException(
+            "mdm backup copies a SQLite database; back up PostgreSQL with "
+            "pg_dump (see the README)."
+        )
     if os.path.exists(path):
         raise click.ClickException(f"{path} exists; choose a new file.")
     pages = backup(path)
@@ -260,12 +266,10 @@ def admin_create(username, password_stdin):
         admin.set_password(password)
         admin.save()
     audit("Administrator Created", f"{username} (mdm admin create)", actor="cli")
-    from .auth import setup_code_path
+    from .auth import forget_setup_code
 
-    try:
-        os.remove(setup_code_path(current_app))
-    except FileNotFoundError:
-        pass
+    with database.connection_context():
+        forget_setup_code()
     click.echo(f"Administrator {username} created.", err=True)
 
 

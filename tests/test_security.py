@@ -5,6 +5,8 @@ from mdm.auth import ensure_setup_code
 from mdm.db import database
 from mdm.models import Admin
 
+from .conftest import database_config
+
 
 def test_html_pages_carry_security_headers(client):
     response = client.get("/login")
@@ -30,7 +32,7 @@ def _session_cookie(response):
 
 def test_session_cookie_is_secure_only_over_https(tmp_path):
     app = create_app(
-        {"TESTING": True, "DATABASE": str(tmp_path / "db"), "PROXY_FIX": 1}
+        {"TESTING": True, **database_config(tmp_path / "db"), "PROXY_FIX": 1}
     )
     with app.app_context(), database.connection_context():
         admin = Admin(username="root")

@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from .. import activity
+from ..db import ordering
 from ..db import write_transaction
 from ..models import CustomAttribute
 from ..models import Group
@@ -234,7 +235,7 @@ def search(model, resource_type, params):
     order = [model.id]
     if params.sort_by:
         key = filters.sort_expression(params.sort_by, resource_type)
-        order.insert(0, key.desc() if params.descending else key.asc())
+        order.insert(0, ordering(key, params.descending))
     page = query.order_by(*order).offset(params.start_index - 1).limit(params.count)
     return query, list(page)
 
