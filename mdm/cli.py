@@ -238,6 +238,43 @@ def backup_command(path):
     click.echo(f"Backed up {pages} pages to {path}.", err=True)
 
 
+@click.command("copy-db")
+@click.option(
+    "--to",
+    "url",
+    required=True,
+    help="The empty PostgreSQL database: postgresql://user:password@host/dbname",
+)
+@with_appcontext
+def copy_db_command(url):
+    """Copy this SQLite installation into PostgreSQL, everything, and verify the counts."""
+    from .copydb import CopyError
+    from .copydb import copy_database
+    from .db import is_url
+
+    if current_app.config.get("DATABASE_URL"):
+        raise click.ClickException("The installation already uses PostgreSQL.")
+    if not is_url(url):
+        raise click.ClickException("--to takes a postgresql:// URL.")
+    from .activity import writer
+
+    writer.flush()
+    try:
+        counts = copy_database(
+            current_app.config["DATABASE"],
+            current_app.config["ACTIVITY_DATABASE"],
+            url,
+            echo=lambda line: click.echo(line, err=True),
+        )
+    except CopyError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(
+        f"Copied and verified {sum(counts.values())} rows in {len(counts)} tables. "
+        "Set MDM_DATABASE_URL to the new database and restart.",
+        err=True,
+    )
+
+
 @click.group("admin")
 def admin_group():
     """Manage console administrators."""
@@ -278,6 +315,7 @@ def init_app(app):
     app.cli.add_command(serve_command)
     app.cli.add_command(admin_group)
     app.cli.add_command(backup_command)
+    app.cli.add_command(copy_db_command)
     app.cli.add_command(token_group)
     app.cli.add_command(attribute_group)
 
