@@ -205,7 +205,8 @@ class Writer:
         while True:
             batch = [self.queue.get()]
             deadline = time.monotonic() + 0.2
-            while len(batch) < 500:
+            # A flush marker ends the batch at once: someone is waiting on it.
+            while len(batch) < 500 and batch[-1][0] is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
