@@ -9,8 +9,10 @@ from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 from peewee import SQL
+from peewee import Case
 from peewee import Cast
 from peewee import DatabaseProxy
+from peewee import Entity
 from peewee import NodeList
 from peewee import PostgresqlDatabase
 from peewee import TextField
@@ -165,6 +167,9 @@ def like(expr, text, pattern="%{}%"):
     The match ignores ASCII case on both engines: SQLite's LIKE does so
     already, PostgreSQL needs ILIKE.
     """
+    if "\x00" in text:
+        # NUL is never stored, and PostgreSQL refuses it even as a parameter.
+        return false()
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     operator = "ILIKE" if postgres() else "LIKE"
     return NodeList(
@@ -297,8 +302,6 @@ def json_elements(document, keys, alias):
 
 def element_value(alias, kind="string"):
     """Return the element of a ``json_elements`` row as SQL of ``kind``."""
-    from peewee import Entity
-
     if not postgres():
         return Entity(alias, "value")
     return _typed(Entity(alias, "value"), kind)
@@ -306,9 +309,6 @@ def element_value(alias, kind="string"):
 
 def element_member(alias, key, kind="string"):
     """Return member ``key`` of a ``json_elements`` row when it is an object, else NULL."""
-    from peewee import Case
-    from peewee import Entity
-
     if postgres():
         member = fn.jsonb_extract_path(Entity(alias, "value"), key)
         return Case(None, [(Entity(alias, "type") == "object", _typed(member, kind))])

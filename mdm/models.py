@@ -145,7 +145,7 @@ class BearerToken(database.Model):
     def authenticate(cls, secret):
         """Return the active, unexpired token matching ``secret``, or None."""
         parts = secret.split("_") if secret else []
-        if len(parts) < 3 or parts[0] != TOKEN_PREFIX:
+        if len(parts) < 3 or parts[0] != TOKEN_PREFIX or "\x00" in secret:
             return None
         # Raw SQL: this runs on every SCIM request and needs no query building.
         sql = f"SELECT * FROM bearer_token WHERE key = {database.param}"
@@ -454,7 +454,8 @@ def groups_of(user_pks):
 def user_pks(scim_ids):
     """Map SCIM ids of live users to primary keys, in chunks that fit SQLite's parameter limit."""
     found = {}
-    ids = list(scim_ids)
+    # NUL is never stored, and PostgreSQL refuses it even as a parameter.
+    ids = [i for i in scim_ids if "\x00" not in i]
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         query = User.select(User.id, User.scim_id).where(
@@ -467,7 +468,7 @@ def user_pks(scim_ids):
 
 def group_scim_ids(scim_ids):
     """Return which of ``scim_ids`` name live groups (nesting is not supported)."""
-    ids = list(scim_ids)
+    ids = [i for i in scim_ids if "\x00" not in i]
     found = set()
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]

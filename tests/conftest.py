@@ -116,8 +116,21 @@ def integrity_problems(path):
 @pytest.fixture(autouse=True)
 def drop_test_schemas():
     """Drop the PostgreSQL schemas a test created once it is over."""
+    # Schemas made by wider fixtures (a module's server) outlive the test.
+    first = len(_schemas)
     yield
-    if not _schemas:
+    _drop_schemas(first)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def drop_remaining_schemas():
+    """Drop the schemas wider fixtures created, at the end of the run."""
+    yield
+    _drop_schemas(0)
+
+
+def _drop_schemas(first):
+    if len(_schemas) <= first:
         return
     from mdm.activity import activity_db
     from mdm.activity import writer
@@ -129,19 +142,11 @@ def drop_test_schemas():
     conn = _admin_connection()
     try:
         with conn.cursor() as cursor:
-            for name in _schemas:
+            for name in _schemas[first:]:
                 cursor.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
     finally:
         conn.close()
-    _schemas.clear()
-
-
-@pytest.fixture(autouse=True)
-def instance_folder(tmp_path, monkeypatch):
-    """Keep every app a test creates out of the repository's instance folder."""
-    folder = tmp_path / "instance"
-    monkeypatch.setenv("MDM_INSTANCE_PATH", str(folder))
-    return folder
+    del _schemas[first:]
 
 
 @pytest.fixture

@@ -55,3 +55,29 @@ def test_setup_code_cannot_be_guessed(app, client):
     assert set(statuses[20:]) == {429}
     # Even the right code waits once the address is locked out.
     assert client.get(f"/setup?code={code}").status_code == 429
+
+
+def test_console_input_with_nul_is_refused(app, client):
+    """NUL is never stored; console searches, lookups and forms answer 400."""
+    with app.app_context(), database.connection_context():
+        admin = Admin(username="root")
+        admin.set_password("correct horse battery")
+        admin.save()
+    assert (
+        client.post(
+            "/login", data={"username": "ro\x00ot", "password": "x"}
+        ).status_code
+        == 400
+    )
+    client.post(
+        "/login", data={"username": "root", "password": "correct horse battery"}
+    )
+    for url in (
+        "/admin/users?q=a%00b",
+        "/admin/groups?q=%00",
+        "/admin/users/a%00b",
+        "/admin/activity?resource=a%00",
+        "/admin/audit?actor=a%00",
+    ):
+        assert client.get(url).status_code == 400, url
+    assert client.get("/admin/users?q=a").status_code == 200

@@ -181,7 +181,12 @@ def not_modified_response(row):
 
 def get_live(model, scim_id, kind):
     """Return the live user or group with ``scim_id`` or raise a SCIM 404."""
-    row = model.live().where(model.scim_id == scim_id).first()
+    # NUL is never stored, and PostgreSQL refuses it even as a parameter.
+    row = (
+        None
+        if "\x00" in scim_id
+        else model.live().where(model.scim_id == scim_id).first()
+    )
     if row is None:
         raise ScimError.not_found(f"{kind} {scim_id} not found.")
     return row
