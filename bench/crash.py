@@ -8,6 +8,9 @@ exists exactly once, every acknowledged membership is present, and
 PRAGMA integrity_check answers "ok". Exits non-zero on any loss.
 
     .venv/bin/python bench/crash.py --rounds 5 --writers 4 --seconds-per-round 2
+
+With MDM_DATABASE_URL (or --database-url) naming a PostgreSQL database, the
+servers use it instead and the check reads it with psycopg2.
 """
 
 import argparse
@@ -288,8 +291,43 @@ def verify_api(port, token, group_id, ledger):
     }
 
 
+def verify_postgres(url, group_id, ledger):
+    """Read the stopped server's PostgreSQL database directly and check it."""
+    import psycopg2
+    from playhouse.db_url import parse
+
+    params = parse(url)
+    db = psycopg2.connect(dbname=params.pop("database"), **params)
+    try:
+        cursor = db.cursor()
+        # Constraints are enforced as rows are written; look for what they forbid.
+        cursor.execute(
+            'SELECT COUNT(*) FROM membership m LEFT JOIN "user" u ON u.id = m.user_id '
+            "LEFT JOIN user_group g ON g.id = m.group_id "
+            "WHERE u.id IS NULL OR g.id IS NULL"
+        )
+        orphans = cursor.fetchone()[0]
+        cursor.execute('SELECT scim_id, user_name FROM "user"')
+        stored = dict(cursor.fetchall())
+        cursor.execute(
+            'SELECT lower(user_name) FROM "user" GROUP BY 1 HAVING COUNT(*) > 1'
+        )
+        duplicates = {row[0] for row in cursor.fetchall()}
+        cursor.execute(
+            'SELECT u.scim_id FROM membership m JOIN "user" u ON u.id = m.user_id '
+            "JOIN user_group g ON g.id = m.group_id WHERE g.scim_id = %s",
+            (group_id,),
+        )
+        members = collections.Counter(row[0] for row in cursor.fetchall())
+    finally:
+        db.close()
+    return _verdict("ok", orphans, stored, duplicates, members, ledger)
+
+
 def verify_file(path, group_id, ledger):
     """Open the stopped server's database with sqlite3 and check it directly."""
+    if os.environ.get("MDM_DATABASE_URL"):
+        return verify_postgres(os.environ["MDM_DATABASE_URL"], group_id, ledger)
     db = sqlite3.connect(path, timeout=30)
     try:
         integrity = [row[0] for row in db.execute("PRAGMA integrity_check")]
@@ -313,9 +351,14 @@ def verify_file(path, group_id, ledger):
         )
     finally:
         db.close()
+    integrity = "ok" if integrity == ["ok"] else "; ".join(integrity)
+    return _verdict(integrity, len(foreign), stored, duplicates, members, ledger)
+
+
+def _verdict(integrity, foreign, stored, duplicates, members, ledger):
     return {
-        "integrity": "ok" if integrity == ["ok"] else "; ".join(integrity),
-        "foreign_key_violations": len(foreign),
+        "integrity": integrity,
+        "foreign_key_violations": foreign,
         "lost_users": {
             name
             for name, user_id in ledger.users.items()
@@ -454,9 +497,14 @@ def main():
     parser.add_argument("--instance", help="instance folder to reuse (default: temp)")
     parser.add_argument("--seed", type=int, help="seed for the kill delays")
     parser.add_argument(
+        "--database-url", help="a scratch PostgreSQL database instead of SQLite"
+    )
+    parser.add_argument(
         "--min-writes", type=int, default=0, help="acknowledged writes before a kill"
     )
     args = parser.parse_args()
+    if args.database_url:
+        os.environ["MDM_DATABASE_URL"] = args.database_url
     s = run(
         args.rounds,
         args.writers,

@@ -6,9 +6,13 @@ prints requests/s and p50/p99 latency per phase, next to a bare Flask +
 waitress endpoint measured in the same run as the framework floor.
 
     .venv/bin/python bench/provision.py --users 2000 --clients 8
+
+--database-url postgresql://… serves from PostgreSQL instead of SQLite: each
+run gets a scratch schema in that database, dropped afterwards.
 """
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -79,15 +83,23 @@ class Client:
 
 
 def run_phase(name, jobs, url, token, clients, expect):
-    """Run callables job(client) -> (status, payload, seconds) across N clients."""
+    """Run callables job(client) -> (status, payload, seconds) across N clients.
+
+    ``url`` may list several servers; clients are spread over them in turn.
+    """
+    urls = url if isinstance(url, list) else [url]
     local = threading.local()
     latencies = []
     failures = []
     lock = threading.Lock()
+    opened = []
 
     def work(job):
         if not hasattr(local, "client"):
-            local.client = Client(url, token)
+            with lock:
+                target = urls[len(opened) % len(urls)]
+                opened.append(target)
+            local.client = Client(target, token)
         status, payload, elapsed = job(local.client)
         with lock:
             latencies.append(elapsed)
@@ -117,19 +129,58 @@ def run_phase(name, jobs, url, token, clients, expect):
     return row
 
 
-def start_server(instance, activity_log=True):
+@contextlib.contextmanager
+def scratch_schema(url):
+    """Yield a URL for a new, empty schema in the PostgreSQL database ``url``; drop it after."""
+    import secrets
+    from urllib.parse import quote
+
+    import psycopg2
+    from playhouse.db_url import parse
+
+    params = parse(url)
+    conn = psycopg2.connect(dbname=params.pop("database"), **params)
+    conn.autocommit = True
+    name = f"bench_{secrets.token_hex(4)}"
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("CREATE EXTENSION IF NOT EXISTS citext SCHEMA public")
+            cursor.execute(f"CREATE SCHEMA {name}")
+        options = quote(f"-c search_path={name},public")
+        yield f"{url}{'&' if '?' in url else '?'}options={options}"
+    finally:
+        with conn.cursor() as cursor:
+            cursor.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+        conn.close()
+
+
+@contextlib.contextmanager
+def scratch(database_url):
+    """Yield (instance folder, database URL or None) for one benchmark server."""
+    with tempfile.TemporaryDirectory() as instance:
+        if not database_url:
+            yield instance, None
+            return
+        with scratch_schema(database_url) as url:
+            yield instance, url
+
+
+def start_server(instance, activity_log=True, database_url=None, token=None):
     """Start mdm on a scratch instance and return (process, url, token)."""
     env = dict(os.environ, MDM_INSTANCE_PATH=instance)
+    if database_url:
+        env["MDM_DATABASE_URL"] = database_url
     env["MDM_ACTIVITY_LOG"] = "true" if activity_log else "false"
     mdm = [sys.executable, "-c", "from mdm.cli import main; main()"]
-    token = subprocess.run(
-        [*mdm, "token", "create", "--idp", "entra"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    ).stdout.strip()
+    if token is None:
+        token = subprocess.run(
+            [*mdm, "token", "create", "--idp", "entra"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        ).stdout.strip()
     port = free_port()
     process = subprocess.Popen(
         [*mdm, "serve", "--port", str(port), "--threads", "8"],
@@ -304,6 +355,15 @@ def main():
     parser.add_argument("--token", help="bearer token for --url")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument(
+        "--database-url", help="serve from this PostgreSQL database (a scratch schema)"
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="server processes sharing the database; clients are spread over them",
+    )
+    parser.add_argument(
         "--compare-activity-log",
         action="store_true",
         help="run the cycle with the activity log off, then on, and compare",
@@ -313,16 +373,25 @@ def main():
     rows = [floor(args.clients, max(2000, args.users))]
     if args.compare_activity_log:
         return compare_activity_log(args, rows[0])
-    process = None
-    with tempfile.TemporaryDirectory() as instance:
+    processes = []
+    with scratch(args.database_url) as (instance, database_url):
         if args.url:
             url, token = args.url, args.token
         else:
-            process, url, token = start_server(instance)
+            process, url, token = start_server(instance, database_url=database_url)
+            processes.append(process)
+            if args.processes > 1:
+                url = [url]
+                for _ in range(args.processes - 1):
+                    process, more, _ = start_server(
+                        instance, database_url=database_url, token=token
+                    )
+                    processes.append(process)
+                    url.append(more)
         try:
             rows += cycle(url, token, args.users, args.clients, args.batch)
         finally:
-            if process is not None:
+            for process in processes:
                 process.terminate()
                 process.wait()
     base = rows[0]["rps"]
@@ -341,8 +410,8 @@ def compare_activity_log(args, floor_row):
     for enabled in (False, True):
         label = "on" if enabled else "off"
         print(f"\n-- activity log {label} --")
-        with tempfile.TemporaryDirectory() as instance:
-            process, url, token = start_server(instance, activity_log=enabled)
+        with scratch(args.database_url) as (instance, database_url):
+            process, url, token = start_server(instance, enabled, database_url)
             try:
                 phases = cycle(url, token, args.users, args.clients, args.batch)
             finally:

@@ -23,7 +23,10 @@ def create_app(test_config=None):
         static_folder=str(ROOT / "static"),
     )
     app.config.from_mapping(
+        # SQLite file (the default, in the instance folder) ...
         DATABASE=None,
+        # ... or postgresql://user:password@host/dbname for several processes.
+        DATABASE_URL=None,
         SCIM_ENABLED=True,
         # Largest page a list or search returns; advertised as filter.maxResults.
         SCIM_MAX_RESULTS=500,
@@ -37,7 +40,8 @@ def create_app(test_config=None):
         # Bulk limits, advertised in /ServiceProviderConfig (RFC 7644 §3.7.4).
         SCIM_BULK_MAX_OPERATIONS=1000,
         SCIM_BULK_MAX_PAYLOAD=1024 * 1024,
-        # Provisioning activity log (a separate activity.sqlite beside the database).
+        # Provisioning activity log (activity.sqlite beside a SQLite database;
+        # tables of its own in a PostgreSQL one).
         ACTIVITY_LOG=True,
         ACTIVITY_RETENTION_DAYS=30,
         ACTIVITY_MAX_ROWS=500000,

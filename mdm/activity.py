@@ -1,9 +1,10 @@
-"""Provisioning activity and audit trail: a separate SQLite file fed by a buffered writer.
+"""Provisioning activity and audit trail: separate tables fed by a buffered writer.
 
 SCIM requests must never wait on logging, so each request only appends a
-dict to a queue; one background thread inserts batches into
-``activity.sqlite`` (its own file, hence its own write lock) and prunes it
-by age and size.
+dict to a queue; one background thread per process inserts batches and
+prunes by age and size. On SQLite the tables live in ``activity.sqlite``
+(its own file, hence its own write lock); on PostgreSQL in the main
+database, through a pool of their own.
 """
 
 import atexit
@@ -20,6 +21,7 @@ from urllib.parse import urlencode
 from flask import current_app
 from flask import g
 from flask import request
+from peewee import DatabaseProxy
 from peewee import DateTimeField
 from peewee import FloatField
 from peewee import IntegerField
@@ -27,16 +29,23 @@ from peewee import TextField
 from playhouse.pool import PooledSqliteDatabase
 from werkzeug.exceptions import HTTPException
 
+from .db import connect_database
+from .db import is_url
+from .db import schema_version
+from .db import set_schema_version
+from .db import try_lock_for_pruning
 from .models import utcnow
 
 PRAGMAS = {"journal_mode": "wal", "busy_timeout": 15000, "synchronous": "normal"}
-activity_db = PooledSqliteDatabase(
+_sqlite = PooledSqliteDatabase(
     None,
     pragmas=PRAGMAS,
     max_connections=32,
     stale_timeout=300,
     check_same_thread=False,
 )
+activity_db = DatabaseProxy()
+activity_db.initialize(_sqlite)
 
 MAX_BODY = 16 * 1024
 REDACTED = "[redacted]"
@@ -260,7 +269,9 @@ class Writer:
                 )
             if time.monotonic() - self._last_prune > 300:
                 self._last_prune = time.monotonic()
-                prune(self.retention_days, self.max_rows)
+                # Each process prunes on its own clock; one at a time is enough.
+                if try_lock_for_pruning(activity_db):
+                    prune(self.retention_days, self.max_rows)
 
     def flush(self, timeout=10):
         """Wait until everything queued so far is written (tests, shutdown)."""
@@ -275,14 +286,18 @@ class Writer:
 
 def _column_value(field, row):
     if field.name in row:
-        return field.db_value(row[field.name])
+        value = row[field.name]
+        if isinstance(value, str) and "\x00" in value:
+            # PostgreSQL refuses NUL in text; one such row must not sink its batch.
+            value = value.replace("\x00", "\\u0000")
+        return field.db_value(value)
     default = field.default
     return field.db_value(default() if callable(default) else default)
 
 
 def _insert_sql(model, fields):
     columns = ", ".join(f'"{field.column_name}"' for field in fields)
-    marks = ", ".join("?" for _ in fields)
+    marks = ", ".join(activity_db.param for _ in fields)  # ? or %s by engine
     return f'INSERT INTO "{model._meta.table_name}" ({columns}) VALUES ({marks})'
 
 
@@ -503,23 +518,32 @@ def _resource(path):
     return kind, None
 
 
-def bind(path):
-    """Point the activity database at ``path`` and create its tables."""
-    if not activity_db.deferred:
-        activity_db.close_all()
-    activity_db.init(path, pragmas=PRAGMAS, check_same_thread=False)
-    with activity_db.connection_context():
+def bind(target):
+    """Point the activity database at a SQLite path or PostgreSQL URL and create its tables."""
+    from .db import lock_for_migration
+
+    current = activity_db.obj
+    if current is not _sqlite or not _sqlite.deferred:
+        current.close_all()
+    activity_db.initialize(connect_database(target, _sqlite, max_connections=32))
+    with activity_db.connection_context(), activity_db.atomic():
+        lock_for_migration(activity_db)
+        schema_version(activity_db, "activity")
         activity_db.create_tables(ACTIVITY_MODELS, safe=True)
-        activity_db.execute_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        set_schema_version(activity_db, "activity", SCHEMA_VERSION)
 
 
 def init_app(app):
-    """Open the activity file beside the database and hook request recording."""
+    """Open the activity tables beside the directory and hook request recording."""
     import os
 
-    path = app.config.get("ACTIVITY_DATABASE") or os.path.join(
-        os.path.dirname(os.path.abspath(app.config["DATABASE"])), "activity.sqlite"
-    )
+    path = app.config.get("ACTIVITY_DATABASE")
+    if not path and is_url(app.config.get("DATABASE_URL") or ""):
+        path = app.config["DATABASE_URL"]
+    if not path:
+        path = os.path.join(
+            os.path.dirname(os.path.abspath(app.config["DATABASE"])), "activity.sqlite"
+        )
     app.config["ACTIVITY_DATABASE"] = path
     writer.flush()
     bind(path)

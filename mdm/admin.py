@@ -20,6 +20,7 @@ from peewee import fn
 
 from .activity import audit
 from .db import like
+from .db import ordering as sort_order
 from .db import write_transaction
 from .forms import AttributeForm
 from .forms import ConfirmForm
@@ -353,13 +354,13 @@ def users():
         query = query.where(User.deprovisioned_at.is_null(False))
     group = None
     if group_id:
-        group = Group.get_or_none(Group.scim_id == group_id)
+        group = by_scim_id(Group, group_id)
         # A stale link to a purged group matches nobody, not everybody.
         group_pk = group.id if group is not None else -1
         members = Membership.select(Membership.user).where(Membership.group == group_pk)
         query = query.where(User.id.in_(members))
     key = USER_SORTS.get(sort, User.user_name)
-    ordering = key.desc() if order == "desc" else key.asc()
+    ordering = sort_order(key, order == "desc")
     query = query.order_by(ordering, User.id)
     pagination = Pagination(query, page_arg())
     groups = groups_of([u.id for u in pagination.items])
@@ -381,8 +382,16 @@ def users():
     )
 
 
+def by_scim_id(model, scim_id):
+    """Return the user or group with ``scim_id``, deprovisioned or not, or None."""
+    # NUL is never stored, and PostgreSQL refuses it even as a parameter.
+    if "\x00" in scim_id:
+        return None
+    return model.get_or_none(model.scim_id == scim_id)
+
+
 def _user_or_404(scim_id):
-    user = User.get_or_none(User.scim_id == scim_id)
+    user = by_scim_id(User, scim_id)
     if user is None:
         abort(404)
     return user
@@ -499,7 +508,7 @@ def groups():
         "updated": Group.last_modified,
     }
     key = keys.get(sort, Group.display_name)
-    query = query.order_by(key.desc() if order == "desc" else key.asc(), Group.id)
+    query = query.order_by(sort_order(key, order == "desc"), Group.id)
     pagination = Pagination(query, page_arg())
     counts = _member_counts(pagination.items)
     return render_template(
@@ -532,7 +541,7 @@ def group(scim_id):
     """Show one group and a searchable page of its members."""
     from .logs import history
 
-    row = Group.get_or_none(Group.scim_id == scim_id)
+    row = by_scim_id(Group, scim_id)
     if row is None:
         abort(404)
     q = request.args.get("q", "").strip()

@@ -1,15 +1,12 @@
 """Administrator sign-in: first-run setup, login, logout and failure throttling."""
 
 import hmac
-import os
 import secrets
-import threading
-import time
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 from flask import Blueprint
 from flask import abort
-from flask import current_app
 from flask import flash
 from flask import redirect
 from flask import render_template
@@ -22,10 +19,13 @@ from flask_login import logout_user
 
 from .activity import audit
 from .db import database
+from .db import write_transaction
 from .forms import LoginForm
 from .forms import LogoutForm
 from .forms import SetupForm
 from .models import Admin
+from .models import LoginFailure
+from .models import Setting
 from .models import utcnow
 
 bp = Blueprint("auth", __name__)
@@ -34,7 +34,7 @@ login_manager = LoginManager()
 login_manager.login_view = "auth.login"
 login_manager.login_message = "Sign in to continue."
 
-SETUP_CODE_FILE = "setup_code"
+SETUP_CODE = "setup_code"
 
 
 @login_manager.user_loader
@@ -55,49 +55,62 @@ def load_admin(session_id):
 
 
 class Throttle:
-    """Count recent failures per key and refuse once a key has too many."""
+    """Count recent failures per key and refuse once a key has too many.
 
-    def __init__(self, limit, window):
+    Failures are rows in the database, so every server process sees the
+    same count and a restart does not reset it.
+    """
+
+    def __init__(self, prefix, limit, window):
+        self.prefix = prefix
         self.limit = limit
         self.window = window
-        self._failures = {}
-        self._lock = threading.Lock()
 
-    def _recent(self, key, now):
-        times = [t for t in self._failures.get(key, ()) if now - t < self.window]
-        if times:
-            self._failures[key] = times
-        else:
-            self._failures.pop(key, None)
-        return times
+    def _key(self, key):
+        return f"{self.prefix}:{key}"
 
     def retry_after(self, key):
         """Return seconds until ``key`` may try again, or 0."""
-        now = time.monotonic()
-        with self._lock:
-            times = self._recent(key, now)
-            if len(times) < self.limit:
-                return 0
-            return int(self.window - (now - times[0])) + 1
+        now = utcnow()
+        times = (
+            LoginFailure.select(LoginFailure.time)
+            .where(
+                (LoginFailure.key == self._key(key))
+                & (LoginFailure.time > now - timedelta(seconds=self.window))
+            )
+            .order_by(LoginFailure.time.desc())
+            .limit(self.limit)
+            .tuples()
+        )
+        times = [row[0] for row in times]
+        if len(times) < self.limit:
+            return 0
+        oldest = times[-1]
+        return int(self.window - (now - oldest).total_seconds()) + 1
 
     def fail(self, key):
-        with self._lock:
-            self._failures.setdefault(key, []).append(time.monotonic())
+        now = utcnow()
+        with write_transaction():
+            LoginFailure.create(key=self._key(key), time=now)
+            # Forget this key's failures that no longer count.
+            LoginFailure.delete().where(
+                (LoginFailure.key == self._key(key))
+                & (LoginFailure.time <= now - timedelta(seconds=self.window))
+            ).execute()
 
     def clear(self, key):
-        with self._lock:
-            self._failures.pop(key, None)
+        LoginFailure.delete().where(LoginFailure.key == self._key(key)).execute()
 
     def reset(self):
-        """Forget every failure (a new app, or a test)."""
-        with self._lock:
-            self._failures.clear()
+        """Forget every failure (a test)."""
+        prefix = self.prefix + ":"
+        LoginFailure.delete().where(LoginFailure.key.startswith(prefix)).execute()
 
 
 # Per account: 5 failures in 15 minutes. Per address: 20, so one address
 # cannot walk through many accounts either.
-account_throttle = Throttle(5, 15 * 60)
-address_throttle = Throttle(20, 15 * 60)
+account_throttle = Throttle("account", 5, 15 * 60)
+address_throttle = Throttle("address", 20, 15 * 60)
 
 
 def _retry_after(username):
@@ -112,37 +125,37 @@ def _retry_after(username):
 #
 
 
-def setup_code_path(app=None):
-    app = app or current_app
-    return os.path.join(app.instance_path, SETUP_CODE_FILE)
+def setup_code():
+    """Return the stored setup code, or None."""
+    return Setting.select(Setting.value).where(Setting.name == SETUP_CODE).scalar()
 
 
 def ensure_setup_code(app):
-    """Return the one-time setup code while no administrator exists, else None."""
+    """Return the one-time setup code while no administrator exists, else None.
+
+    The code lives in the database, so every process prints the same one and
+    any of them accepts it.
+    """
     with database.connection_context():
         if Admin.select().exists():
             return None
-    path = setup_code_path(app)
-    try:
-        with open(path) as f:
-            code = f.read().strip()
+        code = setup_code()
         if code:
             return code
-    except FileNotFoundError:
-        pass
-    code = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(code)
-    return code
+        # The first process to store a code wins; the others read it back.
+        Setting.insert(
+            name=SETUP_CODE, value=secrets.token_urlsafe(24)
+        ).on_conflict_ignore().execute()
+        return setup_code()
+
+
+def forget_setup_code():
+    """Remove the setup code once an administrator exists."""
+    Setting.delete().where(Setting.name == SETUP_CODE).execute()
 
 
 def _valid_setup_code(code):
-    try:
-        with open(setup_code_path()) as f:
-            expected = f.read().strip()
-    except FileNotFoundError:
-        return False
+    expected = setup_code()
     return bool(code) and bool(expected) and hmac.compare_digest(code, expected)
 
 
@@ -163,10 +176,7 @@ def setup():
         admin = Admin(username=form.username.data.strip())
         admin.set_password(form.password.data)
         admin.save()
-        try:
-            os.remove(setup_code_path())
-        except FileNotFoundError:
-            pass
+        forget_setup_code()
         audit(
             "Administrator Created",
             f"{admin.username} (first-run setup)",
@@ -246,7 +256,5 @@ def logout():
 
 
 def init_app(app):
-    """Attach flask-login to the app and start with clean throttles."""
+    """Attach flask-login to the app."""
     login_manager.init_app(app)
-    account_throttle.reset()
-    address_throttle.reset()

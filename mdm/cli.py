@@ -225,11 +225,54 @@ def attribute_remove(name):
 def backup_command(path):
     """Write a consistent copy of the database to PATH, even while serving."""
     from .db import backup
+    from .db import postgres
 
+    if postgres():
+        raise click.ClickException(
+            "mdm backup copies a SQLite database; back up PostgreSQL with "
+            "pg_dump (see the README)."
+        )
     if os.path.exists(path):
         raise click.ClickException(f"{path} exists; choose a new file.")
     pages = backup(path)
     click.echo(f"Backed up {pages} pages to {path}.", err=True)
+
+
+@click.command("copy-db")
+@click.option(
+    "--to",
+    "url",
+    required=True,
+    help="The empty PostgreSQL database: postgresql://user:password@host/dbname",
+)
+@with_appcontext
+def copy_db_command(url):
+    """Copy this SQLite installation into PostgreSQL, everything, and verify the counts."""
+    from .copydb import CopyError
+    from .copydb import copy_database
+    from .db import is_url
+
+    if current_app.config.get("DATABASE_URL"):
+        raise click.ClickException("The installation already uses PostgreSQL.")
+    if not is_url(url):
+        raise click.ClickException("--to takes a postgresql:// URL.")
+    from .activity import writer
+
+    writer.flush()
+    try:
+        counts = copy_database(
+            current_app.config["DATABASE"],
+            current_app.config["ACTIVITY_DATABASE"],
+            url,
+            echo=lambda line: click.echo(line, err=True),
+        )
+    except CopyError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(
+        f"Copied and verified {sum(counts.values())} rows in {len(counts)} tables. "
+        "Set MDM_DATABASE_URL to the new database and restart.",
+        err=True,
+    )
 
 
 @click.group("admin")
@@ -260,12 +303,10 @@ def admin_create(username, password_stdin):
         admin.set_password(password)
         admin.save()
     audit("Administrator Created", f"{username} (mdm admin create)", actor="cli")
-    from .auth import setup_code_path
+    from .auth import forget_setup_code
 
-    try:
-        os.remove(setup_code_path(current_app))
-    except FileNotFoundError:
-        pass
+    with database.connection_context():
+        forget_setup_code()
     click.echo(f"Administrator {username} created.", err=True)
 
 
@@ -274,6 +315,7 @@ def init_app(app):
     app.cli.add_command(serve_command)
     app.cli.add_command(admin_group)
     app.cli.add_command(backup_command)
+    app.cli.add_command(copy_db_command)
     app.cli.add_command(token_group)
     app.cli.add_command(attribute_group)
 

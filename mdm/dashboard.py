@@ -18,6 +18,7 @@ from .activity import ActivityEntry
 from .activity import activity_db
 from .admin import EXPIRY_WARNING
 from .admin import no_store
+from .db import hour_label
 from .models import IDPS
 from .models import BearerToken
 from .models import Group
@@ -101,7 +102,7 @@ def window_start(now, hours):
 
 def hourly_rows(since):
     """Return (hour "YYYY-MM-DD HH", succeeded, failed) per hour since ``since``, grouped in SQL."""
-    hour = fn.strftime(HOUR_FORMAT, ActivityEntry.time)
+    hour = hour_label(ActivityEntry.time)
     failed = ActivityEntry.status >= 400
     query = (
         ActivityEntry.select(

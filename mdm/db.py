@@ -1,12 +1,25 @@
-"""The SQLite database: one deferred handle, bound and migrated by the app factory."""
+"""The database: one handle, bound by the app factory to SQLite (the default) or PostgreSQL.
+
+SQL that differs between the two engines lives here, behind small helpers,
+so the rest of the code builds one query for both.
+"""
 
 import inspect
 import threading
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 from peewee import SQL
+from peewee import Case
+from peewee import Cast
+from peewee import DatabaseProxy
+from peewee import Entity
 from peewee import NodeList
+from peewee import PostgresqlDatabase
+from peewee import TextField
 from peewee import Value
+from peewee import fn
+from playhouse.pool import PooledPostgresqlDatabase
 from playhouse.pool import PooledSqliteDatabase
 
 # WAL lets readers run beside the one writer; busy_timeout makes a second
@@ -20,35 +33,86 @@ PRAGMAS = {
     "cache_size": -8000,
 }
 
+# Case-insensitive text: NOCASE on SQLite, the citext extension on PostgreSQL.
+SQLITE_TYPES = {"NOCASE_TEXT": "TEXT"}
+POSTGRES_TYPES = {"NOCASE_TEXT": "CITEXT"}
+
+# The handle every model and query uses; ``bind`` points it at an engine.
+database = DatabaseProxy()
+
 # A pool keeps each waitress thread's connection (and its pragmas) across
 # requests instead of reopening the file every time.
-database = PooledSqliteDatabase(
-    None, pragmas=PRAGMAS, max_connections=64, stale_timeout=300
+_sqlite = PooledSqliteDatabase(
+    None,
+    pragmas=PRAGMAS,
+    max_connections=64,
+    stale_timeout=300,
+    field_types=SQLITE_TYPES,
 )
+database.initialize(_sqlite)
 
 # Writers in this process queue on a lock rather than on SQLite's busy handler,
 # which sleeps in growing steps and turns contention into latency spikes.
 _write_lock = threading.Lock()
 
+# pg_advisory_xact_lock keys: one per purpose, arbitrary but fixed.
+WRITE_LOCK_KEY = 0x6D646D01
+MIGRATE_LOCK_KEY = 0x6D646D02
+PRUNE_LOCK_KEY = 0x6D646D03
+
+
+def is_url(target):
+    """Return True if ``target`` is a PostgreSQL URL rather than a SQLite path."""
+    return urlsplit(str(target)).scheme in ("postgres", "postgresql")
+
+
+def connect_database(target, sqlite=None, max_connections=64):
+    """Return a pooled handle for a SQLite path (reusing ``sqlite``) or a PostgreSQL URL."""
+    if not is_url(target):
+        db = sqlite or PooledSqliteDatabase(
+            None, pragmas=PRAGMAS, field_types=SQLITE_TYPES
+        )
+        if not db.deferred:
+            db.close_all()
+        # The pool hands a connection to one thread at a time, possibly a new one.
+        db.init(target, pragmas=db._pragmas, check_same_thread=False)
+        return db
+    from playhouse.db_url import parse
+
+    params = parse(str(target))
+    return PooledPostgresqlDatabase(
+        params.pop("database"),
+        max_connections=max_connections,
+        stale_timeout=300,
+        field_types=POSTGRES_TYPES,
+        **params,
+    )
+
 
 def init_app(app):
-    """Bind the database to the configured file, migrate it, and manage connections."""
+    """Bind the database to the configured URL or file, migrate it, and manage connections."""
     from .models import migrate
 
-    bind(app.config["DATABASE"])
+    bind(app.config.get("DATABASE_URL") or app.config["DATABASE"])
     with database.connection_context():
         migrate()
     app.before_request(_connect)
     app.teardown_request(_close)
 
 
-def like(expr, text, pattern="%{}%"):
-    """Match ``text`` with LIKE placed by ``pattern`` ("%{}%" contains), wildcards literal."""
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return NodeList(
-        (expr, SQL("LIKE"), Value(pattern.format(escaped)), SQL("ESCAPE '\\'")),
-        parens=True,
-    )
+def bind(target):
+    """Point the database at a SQLite path or PostgreSQL URL, dropping other pools."""
+    current = database.obj
+    if current is not _sqlite or not _sqlite.deferred:
+        current.close_all()
+    database.initialize(connect_database(target, _sqlite))
+
+
+def postgres(db=None):
+    """Return True when ``db`` (by default the main database) is PostgreSQL."""
+    db = database.obj if db is None else db
+    db = getattr(db, "obj", db)
+    return isinstance(db, PostgresqlDatabase)
 
 
 class Prepared:
@@ -64,25 +128,29 @@ class Prepared:
     def __init__(self, build):
         self.build = build
         self.names = list(inspect.signature(build).parameters)
-        self._compiled = None
+        # Rendered per engine: SQLite and PostgreSQL differ in SQL and markers.
+        self._compiled = {}
 
     def _compile(self):
-        markers = {f"\x00{name}\x00": name for name in self.names}
-        query = self.build(*markers)
-        sql, params = query.sql()
-        # Every parameter must be a marker, or a run would bind stale values.
-        order = [markers[param] for param in params]
-        self._compiled = (getattr(query, "model", None), sql, order)
-        return self._compiled
+        engine = type(database.obj)
+        found = self._compiled.get(engine)
+        if found is None:
+            markers = {f"\x00{name}\x00": name for name in self.names}
+            query = self.build(*markers)
+            sql, params = query.sql()
+            # Every parameter must be a marker, or a run would bind stale values.
+            order = [markers[param] for param in params]
+            found = self._compiled[engine] = (getattr(query, "model", None), sql, order)
+        return found
 
     def execute(self, **values):
         """Run the query and return the cursor."""
-        _, sql, order = self._compiled or self._compile()
+        _, sql, order = self._compile()
         return database.execute_sql(sql, [values[name] for name in order])
 
     def rows(self, **values):
         """Run a select of one model's columns and return model instances."""
-        model = (self._compiled or self._compile())[0]
+        model = self._compile()[0]
         return load(model, self.execute(**values))
 
     def first(self, **values):
@@ -99,7 +167,7 @@ def load(model, cursor):
     rows = cursor.fetchall()
     if not rows:
         return []
-    key = (model, cursor.description)
+    key = (model, tuple(item[0] for item in cursor.description))
     plan = _load_plans.get(key)
     if plan is None:
         columns = model._meta.columns
@@ -122,7 +190,7 @@ _statements = {}
 
 def _row_statement(model, kind, names):
     """Render INSERT (or UPDATE by primary key) of the columns ``names`` once."""
-    key = (model, kind, names)
+    key = (type(database.obj), model, kind, names)
     found = _statements.get(key)
     if found is None:
         pk = model._meta.primary_key
@@ -163,7 +231,8 @@ def insert(obj):
     sql, fields = _row_statement(type(obj), "insert", _saved_names(obj))
     data = obj.__data__
     cursor = database.execute_sql(sql, [f.db_value(data[f.name]) for f in fields])
-    obj._pk = cursor.lastrowid
+    # PostgreSQL's INSERT was rendered with RETURNING the key; SQLite reports it.
+    obj._pk = cursor.fetchone()[0] if postgres() else cursor.lastrowid
     obj._dirty.discard(obj._meta.primary_key.name)
     obj._dirty -= {f.name for f in fields}
     return 1
@@ -182,14 +251,6 @@ def update(obj):
     return cursor.rowcount
 
 
-def bind(path):
-    """Point the database at ``path``, dropping pooled connections to any other file."""
-    if not database.deferred:
-        database.close_all()
-    # The pool hands a connection to one thread at a time, possibly a new one.
-    database.init(path, pragmas=PRAGMAS, check_same_thread=False)
-
-
 def _connect():
     database.connect(reuse_if_open=True)
 
@@ -199,16 +260,279 @@ def _close(exc):
         database.close()
 
 
+#
+# Case, patterns and truth values
+#
+
+
+class NoCaseField(TextField):
+    """Text compared, sorted and kept unique regardless of ASCII case.
+
+    SQLite declares it ``TEXT COLLATE NOCASE``; PostgreSQL ``citext``, whose
+    comparisons, ordering, LIKE and indexes all ignore case the same way.
+    """
+
+    field_type = "NOCASE_TEXT"
+    nocase = True
+
+    @property
+    def collation(self):
+        return None if postgres() else "NOCASE"
+
+    @collation.setter
+    def collation(self, value):
+        pass  # fixed by the engine
+
+
+def nocase(expr):
+    """Return ``expr`` compared case-insensitively."""
+    if postgres():
+        return Cast(expr, "citext")
+    return expr.collate("NOCASE")
+
+
+def exact(expr):
+    """Return ``expr`` compared byte for byte, even on a case-insensitive column."""
+    if postgres():
+        return NodeList((Cast(expr, "text"), SQL('COLLATE "C"')))
+    return expr.collate("BINARY")
+
+
+def like(expr, text, pattern="%{}%"):
+    """Match ``text`` with LIKE placed by ``pattern`` ("%{}%" contains), wildcards literal.
+
+    The match ignores ASCII case on both engines: SQLite's LIKE does so
+    already, PostgreSQL needs ILIKE.
+    """
+    if "\x00" in text:
+        # NUL is never stored, and PostgreSQL refuses it even as a parameter.
+        return false()
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    operator = "ILIKE" if postgres() else "LIKE"
+    return NodeList(
+        (expr, SQL(operator), Value(pattern.format(escaped)), SQL("ESCAPE '\\'")),
+        parens=True,
+    )
+
+
+def substring(expr, op, text):
+    """Return the case-sensitive ``co``/``sw``/``ew`` test of ``expr`` against ``text``."""
+    if postgres():
+        expr = Cast(expr, "text")
+        if op == "co":
+            return fn.strpos(expr, text) > 0
+        if op == "sw":
+            return fn.left(expr, len(text)) == text
+        return fn.right(expr, len(text)) == text
+    if op == "co":
+        return fn.instr(expr, text) > 0
+    if op == "sw":
+        return fn.substr(expr, 1, len(text)) == text
+    return fn.substr(expr, -len(text)) == text
+
+
+def bindable(text):
+    """Return ``text`` as a parameter the engine accepts (PostgreSQL refuses NUL)."""
+    return text.replace("\x00", "") if postgres() else text
+
+
+def true():
+    return SQL("TRUE") if postgres() else SQL("1")
+
+
+def false():
+    return SQL("FALSE") if postgres() else SQL("0")
+
+
+def is_not_true(expr):
+    """Return ``expr IS NOT TRUE``: false and unknown (NULL) both match."""
+    return NodeList((expr, SQL("IS NOT TRUE" if postgres() else "IS NOT 1")))
+
+
+def ordering(expr, descending=False):
+    """Return ``expr`` sorted with NULLs first ascending, as SQLite does, on both engines."""
+    if postgres():
+        return expr.desc(nulls="last") if descending else expr.asc(nulls="first")
+    return expr.desc() if descending else expr.asc()
+
+
+def hour_label(expr):
+    """Return ``expr`` formatted as "YYYY-MM-DD HH" for grouping by hour."""
+    if postgres():
+        return fn.to_char(expr, "YYYY-MM-DD HH24").coerce(False)
+    return fn.strftime("%Y-%m-%d %H", expr)
+
+
+#
+# JSON documents stored as text
+#
+
+
+def _json_path(keys):
+    # Labels are quoted because extension URNs contain colons and dots.
+    return "$" + "".join(f"[{k}]" if isinstance(k, int) else f'."{k}"' for k in keys)
+
+
+def json_get(document, keys, kind="string"):
+    """Return the value at ``keys`` in a JSON text column, as SQL of ``kind``.
+
+    ``kind`` is a SCIM type; numbers compare as numbers, booleans read back
+    as "1"/"0" or "true"/"false", and everything else as text. A value of
+    the wrong JSON type is NULL on PostgreSQL rather than an error.
+    """
+    if not postgres():
+        return fn.json_extract(document, _json_path(keys))
+    value = fn.jsonb_extract_path(Cast(document, "jsonb"), *[str(k) for k in keys])
+    return _typed(value, kind)
+
+
+def json_type(document, keys):
+    """Return the JSON type name of the value at ``keys`` ("object", "array", ...)."""
+    if not postgres():
+        return fn.json_type(document, _json_path(keys))
+    return fn.jsonb_typeof(
+        fn.jsonb_extract_path(Cast(document, "jsonb"), *[str(k) for k in keys])
+    )
+
+
+def _typed(value, kind):
+    if kind in ("integer", "decimal"):
+        number = Cast(NodeList((value, SQL("#>> '{}'"))), "numeric")
+        return NodeList(
+            (SQL("CASE WHEN jsonb_typeof("), value, SQL(") = 'number' THEN"), number)
+            + (SQL("END"),)
+        )
+    return NodeList((value, SQL("#>> '{}'")), parens=True)
+
+
+def json_elements(document, keys, alias):
+    """Return the FROM source listing the elements of the array at ``keys`` as ``alias``.
+
+    Each row has ``value`` (the element) and ``type`` (its JSON type name).
+    """
+    if not postgres():
+        return NodeList(
+            (
+                SQL("json_each("),
+                NodeList((document, Value(_json_path(keys))), glue=", "),
+                SQL(f") AS {alias}"),
+            ),
+            glue="",
+        )
+    value = fn.jsonb_extract_path(Cast(document, "jsonb"), *[str(k) for k in keys])
+    # SQLite's json_each lists a scalar as its one element; an array function
+    # on a scalar fails in PostgreSQL, so a scalar is wrapped first.
+    array = NodeList(
+        (SQL("CASE jsonb_typeof("), value, SQL(") WHEN 'array' THEN"), value)
+        + (SQL("WHEN 'object' THEN NULL ELSE jsonb_build_array("), value, SQL(") END"))
+    )
+    return NodeList(
+        (
+            SQL(
+                "(SELECT e AS value, jsonb_typeof(e) AS type FROM jsonb_array_elements("
+            ),
+            array,
+            SQL(f") AS e) AS {alias}"),
+        )
+    )
+
+
+def element_value(alias, kind="string"):
+    """Return the element of a ``json_elements`` row as SQL of ``kind``."""
+    if not postgres():
+        return Entity(alias, "value")
+    return _typed(Entity(alias, "value"), kind)
+
+
+def element_member(alias, key, kind="string"):
+    """Return member ``key`` of a ``json_elements`` row when it is an object, else NULL."""
+    if postgres():
+        member = fn.jsonb_extract_path(Entity(alias, "value"), key)
+        return Case(None, [(Entity(alias, "type") == "object", _typed(member, kind))])
+    # json_extract fails on text that is not JSON, so a stray string element
+    # must yield NULL instead of failing the whole query; CASE guarantees order.
+    member = fn.json_extract(Entity(alias, "value"), _json_path((key,)))
+    return Case(None, [(Entity(alias, "type") == "object", member)])
+
+
+def json_flag(expr):
+    """Return whether an ``element_member`` read as "boolean" holds true."""
+    if postgres():
+        return expr == "true"
+    return expr.in_([1, "true"])
+
+
+#
+# Transactions, schema versions, backup
+#
+
+
 @contextmanager
 def write_transaction():
-    """Run a write transaction that takes SQLite's write lock up front.
+    """Run a write transaction that holds the database's one write lock from the start.
 
-    A deferred transaction that reads and then writes can fail with SQLITE_BUSY
-    when another writer got in between; IMMEDIATE waits on busy_timeout instead
-    (which still covers writers in other processes, such as the CLI).
+    SQLite: a deferred transaction that reads and then writes can fail with
+    SQLITE_BUSY when another writer got in between; IMMEDIATE waits on
+    busy_timeout instead (which still covers writers in other processes,
+    such as the CLI). PostgreSQL: a transaction-scoped advisory lock gives
+    every process the same one-writer-at-a-time rule, so a read followed by
+    a write inside the transaction never sees another writer's changes
+    interleaved.
     """
+    if postgres():
+        with database.atomic():
+            database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
+            yield
+        return
     with _write_lock, database.atomic("IMMEDIATE"):
         yield
+
+
+def schema_version(db, name):
+    """Return the schema version stored in ``db`` for ``name`` (0 when new)."""
+    if not postgres(db):
+        return db.execute_sql("PRAGMA user_version").fetchone()[0]
+    _create_schema_table(db)
+    row = db.execute_sql(
+        "SELECT version FROM mdm_schema WHERE name = %s", (name,)
+    ).fetchone()
+    return row[0] if row else 0
+
+
+def set_schema_version(db, name, version):
+    """Record ``version`` as the schema version of ``name`` in ``db``."""
+    if not postgres(db):
+        db.execute_sql(f"PRAGMA user_version = {int(version)}")
+        return
+    _create_schema_table(db)
+    db.execute_sql(
+        "INSERT INTO mdm_schema (name, version) VALUES (%s, %s) "
+        "ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version",
+        (name, version),
+    )
+
+
+def _create_schema_table(db):
+    # PostgreSQL has no PRAGMA user_version: one row per schema in a table.
+    db.execute_sql(
+        "CREATE TABLE IF NOT EXISTS mdm_schema "
+        "(name TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+    )
+
+
+def lock_for_migration(db):
+    """Serialise schema changes between processes starting at once (PostgreSQL)."""
+    if postgres(db):
+        db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK_KEY,))
+
+
+def try_lock_for_pruning(db):
+    """Return False if another process is pruning right now (PostgreSQL)."""
+    if not postgres(db):
+        return True
+    return db.execute_sql(
+        "SELECT pg_try_advisory_xact_lock(%s)", (PRUNE_LOCK_KEY,)
+    ).fetchone()[0]
 
 
 def backup(path):
@@ -219,6 +543,11 @@ def backup(path):
     """
     import sqlite3
 
+    if postgres():
+        raise RuntimeError(
+            "mdm backup copies SQLite databases; back up PostgreSQL with pg_dump "
+            "(see the README)."
+        )
     source = sqlite3.connect(database.database, timeout=30)
     target = sqlite3.connect(path)
     try:

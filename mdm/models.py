@@ -15,8 +15,14 @@ from peewee import ForeignKeyField
 from peewee import IntegerField
 from peewee import TextField
 
+from .db import NoCaseField
 from .db import Prepared
 from .db import database
+from .db import lock_for_migration
+from .db import postgres
+from .db import schema_version
+from .db import set_schema_version
+from .db import write_transaction
 
 IDPS = {"entra": "Entra ID", "okta": "Okta", "generic": "Generic SCIM"}
 MAX_TOKENS_PER_IDP = 2
@@ -106,7 +112,7 @@ class BearerToken(database.Model):
             if expires_in_days <= 0:
                 raise TokenError("The expiry must be a positive number of days.")
             expires_at = utcnow() + timedelta(days=expires_in_days)
-        with database.atomic("IMMEDIATE"):
+        with write_transaction():
             if cls.select().where(cls.idp == idp).count() >= MAX_TOKENS_PER_IDP:
                 raise TokenError(
                     f"{IDPS[idp]} already has {MAX_TOKENS_PER_IDP} tokens; "
@@ -140,7 +146,7 @@ class BearerToken(database.Model):
     def authenticate(cls, secret):
         """Return the active, unexpired token matching ``secret``, or None."""
         parts = secret.split("_") if secret else []
-        if len(parts) < 3 or parts[0] != TOKEN_PREFIX:
+        if len(parts) < 3 or parts[0] != TOKEN_PREFIX or "\x00" in secret:
             return None
         # Prepared: this runs on every SCIM request and needs no query building.
         token = _token_by_key.first(key=parts[1])
@@ -178,12 +184,12 @@ class User(database.Model):
     """
 
     scim_id = TextField(unique=True, default=new_id)
-    user_name = TextField(collation="NOCASE")
+    user_name = NoCaseField()
     external_id = TextField(null=True, index=True)
-    display_name = TextField(null=True, collation="NOCASE")
-    given_name = TextField(null=True, collation="NOCASE")
-    family_name = TextField(null=True, collation="NOCASE")
-    email = TextField(null=True, collation="NOCASE", index=True)
+    display_name = NoCaseField(null=True)
+    given_name = NoCaseField(null=True)
+    family_name = NoCaseField(null=True)
+    email = NoCaseField(null=True, index=True)
     active = BooleanField(default=True)
     data = TextField(default="{}")
     password_hash = TextField(null=True)
@@ -207,7 +213,7 @@ class Group(database.Model):
     """A provisioned group; members live one row each in Membership."""
 
     scim_id = TextField(unique=True, default=new_id)
-    display_name = TextField(collation="NOCASE")
+    display_name = NoCaseField()
     external_id = TextField(null=True, index=True)
     source = TextField(default="generic")
     version = IntegerField(default=1)
@@ -237,7 +243,7 @@ class Membership(database.Model):
 class Admin(database.Model):
     """A console administrator; SCIM users never sign in here."""
 
-    username = TextField(unique=True, collation="NOCASE")
+    username = NoCaseField(unique=True)
     password_hash = TextField()
     # Part of the session id: rotating it signs out every copy of a session cookie.
     session_key = TextField(default=lambda: secrets.token_hex(16))
@@ -269,7 +275,7 @@ class Admin(database.Model):
 class CustomAttribute(database.Model):
     """An administrator-defined user attribute in the custom extension schema."""
 
-    name = TextField(unique=True, collation="NOCASE")
+    name = NoCaseField(unique=True)
     type = TextField(default="string")
     created_at = DateTimeField(default=utcnow)
 
@@ -283,6 +289,24 @@ class CustomAttribute(database.Model):
             "SELECT name, type FROM custom_attribute ORDER BY id"
         )
         return [tuple(row) for row in cursor.fetchall()]
+
+
+class LoginFailure(database.Model):
+    """A failed sign-in or setup attempt, counted per account or address by every process."""
+
+    key = TextField()
+    time = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "login_failure"
+        indexes = ((("key", "time"), False),)
+
+
+class Setting(database.Model):
+    """A value every server process shares, such as the first-run setup code."""
+
+    name = TextField(primary_key=True)
+    value = TextField()
 
 
 # userName and displayName are unique only among live resources, so a name
@@ -308,38 +332,55 @@ Group.add_index(
     where=Group.deprovisioned_at.is_null(False),
 )
 
-MODELS = [BearerToken, User, Group, Membership, CustomAttribute, Admin]
+MODELS = [
+    BearerToken,
+    User,
+    Group,
+    Membership,
+    CustomAttribute,
+    Admin,
+    LoginFailure,
+    Setting,
+]
 # 1: SCIM tables; 2: Admin; 3: console sort and status indexes; 4: Admin.session_key;
-# 5: partial indexes for deprovisioned rows replace schema 3's plain ones.
-SCHEMA_VERSION = 5
+# 5: partial indexes for deprovisioned rows replace schema 3's plain ones;
+# 6: login failures and shared settings, so several processes can serve.
+SCHEMA_VERSION = 6
 
 
 def migrate():
     """Create missing tables and bring the schema up to SCHEMA_VERSION."""
-    current = database.execute_sql("PRAGMA user_version").fetchone()[0]
-    if current > SCHEMA_VERSION:
-        raise RuntimeError(
-            f"Database schema version {current} is newer than this release "
-            f"understands ({SCHEMA_VERSION}); upgrade mdm."
-        )
     with database.atomic():
+        lock_for_migration(database)
+        current = schema_version(database, "mdm")
+        if current > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"Database schema version {current} is newer than this release "
+                f"understands ({SCHEMA_VERSION}); upgrade mdm."
+            )
+        if postgres():
+            # Case-insensitive columns are citext (trusted since PostgreSQL 13,
+            # so the database owner may create it).
+            database.execute_sql("CREATE EXTENSION IF NOT EXISTS citext")
         if 3 <= current < 5:
             database.execute_sql('DROP INDEX IF EXISTS "user_deprovisioned_at"')
             database.execute_sql('DROP INDEX IF EXISTS "group_deprovisioned_at"')
         database.create_tables(MODELS, safe=True)
         _add_missing_columns()
-        database.execute_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        set_schema_version(database, "mdm", SCHEMA_VERSION)
 
 
 def _add_missing_columns():
     """Add columns that later schema versions gave to tables an older release created."""
+    from playhouse.migrate import PostgresqlMigrator
     from playhouse.migrate import SqliteMigrator
     from playhouse.migrate import migrate as run
 
+    migrator = PostgresqlMigrator if postgres() else SqliteMigrator
     columns = {c.name for c in database.get_columns("admin")}
     if "session_key" not in columns:
         run(
-            SqliteMigrator(database).add_column(
+            migrator(database.obj).add_column(
                 "admin", "session_key", TextField(default="")
             )
         )
@@ -425,7 +466,8 @@ def groups_of(user_pks):
 def user_pks(scim_ids):
     """Map SCIM ids of live users to primary keys, in chunks that fit SQLite's parameter limit."""
     found = {}
-    ids = list(scim_ids)
+    # NUL is never stored, and PostgreSQL refuses it even as a parameter.
+    ids = [i for i in scim_ids if "\x00" not in i]
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         query = User.select(User.id, User.scim_id).where(
@@ -438,7 +480,7 @@ def user_pks(scim_ids):
 
 def group_scim_ids(scim_ids):
     """Return which of ``scim_ids`` name live groups (nesting is not supported)."""
-    ids = list(scim_ids)
+    ids = [i for i in scim_ids if "\x00" not in i]
     found = set()
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]

@@ -20,7 +20,7 @@ def serve(app, host, port, threads, on_ready=None):
     waitress's own serve() dies mid-response on SIGTERM. Here the listening
     socket closes first, the event loop keeps flushing responses until every
     request has been answered (or GRACE_SECONDS pass), then the workers stop.
-    SQLite transactions are atomic, so a request cut short writes nothing.
+    Every write is one transaction, so a request cut short writes nothing.
     """
     server = create_server(
         app,

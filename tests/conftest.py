@@ -1,9 +1,16 @@
-"""Shared fixtures: a fresh app and database per test, and a SCIM client with a live token."""
+"""Shared fixtures: a fresh app and database per test, and a SCIM client with a live token.
 
+With MDM_TEST_DATABASE_URL set to a PostgreSQL database, every test's
+database is a schema of its own in it instead of a SQLite file.
+"""
+
+import hashlib
 import json
+import os
 import threading
 import time
 from contextlib import contextmanager
+from urllib.parse import quote
 
 import pytest
 from waitress import wasyncore
@@ -14,14 +21,132 @@ from mdm.db import database
 from mdm.models import BearerToken
 
 SCIM = "application/scim+json"
+TEST_DATABASE_URL = os.environ.get("MDM_TEST_DATABASE_URL")
+ENGINE = "postgresql" if TEST_DATABASE_URL else "sqlite"
+_schemas = []
+
+
+def _admin_connection():
+    import psycopg2
+    from playhouse.db_url import parse
+
+    params = parse(TEST_DATABASE_URL)
+    conn = psycopg2.connect(dbname=params.pop("database"), **params)
+    conn.autocommit = True
+    return conn
+
+
+def database_url(path):
+    """Return a PostgreSQL URL for a schema standing in for the SQLite file ``path``."""
+    name = "t_" + hashlib.sha1(str(path).encode()).hexdigest()[:24]
+    if name not in _schemas:
+        conn = _admin_connection()
+        try:
+            with conn.cursor() as cursor:
+                # citext lives in public, shared by every test schema.
+                cursor.execute("CREATE EXTENSION IF NOT EXISTS citext SCHEMA public")
+                cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {name}")
+        finally:
+            conn.close()
+        _schemas.append(name)
+    separator = "&" if "?" in TEST_DATABASE_URL else "?"
+    options = quote(f"-c search_path={name},public")
+    return f"{TEST_DATABASE_URL}{separator}options={options}"
+
+
+def database_config(path):
+    """Return the config for a test database at ``path``: the file, or a schema for it."""
+    config = {"DATABASE": str(path)}
+    if TEST_DATABASE_URL:
+        config["DATABASE_URL"] = database_url(path)
+    return config
+
+
+def bind_test_database(path):
+    """Bind the database handle to a test database at ``path`` (see database_config)."""
+    from mdm.db import bind
+
+    bind(database_url(path) if TEST_DATABASE_URL else str(path))
+
+
+def raw_connection(path):
+    """Open a DB-API connection to the test database at ``path``, outside the app's pools."""
+    if not TEST_DATABASE_URL:
+        import sqlite3
+
+        return sqlite3.connect(path, timeout=30, isolation_level=None)
+    import psycopg2
+    from playhouse.db_url import parse
+
+    params = parse(database_url(path))
+    conn = psycopg2.connect(dbname=params.pop("database"), **params)
+    conn.autocommit = True
+    return conn
+
+
+def integrity_problems(path):
+    """Return what is wrong with the stored database at ``path`` (an empty list if nothing)."""
+    conn = raw_connection(path)
+    try:
+        cursor = conn.cursor()
+        if not TEST_DATABASE_URL:
+            problems = [row[0] for row in cursor.execute("PRAGMA integrity_check")]
+            problems = [p for p in problems if p != "ok"]
+            return problems + cursor.execute("PRAGMA foreign_key_check").fetchall()
+        # PostgreSQL enforces constraints as it writes; check what they promise.
+        checks = {
+            "orphan memberships": "SELECT COUNT(*) FROM membership m LEFT JOIN "
+            '"user" u ON u.id = m.user_id LEFT JOIN user_group g ON g.id = m.group_id '
+            "WHERE u.id IS NULL OR g.id IS NULL",
+            "duplicate live userNames": "SELECT COUNT(*) FROM (SELECT lower(user_name) "
+            'FROM "user" WHERE deprovisioned_at IS NULL GROUP BY 1 HAVING COUNT(*) > 1) d',
+            "duplicate memberships": "SELECT COUNT(*) FROM (SELECT 1 FROM membership "
+            "GROUP BY group_id, user_id HAVING COUNT(*) > 1) d",
+        }
+        problems = []
+        for name, sql in checks.items():
+            cursor.execute(sql)
+            if cursor.fetchone()[0]:
+                problems.append(name)
+        return problems
+    finally:
+        conn.close()
 
 
 @pytest.fixture(autouse=True)
-def instance_folder(tmp_path, monkeypatch):
-    """Keep every app a test creates out of the repository's instance folder."""
-    folder = tmp_path / "instance"
-    monkeypatch.setenv("MDM_INSTANCE_PATH", str(folder))
-    return folder
+def drop_test_schemas():
+    """Drop the PostgreSQL schemas a test created once it is over."""
+    # Schemas made by wider fixtures (a module's server) outlive the test.
+    first = len(_schemas)
+    yield
+    _drop_schemas(first)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def drop_remaining_schemas():
+    """Drop the schemas wider fixtures created, at the end of the run."""
+    yield
+    _drop_schemas(0)
+
+
+def _drop_schemas(first):
+    if len(_schemas) <= first:
+        return
+    from mdm.activity import activity_db
+    from mdm.activity import writer
+
+    writer.flush()
+    for db in (database.obj, activity_db.obj):
+        if not db.deferred:
+            db.close_all()
+    conn = _admin_connection()
+    try:
+        with conn.cursor() as cursor:
+            for name in _schemas[first:]:
+                cursor.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+    finally:
+        conn.close()
+    del _schemas[first:]
 
 
 @pytest.fixture
@@ -31,8 +156,8 @@ def app(tmp_path):
         {
             "TESTING": True,
             "SECRET_KEY": "test",
-            "DATABASE": str(tmp_path / "mdm.sqlite"),
             "WTF_CSRF_ENABLED": False,
+            **database_config(tmp_path / "mdm.sqlite"),
         }
     )
     yield app

@@ -11,7 +11,6 @@ from bs4 import BeautifulSoup
 from mdm import auth
 from mdm import create_app
 from mdm.auth import ensure_setup_code
-from mdm.auth import setup_code_path
 from mdm.db import database
 from mdm.models import Admin
 from mdm.models import BearerToken
@@ -21,6 +20,8 @@ from mdm.models import Membership
 from mdm.models import User
 from mdm.models import mirror_user
 from mdm.models import utcnow
+
+from .conftest import database_config
 
 PASSWORD = "correct horse battery"
 
@@ -52,14 +53,10 @@ def app(app, tmp_path):
     return app
 
 
-@pytest.fixture(autouse=True)
-def fresh_throttles():
-    """Forget failed sign-ins recorded by other tests."""
-    auth.account_throttle._failures = {}
-    auth.address_throttle._failures = {}
-    yield
-    auth.account_throttle._failures = {}
-    auth.address_throttle._failures = {}
+def stored_setup_code(app):
+    """Return the setup code the database holds, or None."""
+    with app.app_context(), database.connection_context():
+        return auth.setup_code()
 
 
 def page(response):
@@ -145,18 +142,18 @@ def test_setup_needs_the_printed_code(app, client, query):
     assert admins(app) == []
 
 
-def test_setup_refused_when_no_code_file_exists(app, client):
-    """Without a setup code file no code opens /setup, not even an empty one."""
-    assert not os.path.exists(setup_code_path(app))
+def test_setup_refused_when_no_code_is_stored(app, client):
+    """Without a stored setup code no code opens /setup, not even an empty one."""
+    assert stored_setup_code(app) is None
     assert client.get("/setup?code=").status_code == 403
     assert client.get("/setup?code=anything").status_code == 403
 
 
 def test_setup_code_is_stable_until_used(app):
-    """The code is written once, owner-only, and read back on the next start."""
+    """The code is stored once and read back on the next start, by any process."""
     code = ensure_setup_code(app)
     assert code and ensure_setup_code(app) == code
-    assert os.stat(setup_code_path(app)).st_mode & 0o077 == 0
+    assert stored_setup_code(app) == code
 
 
 def test_setup_form_has_labelled_fields(app, client):
@@ -188,7 +185,7 @@ def test_setup_creates_the_first_admin(app, client):
     assert PASSWORD not in admin.password_hash
     assert admin.check_password(PASSWORD)
     assert not admin.check_password(PASSWORD + "x")
-    assert not os.path.exists(setup_code_path(app))
+    assert stored_setup_code(app) is None
     assert ensure_setup_code(app) is None
     assert signed_in(client)
     assert session_user(client) == str(admin.id)
@@ -232,7 +229,7 @@ def test_setup_form_errors(app, client, username, password, confirm, message):
     assert response.status_code == 200
     assert message in errors(page(response))
     assert admins(app) == []
-    assert os.path.exists(setup_code_path(app))
+    assert stored_setup_code(app)
     assert not signed_in(client)
 
 
@@ -253,7 +250,7 @@ def test_cli_creates_an_admin_from_stdin(app, runner):
     assert admin.password_hash != PASSWORD
     assert admin.check_password(PASSWORD)
     # The setup link is no longer needed once an admin exists.
-    assert not os.path.exists(setup_code_path(app))
+    assert stored_setup_code(app) is None
 
 
 def test_cli_admin_can_sign_in(app, client, runner):
@@ -615,7 +612,7 @@ def csrf_app(tmp_path, monkeypatch):
         {
             "TESTING": True,
             "SECRET_KEY": "test",
-            "DATABASE": str(tmp_path / "csrf.sqlite"),
+            **database_config(tmp_path / "csrf.sqlite"),
             "WTF_CSRF_ENABLED": True,
         }
     )
@@ -732,7 +729,7 @@ def test_setup_without_csrf_token_is_refused(csrf_app):
     )
     assert response.status_code == 400
     assert admins(csrf_app) == []
-    assert os.path.exists(setup_code_path(csrf_app))
+    assert stored_setup_code(csrf_app)
 
 
 def test_setup_with_csrf_token_from_the_form(csrf_app):

@@ -169,11 +169,11 @@ def test_counts_are_aggregate_queries(app):
             executed.append(sql)
             return original(sql, *args, **kwargs)
 
-        database.execute_sql = spy
+        database.obj.execute_sql = spy
         try:
             dashboard.directory_counts()
         finally:
-            database.execute_sql = original
+            del database.obj.execute_sql
     selects = [sql for sql in executed if sql.lstrip().upper().startswith("SELECT")]
     assert len(selects) <= 4
     assert all(("COUNT(" in sql or "EXISTS(" in sql) for sql in selects), selects

@@ -4,11 +4,17 @@ import http.client
 import importlib.util
 import json
 import signal
-import sqlite3
 import threading
 import time
 import urllib.parse
 from pathlib import Path
+
+import pytest
+
+from .conftest import ENGINE
+from .conftest import database_url
+from .conftest import integrity_problems
+from .conftest import raw_connection
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,6 +32,13 @@ crash = _load_crash()
 
 SLOW_REQUESTS = 6
 BACKGROUND_WRITERS = 3
+
+
+@pytest.fixture(autouse=True)
+def server_database(tmp_path, monkeypatch):
+    """Point the servers these tests start at the test database for ``mdm.sqlite``."""
+    if ENGINE == "postgresql":
+        monkeypatch.setenv("MDM_DATABASE_URL", database_url(tmp_path / "mdm.sqlite"))
 
 
 def test_sigkill_loses_no_acknowledged_write(tmp_path):
@@ -165,10 +178,12 @@ def test_sigterm_answers_in_flight_requests_and_exits(tmp_path):
         client.close()
         crash.stop_server(process)
 
-    db = sqlite3.connect(tmp_path / "mdm.sqlite")
+    assert integrity_problems(tmp_path / "mdm.sqlite") == []
+    db = raw_connection(tmp_path / "mdm.sqlite")
     try:
-        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        rows = db.execute("SELECT user_name, data, password_hash FROM user").fetchall()
+        cursor = db.cursor()
+        cursor.execute('SELECT user_name, data, password_hash FROM "user"')
+        rows = cursor.fetchall()
     finally:
         db.close()
     # Nothing half-written: each row's columns agree with its SCIM document.

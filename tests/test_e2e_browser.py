@@ -17,6 +17,7 @@ from playwright.sync_api import sync_playwright
 from mdm import create_app
 from mdm.auth import ensure_setup_code
 
+from .conftest import database_config
 from .conftest import live_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -39,7 +40,7 @@ def live(tmp_path):
         {
             "TESTING": True,
             "SECRET_KEY": "e2e",
-            "DATABASE": str(tmp_path / "mdm.sqlite"),
+            **database_config(tmp_path / "mdm.sqlite"),
         }
     )
     with live_server(app, threads=4) as port:

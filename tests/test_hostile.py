@@ -10,6 +10,7 @@ from mdm.db import database
 from mdm.models import User
 
 from .conftest import ScimClient
+from .conftest import database_config
 from .conftest import issue_token
 
 ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
@@ -56,7 +57,7 @@ def server(tmp_path_factory):
         {
             "TESTING": True,
             "SECRET_KEY": "test",
-            "DATABASE": str(folder / "mdm.sqlite"),
+            **database_config(folder / "mdm.sqlite"),
             "WTF_CSRF_ENABLED": False,
         }
     )

@@ -10,7 +10,6 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from mdm.db import bind
 from mdm.db import database
 from mdm.models import Group
 from mdm.models import User
@@ -22,6 +21,9 @@ from mdm.scim.errors import ScimError
 from mdm.scim.schema import ENTERPRISE_SCHEMA
 from mdm.scim.schema import GROUP_TYPE
 from mdm.scim.schema import user_type
+
+from .conftest import bind_test_database
+from .conftest import database_config
 
 ENT = ENTERPRISE_SCHEMA
 CUSTOM = "urn:ietf:params:scim:schemas:extension:ivanti:2.0:User"
@@ -247,7 +249,7 @@ def _seed():
 
 @pytest.fixture
 def db(tmp_path):
-    bind(str(tmp_path / "properties.sqlite"))
+    bind_test_database(tmp_path / "properties.sqlite")
     with database.connection_context():
         migrate()
         _seed()
@@ -727,7 +729,7 @@ def bulk_client(tmp_path):
         {
             "TESTING": True,
             "SECRET_KEY": "properties",
-            "DATABASE": str(tmp_path / "bulk.sqlite"),
+            **database_config(tmp_path / "bulk.sqlite"),
             "ACTIVITY_LOG": False,
         }
     )

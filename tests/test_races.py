@@ -4,16 +4,20 @@ import collections
 import http.client
 import json
 import random
-import sqlite3
 import threading
 import time
 
 import pytest
 
 from mdm import create_app
+from mdm.db import WRITE_LOCK_KEY
 
+from .conftest import ENGINE
+from .conftest import database_config
+from .conftest import integrity_problems
 from .conftest import issue_token
 from .conftest import live_server
+from .conftest import raw_connection
 
 N = 16
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -62,7 +66,7 @@ def live(tmp_path):
         {
             "TESTING": True,
             "SECRET_KEY": "races",
-            "DATABASE": str(tmp_path / "mdm.sqlite"),
+            **database_config(tmp_path / "mdm.sqlite"),
         }
     )
     _, secret = issue_token(app, "entra")
@@ -236,16 +240,21 @@ def _mixed_writer(live, index, group_ids, deadline, seen, problems):
 
 
 def _outside_writer(path, deadline, held):
-    """Take SQLite's write lock from another connection now and then, like the CLI."""
-    db = sqlite3.connect(path, timeout=30, isolation_level=None)
+    """Take the database's write lock from another connection now and then, like the CLI."""
+    db = raw_connection(path)
+    cursor = db.cursor()
     try:
         for _ in range(1_000):
             if time.monotonic() > deadline:
                 break
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("UPDATE bearer_token SET label = label")
+            if ENGINE == "sqlite":
+                cursor.execute("BEGIN IMMEDIATE")
+            else:
+                cursor.execute("BEGIN")
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
+            cursor.execute("UPDATE bearer_token SET label = label")
             time.sleep(0.03)
-            db.execute("COMMIT")
+            cursor.execute("COMMIT")
             held.append(1)
             time.sleep(0.1)
     finally:
@@ -287,9 +296,4 @@ def test_mixed_writers_never_see_a_lock_error(live, caplog):
     assert sum(seen.values()) >= 100, seen
     assert held, "the outside writer never got the lock"
     assert "database is locked" not in caplog.text
-    db = sqlite3.connect(live.path)
-    try:
-        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert db.execute("PRAGMA foreign_key_check").fetchall() == []
-    finally:
-        db.close()
+    assert integrity_problems(live.path) == []

@@ -10,6 +10,7 @@ from mdm.models import BearerToken
 from mdm.models import utcnow
 
 from .conftest import ScimClient
+from .conftest import database_config
 from .conftest import issue_token
 
 UNAUTHORIZED = {
@@ -104,7 +105,7 @@ def test_discovery_needs_no_token(client):
 
 def test_operator_switch_disables_scim(tmp_path):
     app = create_app(
-        {"TESTING": True, "DATABASE": str(tmp_path / "db"), "SCIM_ENABLED": False}
+        {"TESTING": True, **database_config(tmp_path / "db"), "SCIM_ENABLED": False}
     )
     _, secret = issue_token(app)
     client = app.test_client()

@@ -103,6 +103,7 @@ def test_forwarded_headers_are_trusted_only_when_configured(tmp_path):
     from mdm import create_app
 
     from .conftest import ScimClient
+    from .conftest import database_config
     from .conftest import issue_token
 
     forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "mdm.example.org"}
@@ -110,7 +111,7 @@ def test_forwarded_headers_are_trusted_only_when_configured(tmp_path):
         app = create_app(
             {
                 "TESTING": True,
-                "DATABASE": str(tmp_path / f"{hops}.db"),
+                **database_config(tmp_path / f"{hops}.db"),
                 "PROXY_FIX": hops,
             }
         )

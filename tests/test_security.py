@@ -5,6 +5,8 @@ from mdm.auth import ensure_setup_code
 from mdm.db import database
 from mdm.models import Admin
 
+from .conftest import database_config
+
 
 def test_html_pages_carry_security_headers(client):
     response = client.get("/login")
@@ -30,7 +32,7 @@ def _session_cookie(response):
 
 def test_session_cookie_is_secure_only_over_https(tmp_path):
     app = create_app(
-        {"TESTING": True, "DATABASE": str(tmp_path / "db"), "PROXY_FIX": 1}
+        {"TESTING": True, **database_config(tmp_path / "db"), "PROXY_FIX": 1}
     )
     with app.app_context(), database.connection_context():
         admin = Admin(username="root")
@@ -53,3 +55,29 @@ def test_setup_code_cannot_be_guessed(app, client):
     assert set(statuses[20:]) == {429}
     # Even the right code waits once the address is locked out.
     assert client.get(f"/setup?code={code}").status_code == 429
+
+
+def test_console_input_with_nul_is_refused(app, client):
+    """NUL is never stored; console searches, lookups and forms answer 400."""
+    with app.app_context(), database.connection_context():
+        admin = Admin(username="root")
+        admin.set_password("correct horse battery")
+        admin.save()
+    assert (
+        client.post(
+            "/login", data={"username": "ro\x00ot", "password": "x"}
+        ).status_code
+        == 400
+    )
+    client.post(
+        "/login", data={"username": "root", "password": "correct horse battery"}
+    )
+    for url in (
+        "/admin/users?q=a%00b",
+        "/admin/groups?q=%00",
+        "/admin/users/a%00b",
+        "/admin/activity?resource=a%00",
+        "/admin/audit?actor=a%00",
+    ):
+        assert client.get(url).status_code == 400, url
+    assert client.get("/admin/users?q=a").status_code == 200

@@ -10,14 +10,24 @@ from datetime import datetime
 from typing import NamedTuple
 
 from peewee import SQL
-from peewee import Case
-from peewee import Entity
 from peewee import Field
 from peewee import NodeList
-from peewee import Value
 from peewee import fn
 
+from ..db import bindable
+from ..db import element_member
+from ..db import element_value
+from ..db import exact
+from ..db import false
+from ..db import is_not_true
+from ..db import json_elements
+from ..db import json_flag
+from ..db import json_get
+from ..db import json_type
 from ..db import like
+from ..db import nocase
+from ..db import substring
+from ..db import true
 from .errors import ScimError
 
 MAX_LENGTH = 10_000
@@ -580,10 +590,8 @@ def _as_datetime(value):
 # Compilation to SQL
 
 # A condition may be NULL when an attribute is missing. NULL counts as false,
-# which is right under and/or; ``not`` and ``ne`` compile to "IS NOT 1" so
+# which is right under and/or; ``not`` and ``ne`` compile to "IS NOT TRUE" so
 # that "not (title eq x)" and "title ne x" match a user without a title.
-_TRUE = SQL("1")
-_FALSE = SQL("0")
 
 
 @dataclass(frozen=True)
@@ -659,27 +667,27 @@ def _compile_chain(node, scope):
 
 
 def _negate(expr):
-    # Conditions are 1, 0 or NULL; IS NOT 1 turns unknown into a match.
-    return NodeList((expr, SQL("IS NOT 1")))
+    # Conditions are true, false or NULL; IS NOT TRUE turns unknown into a match.
+    return is_not_true(expr)
 
 
-def _json_path(*keys):
-    # Labels are quoted because extension URNs contain colons and dots.
+def _json_keys(*keys):
+    # JSON paths quote their labels; a label with a quote cannot be named.
     for key in keys:
         if '"' in key:
             raise ScimError.invalid_filter(f"{key!r} cannot be filtered.")
-    return "$" + "".join(f'."{key}"' for key in keys)
+    return keys
 
 
 def _condition(operand, op, value):
     """Return the SQL condition ``operand op value`` (op may be ``pr``)."""
     if operand.expr is None:
         if op == "pr":
-            return _TRUE if _present(operand.constant) else _FALSE
+            return true() if _present(operand.constant) else false()
         passed = _test(
             operand.constant, op, value, operand.type, operand.case_exact, True
         )
-        return _TRUE if passed else _FALSE
+        return true() if passed else false()
     x = operand.expr
     if op == "pr":
         if operand.type in ("string", "reference", "binary"):
@@ -718,28 +726,30 @@ def _condition(operand, op, value):
 
 def _text_condition(operand, op, text):
     x = operand.expr
+    if "\x00" in text:
+        # NUL is refused on write, so no stored value contains it; PostgreSQL
+        # cannot even take it as a parameter.
+        if op in ("eq", "co", "sw", "ew"):
+            return false()
+        text = bindable(text)
     if op in SUBSTRING_OPS:
         if operand.case_exact:
-            if op == "co":
-                return fn.instr(x, text) > 0
-            if not text:
+            if op != "co" and not text:
                 return x.is_null(False)
-            if op == "sw":
-                return fn.substr(x, 1, len(text)) == text
-            return fn.substr(x, -len(text)) == text
-        # LIKE folds ASCII case like NOCASE.
+            return substring(x, op, text)
+        # The pattern match ignores ASCII case, like NOCASE.
         return like(x, text, {"co": "%{}%", "sw": "{}%", "ew": "%{}"}[op])
     if operand.case_exact:
-        side = x.collate("BINARY") if operand.nocase else x
+        side = exact(x) if operand.nocase else x
     else:
-        # A NOCASE column compares directly so its NOCASE index stays usable.
-        side = x if operand.nocase else x.collate("NOCASE")
+        # A case-insensitive column compares directly so its index stays usable.
+        side = x if operand.nocase else nocase(x)
     return _ORDER[op](side, text)
 
 
 def _column(field, attribute):
-    nocase = (getattr(field, "collation", None) or "").upper() == "NOCASE"
-    return _Operand(field, attribute.type, attribute.case_exact, nocase)
+    case_insensitive = getattr(field, "nocase", False)
+    return _Operand(field, attribute.type, attribute.case_exact, case_insensitive)
 
 
 class _ResourceScope:
@@ -803,7 +813,7 @@ class _ResourceScope:
                     column if isinstance(column, _Operand) else _column(column, target)
                 )
         keys = self.json_keys(schema, attribute) + ((sub.name,) if sub else ())
-        expr = fn.json_extract(self.model.data, _json_path(*keys))
+        expr = json_get(self.model.data, _json_keys(*keys), target.type)
         return _Operand(expr, target.type, target.case_exact, json=True)
 
     def column(self, name, sub):
@@ -857,11 +867,9 @@ class _ResourceScope:
             return self.any_element(schema, attribute, inner)
         if attribute.complex and sub is None:
             if op == "pr" and attribute.sub("value") is None:
-                keys = self.json_keys(schema, attribute)
-                expr = fn.json_extract(self.model.data, _json_path(*keys))
-                return (
-                    fn.json_type(self.model.data, _json_path(*keys)) == "object"
-                ) & (expr != "{}")
+                keys = _json_keys(*self.json_keys(schema, attribute))
+                expr = json_get(self.model.data, keys)
+                return (json_type(self.model.data, keys) == "object") & (expr != "{}")
             # Entra's legacy manager eq "id" means the value sub-attribute.
             sub = self.implied_value(attribute)
         return _condition(self.scalar(schema, attribute, sub), op, value)
@@ -889,19 +897,18 @@ class _ResourceScope:
         relation = self.relation(attribute)
         if relation is not None:
             return relation.exists(inner)
-        keys = self.json_keys(schema, attribute)
+        keys = _json_keys(*self.json_keys(schema, attribute))
         alias = self.next_alias("je")
-        source = NodeList((self.model.data, Value(_json_path(*keys))), glue=", ")
         condition = (
-            _TRUE
+            true()
             if inner is None
             else _compile(inner, _JsonElementScope(attribute, alias))
         )
         return NodeList(
             (
-                SQL("EXISTS (SELECT 1 FROM json_each("),
-                source,
-                SQL(f") AS {alias} WHERE"),
+                SQL("EXISTS (SELECT 1 FROM"),
+                json_elements(self.model.data, keys, alias),
+                SQL("WHERE"),
                 condition,
                 SQL(")"),
             )
@@ -919,12 +926,10 @@ class _ResourceScope:
         if self.relation(attribute) is not None:
             raise ScimError.invalid_value(f"Cannot sort by {str(path)!r}.")
         # A multi-valued attribute sorts by its primary value, else its first.
-        keys = self.json_keys(schema, attribute)
-        sub_key = (sub.name,) if sub else ()
-        first = fn.json_extract(
-            self.model.data, _json_path(*keys) + "[0]" + _json_path(*sub_key)[1:]
-        )
+        keys = _json_keys(*self.json_keys(schema, attribute))
+        sub_key = _json_keys(sub.name) if sub else ()
         target = sub or attribute
+        first = json_get(self.model.data, keys + (0,) + sub_key, target.type)
         operand = _Operand(first, target.type, target.case_exact, json=True)
         if attribute.sub("primary") is None:
             return _sortable(operand, first)
@@ -932,29 +937,24 @@ class _ResourceScope:
         primary = NodeList(
             (
                 SQL("(SELECT"),
-                _element_member(alias, sub.name) if sub else Entity(alias, "value"),
-                SQL("FROM json_each("),
-                NodeList((self.model.data, Value(_json_path(*keys))), glue=", "),
-                SQL(f") AS {alias} WHERE"),
-                _element_member(alias, "primary").in_([1, "true"]),
+                (
+                    element_member(alias, sub.name, target.type)
+                    if sub
+                    else element_value(alias, target.type)
+                ),
+                SQL("FROM"),
+                json_elements(self.model.data, keys, alias),
+                SQL("WHERE"),
+                json_flag(element_member(alias, "primary", "boolean")),
                 SQL("LIMIT 1)"),
             )
         )
         return _sortable(operand, fn.COALESCE(primary, first))
 
 
-def _element_member(alias, key):
-    """Return member ``key`` of the json_each row ``alias`` when it is an object."""
-    # json_extract fails on text that is not JSON, so a stray string element
-    # must yield NULL instead of failing the whole query; CASE guarantees order.
-    is_object = Entity(alias, "type") == "object"
-    member = fn.json_extract(Entity(alias, "value"), _json_path(key))
-    return Case(None, [(is_object, member)])
-
-
 def _sortable(operand, expr):
     if operand.type in ("string", "reference", "binary") and not operand.case_exact:
-        return expr if operand.nocase else expr.collate("NOCASE")
+        return expr if operand.nocase else nocase(expr)
     return expr
 
 
@@ -981,7 +981,6 @@ class _JsonElementScope(_ElementScope):
     def __init__(self, attribute, alias):
         self.attribute = attribute
         self.alias = alias
-        self.element = Entity(alias, "value")
 
     def operand(self, name):
         if not self.attribute.complex:
@@ -990,14 +989,17 @@ class _JsonElementScope(_ElementScope):
                     f"{self.attribute.name} has no {name!r}."
                 )
             return _Operand(
-                self.element, self.attribute.type, self.attribute.case_exact, json=True
+                element_value(self.alias, self.attribute.type),
+                self.attribute.type,
+                self.attribute.case_exact,
+                json=True,
             )
         sub = self.attribute.sub(name)
         if sub is None:
             raise ScimError.invalid_filter(
                 f"{self.attribute.name} has no sub-attribute {name!r}."
             )
-        expr = _element_member(self.alias, sub.name)
+        expr = element_member(self.alias, sub.name, sub.type)
         return _Operand(expr, sub.type, sub.case_exact, json=True)
 
 

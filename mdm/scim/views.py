@@ -21,6 +21,7 @@ from .. import activity
 from ..db import Prepared
 from ..db import database
 from ..db import insert
+from ..db import ordering
 from ..db import update
 from ..db import write_transaction
 from ..models import CustomAttribute
@@ -211,7 +212,8 @@ _LIVE_BY_ID = {User: _live_by_id(User), Group: _live_by_id(Group)}
 
 def get_live(model, scim_id, kind):
     """Return the live user or group with ``scim_id`` or raise a SCIM 404."""
-    row = _LIVE_BY_ID[model].first(scim_id=scim_id)
+    # NUL is never stored, and PostgreSQL refuses it even as a parameter.
+    row = None if "\x00" in scim_id else _LIVE_BY_ID[model].first(scim_id=scim_id)
     if row is None:
         raise ScimError.not_found(f"{kind} {scim_id} not found.")
     return row
@@ -268,7 +270,7 @@ def search(model, resource_type, params):
     order = [model.id]
     if params.sort_by:
         key = filters.sort_expression(params.sort_by, resource_type)
-        order.insert(0, key.desc() if params.descending else key.asc())
+        order.insert(0, ordering(key, params.descending))
     page = query.order_by(*order).offset(params.start_index - 1).limit(params.count)
     return query, list(page)
 

@@ -1,0 +1,102 @@
+"""Copy a SQLite installation into an empty PostgreSQL database, every table, and verify it."""
+
+from peewee import SQL
+from peewee import fn
+
+from .activity import ACTIVITY_MODELS
+from .activity import SCHEMA_VERSION as ACTIVITY_SCHEMA_VERSION
+from .activity import activity_db
+from .db import connect_database
+from .db import database
+from .db import postgres
+from .db import set_schema_version
+from .models import MODELS
+from .models import migrate
+
+BATCH = 500
+
+
+class CopyError(Exception):
+    """A copy the rules refuse, or one whose counts do not match."""
+
+
+def copy_database(source_path, activity_path, url, echo=print):
+    """Copy the SQLite files into the PostgreSQL database at ``url``; return counts per table.
+
+    Everything is written in one transaction: if anything fails, or a count
+    differs afterwards, the target is left as it was.
+    """
+    source = connect_database(source_path)
+    activity_source = connect_database(activity_path)
+    target = connect_database(url, max_connections=1)
+    if not postgres(target):
+        raise CopyError("The target must be a postgresql:// URL.")
+    saved = database.obj, activity_db.obj
+    # The models and the schema helpers speak through the shared handles.
+    database.initialize(target)
+    activity_db.initialize(target)
+    counts = {}
+    try:
+        with target.connection_context(), target.atomic():
+            migrate()
+            target.create_tables(ACTIVITY_MODELS, safe=True)
+            set_schema_version(target, "activity", ACTIVITY_SCHEMA_VERSION)
+            for model in MODELS + ACTIVITY_MODELS:
+                if target.execute(model.select().limit(1)).fetchone() is not None:
+                    raise CopyError(
+                        f"The target already has {model._meta.table_name} rows; "
+                        "copy into an empty database."
+                    )
+            for model in MODELS:
+                counts[model._meta.table_name] = _copy(model, source, target)
+                echo(f"{model._meta.table_name}: {counts[model._meta.table_name]}")
+            for model in ACTIVITY_MODELS:
+                counts[model._meta.table_name] = _copy(model, activity_source, target)
+                echo(f"{model._meta.table_name}: {counts[model._meta.table_name]}")
+            for model in MODELS + ACTIVITY_MODELS:
+                copied = target.execute(model.select(fn.COUNT(SQL("*")))).fetchone()[0]
+                expected = counts[model._meta.table_name]
+                if copied != expected:
+                    raise CopyError(
+                        f"{model._meta.table_name}: {expected} rows read, {copied} stored."
+                    )
+    finally:
+        database.initialize(saved[0])
+        activity_db.initialize(saved[1])
+        target.close_all()
+        source.close_all()
+        activity_source.close_all()
+    return counts
+
+
+def _copy(model, source, target):
+    """Copy one table in primary-key order and return how many rows were read."""
+    fields = list(model._meta.sorted_fields)
+    key = model._meta.primary_key
+    total = 0
+    last = None
+    with source.connection_context():
+        while True:
+            query = model.select(*fields).order_by(key).limit(BATCH)
+            if last is not None:
+                query = query.where(key > last)
+            rows = source.execute(query).fetchall()
+            if not rows:
+                break
+            # Read through each field's converter: SQLite keeps booleans as
+            # 0/1 and times as text, which PostgreSQL's columns do not take.
+            values = [
+                {f: f.python_value(v) for f, v in zip(fields, row, strict=True)}
+                for row in rows
+            ]
+            target.execute(model.insert_many(values))
+            total += len(rows)
+            last = rows[-1][fields.index(key)]
+    if key.field_type == "AUTO":
+        # Explicit ids leave the serial sequence behind; move it past them.
+        table = model._meta.table_name
+        target.execute_sql(
+            f"SELECT setval(pg_get_serial_sequence('\"{table}\"', '{key.column_name}'), "
+            f'COALESCE((SELECT MAX("{key.column_name}") FROM "{table}"), 0) + 1, false)'
+        )
+    return total
