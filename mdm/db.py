@@ -135,11 +135,16 @@ class Prepared:
         engine = type(database.obj)
         found = self._compiled.get(engine)
         if found is None:
-            markers = {f"\x00{name}\x00": name for name in self.names}
+            # Noncharacters: no client value holds them, and unlike NUL no
+            # NUL check or PostgreSQL clean-up rewrites them while rendering.
+            markers = {f"\ufdd0{name}\ufdd0": name for name in self.names}
             query = self.build(*markers)
             sql, params = query.sql()
-            # Every parameter must be a marker, or a run would bind stale values.
+            # Every parameter must be a marker, or a run would bind stale values;
+            # every marker a parameter, or the query ignores an argument.
             order = [markers[param] for param in params]
+            if set(order) != set(self.names):
+                raise RuntimeError(f"Prepared query does not bind {self.names}: {sql}")
             found = self._compiled[engine] = (getattr(query, "model", None), sql, order)
         return found
 
