@@ -34,7 +34,7 @@ def _user(name, **extra):
 
 def _row(model, pk):
     cursor = database.execute_sql(
-        f'SELECT * FROM "{model._meta.table_name}" WHERE id = ?', [pk]
+        f'SELECT * FROM "{model._meta.table_name}" WHERE id = {database.param}', [pk]
     )
     return dict(zip([d[0] for d in cursor.description], cursor.fetchone(), strict=True))
 
@@ -111,12 +111,14 @@ def test_insert_and_update_raise_integrity_errors(db):
 def test_load_builds_what_the_orm_builds(db):
     insert(_user("a@x", displayName="A"))
     insert(_user("b@x"))
-    query = Prepared(lambda name: User.select().where(User.user_name != name))
+    query = Prepared(
+        lambda name: User.select().where(User.user_name != name).order_by(User.id)
+    )
     ours = query.rows(name="zzz")
     theirs = list(User.select().order_by(User.id))
     assert [u.__data__ for u in ours] == [u.__data__ for u in theirs]
     assert not any(u.is_dirty() for u in ours)
-    cursor = database.execute_sql("SELECT * FROM user WHERE 0")
+    cursor = database.execute_sql('SELECT * FROM "user" WHERE 1 = 0')
     assert load(User, cursor) == []
 
 
