@@ -221,7 +221,7 @@ class Job:
         self.created = {}  # bulkId: id of the resource its POST created
         self.failed = set()  # bulkIds whose POST failed
         self.state = {}
-        self.deferred = []  # (operation, bulkIds left out while creating it)
+        self.deferred = []  # POSTs created without their circular references
         self.defined = {}
         for operation in operations:
             if operation.error or operation.method != "POST" or not operation.bulk_id:
@@ -272,7 +272,7 @@ class Job:
             else:
                 stack.pop()
                 if self._apply(operation, circular) and circular:
-                    self.deferred.append((operation, circular))
+                    self.deferred.append(operation)
                 self.state[operation.index] = DONE
 
     def _apply(self, operation, circular):
@@ -294,7 +294,13 @@ class Job:
                 else:
                     path = f"{URL_PREFIX}/{operation.endpoint}"
                 data = self._resolve(operation.data, circular)
-                row = self._write(operation, resource_id, data)
+                row = self._write(
+                    operation.model,
+                    operation.method,
+                    resource_id,
+                    data,
+                    operation.version,
+                )
             except ScimError as error:
                 row = None
                 result["status"] = str(error.status)
@@ -322,42 +328,37 @@ class Job:
         )
         return row is not None
 
-    def _write(self, operation, resource_id, data):
-        method, resource_type = operation.method, self.resource_type
-        if operation.model is User:
+    def _write(self, model, method, resource_id, data, version=None):
+        """Run one write through the handler its single-resource endpoint uses."""
+        resource_type = self.resource_type
+        if model is User:
             if method == "POST":
                 return views.create_user_from(data, resource_type)
             if method == "PUT":
                 return views.replace_user_with(
-                    resource_id, data, resource_type, operation.version
+                    resource_id, data, resource_type, version
                 )
             if method == "PATCH":
-                return views.patch_user_with(
-                    resource_id, data, resource_type, operation.version
-                )
+                return views.patch_user_with(resource_id, data, resource_type, version)
         else:
             if method == "POST":
                 return views.create_group_from(data)
             if method == "PUT":
-                return views.replace_group_with(resource_id, data, operation.version)
+                return views.replace_group_with(resource_id, data, version)
             if method == "PATCH":
-                return views.patch_group_with(resource_id, data, operation.version)
-        return views.deprovision(operation.model, resource_id, operation.version)
+                return views.patch_group_with(resource_id, data, version)
+        return views.deprovision(model, resource_id, version)
 
     def _complete_deferred(self):
         """Set the circular references left out at creation, now that all exist."""
-        for operation, _ in self.deferred:
+        for operation in self.deferred:
             result = self.results[operation.index]
             resource_id = self.created[operation.bulk_id]
             with activity.operation():
                 try:
                     data = self._resolve(operation.data, ())
-                    if operation.model is User:
-                        row = views.replace_user_with(
-                            resource_id, data, self.resource_type
-                        )
-                    else:
-                        row = views.replace_group_with(resource_id, data)
+                    # The POST's whole body again, now with every reference resolved.
+                    row = self._write(operation.model, "PUT", resource_id, data)
                 except ScimError as error:
                     result["status"] = "409"
                     result["response"] = ScimError(
