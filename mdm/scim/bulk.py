@@ -69,11 +69,7 @@ def _read_body(limit):
 
 def _read_request(body, max_operations):
     """Return a BulkRequest's operations and its failOnErrors (None for no limit)."""
-    items = parse.get_key(body, "Operations")
-    if items is None:
-        raise ScimError.invalid_syntax("A BulkRequest needs an Operations array.")
-    if not isinstance(items, list):
-        raise ScimError.invalid_syntax("Operations must be an array.")
+    items = parse.operations_array(body, "A BulkRequest needs an Operations array.")
     if len(items) > max_operations:
         raise ScimError(
             413,

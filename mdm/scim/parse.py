@@ -83,6 +83,16 @@ def get_key(body, name):
     return None
 
 
+def operations_array(body, message):
+    """Return the ``Operations`` array of a PatchOp or BulkRequest; ``message`` when absent."""
+    items = get_key(body, "Operations")
+    if items is None:
+        raise ScimError.invalid_syntax(message)
+    if not isinstance(items, list):
+        raise ScimError.invalid_syntax("Operations must be an array.")
+    return items
+
+
 def boolean(value, name):
     """Coerce JSON booleans and Entra's "True"/"False" strings to bool."""
     if isinstance(value, bool):

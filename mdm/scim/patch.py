@@ -55,11 +55,7 @@ def operations(body):
     """Validate a PatchOp body and return its operations in order."""
     if not isinstance(body, dict):
         raise ScimError.invalid_syntax("The PATCH body must be a JSON object.")
-    items = parse.get_key(body, "Operations")
-    if items is None:
-        raise ScimError.invalid_syntax("The PATCH body needs an Operations array.")
-    if not isinstance(items, list):
-        raise ScimError.invalid_syntax("Operations must be an array.")
+    items = parse.operations_array(body, "The PATCH body needs an Operations array.")
     if len(items) > MAX_OPERATIONS:
         raise ScimError.invalid_value(
             f"A PATCH may carry at most {MAX_OPERATIONS} operations; "
