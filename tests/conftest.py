@@ -5,11 +5,13 @@ database is a schema of its own in it instead of a SQLite file.
 """
 
 import hashlib
+import importlib.util
 import json
 import os
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -23,6 +25,20 @@ from mdm.models import BearerToken
 SCIM = "application/scim+json"
 TEST_DATABASE_URL = os.environ.get("MDM_TEST_DATABASE_URL")
 ENGINE = "postgresql" if TEST_DATABASE_URL else "sqlite"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_bench(name):
+    """Import ``bench/<name>.py``, whose server helpers the process-level tests share."""
+    spec = importlib.util.spec_from_file_location(
+        f"bench_{name}", ROOT / "bench" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+crash = _load_bench("crash")
 _schemas = []
 
 

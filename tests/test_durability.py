@@ -1,34 +1,19 @@
 """Acknowledged writes survive SIGKILL, and SIGTERM answers in-flight requests before exiting."""
 
 import http.client
-import importlib.util
 import json
 import signal
 import threading
 import time
 import urllib.parse
-from pathlib import Path
 
 import pytest
 
 from .conftest import ENGINE
+from .conftest import crash
 from .conftest import database_url
 from .conftest import integrity_problems
 from .conftest import raw_connection
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_crash():
-    spec = importlib.util.spec_from_file_location(
-        "bench_crash", ROOT / "bench" / "crash.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-crash = _load_crash()
 
 SLOW_REQUESTS = 6
 BACKGROUND_WRITERS = 3

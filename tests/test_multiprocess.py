@@ -1,7 +1,6 @@
 """Two ``mdm serve`` processes on one database: nothing lost, one winner per race, shared state."""
 
 import http.cookiejar
-import importlib.util
 import json
 import re
 import subprocess
@@ -14,24 +13,13 @@ from pathlib import Path
 import pytest
 
 from .conftest import ENGINE
+from .conftest import ROOT
+from .conftest import crash
 from .conftest import database_url
 from .conftest import integrity_problems
 
-ROOT = Path(__file__).resolve().parent.parent
 PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 PASSWORD = "correct horse battery"
-
-
-def _load_crash():
-    spec = importlib.util.spec_from_file_location(
-        "bench_crash", ROOT / "bench" / "crash.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-crash = _load_crash()
 
 
 @pytest.fixture
