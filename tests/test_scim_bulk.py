@@ -36,6 +36,11 @@ def post_user(bulk_id, user_name, **attributes):
     return {"method": "POST", "path": "/Users", "bulkId": bulk_id, "data": data}
 
 
+def patch_op(path, *operations, **extra):
+    data = {"schemas": [PATCH], "Operations": list(operations)}
+    return {"method": "PATCH", "path": path, **extra, "data": data}
+
+
 def post_group(bulk_id, name, *members):
     data = {
         "schemas": [GROUP],
@@ -141,18 +146,12 @@ def test_rfc_mixed_operations_with_versions(app, scim):
                 "displayName": "Robert",
             },
         },
-        {
-            "method": "PATCH",
-            "path": f"/Users/{carol['id']}",
-            "version": carol["meta"]["version"],
-            "data": {
-                "schemas": [PATCH],
-                "Operations": [
-                    {"op": "add", "path": "nickName", "value": "Caz"},
-                    {"op": "remove", "path": "name.givenName"},
-                ],
-            },
-        },
+        patch_op(
+            f"/Users/{carol['id']}",
+            {"op": "add", "path": "nickName", "value": "Caz"},
+            {"op": "remove", "path": "name.givenName"},
+            version=carol["meta"]["version"],
+        ),
         {
             "method": "DELETE",
             "path": f"/Users/{dave['id']}",
@@ -274,24 +273,13 @@ def test_reference_in_path_and_patch_value(app, scim):
     body = bulk(
         scim,
         post_user("u", "pat@example.com"),
-        {
-            "method": "PATCH",
-            "path": f"/Groups/{existing['id']}",
-            "data": {
-                "schemas": [PATCH],
-                "Operations": [
-                    {"op": "Add", "path": "members", "value": [{"value": "bulkId:u"}]}
-                ],
-            },
-        },
-        {
-            "method": "PATCH",
-            "path": "/Users/bulkId:u",
-            "data": {
-                "schemas": [PATCH],
-                "Operations": [{"op": "Replace", "path": "active", "value": "False"}],
-            },
-        },
+        patch_op(
+            f"/Groups/{existing['id']}",
+            {"op": "Add", "path": "members", "value": [{"value": "bulkId:u"}]},
+        ),
+        patch_op(
+            "/Users/bulkId:u", {"op": "Replace", "path": "active", "value": "False"}
+        ),
     )
     pat = user_named(app, "pat@example.com")
     assert [op["status"] for op in body["Operations"]] == ["201", "200", "200"]
@@ -730,40 +718,25 @@ def test_entra_patch_shapes_work_in_bulk(app, scim):
     group = scim.create_group("Entra", [o["id"] for o in others])
     body = bulk(
         scim,
-        {
-            "method": "PATCH",
-            "path": f"/Users/{user['id']}",
-            "data": {
-                "schemas": [PATCH],
-                "Operations": [
-                    {
-                        "op": "Replace",
-                        "value": {
-                            "active": "False",
-                            "name.givenName": "Ent",
-                            f"{ENTERPRISE}:department": "Sales",
-                        },
-                    }
-                ],
+        patch_op(
+            f"/Users/{user['id']}",
+            {
+                "op": "Replace",
+                "value": {
+                    "active": "False",
+                    "name.givenName": "Ent",
+                    f"{ENTERPRISE}:department": "Sales",
+                },
             },
-        },
-        {
-            "method": "PATCH",
-            "path": f"/Groups/{group['id']}",
-            "data": {
-                "schemas": [PATCH],
-                "Operations": [
-                    {
-                        "op": "Remove",
-                        "path": "members",
-                        "value": [
-                            {"value": others[0]["id"]},
-                            {"value": others[1]["id"]},
-                        ],
-                    }
-                ],
+        ),
+        patch_op(
+            f"/Groups/{group['id']}",
+            {
+                "op": "Remove",
+                "path": "members",
+                "value": [{"value": others[0]["id"]}, {"value": others[1]["id"]}],
             },
-        },
+        ),
     )
     assert [op["status"] for op in body["Operations"]] == ["200", "200"]
     now = scim.get(f"/Users/{user['id']}").get_json()
