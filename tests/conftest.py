@@ -20,9 +20,11 @@ from waitress.server import create_server
 
 from mdm import create_app
 from mdm.db import database
+from mdm.models import Admin
 from mdm.models import BearerToken
 
 SCIM = "application/scim+json"
+PASSWORD = "correct horse battery"
 TEST_DATABASE_URL = os.environ.get("MDM_TEST_DATABASE_URL")
 ENGINE = "postgresql" if TEST_DATABASE_URL else "sqlite"
 ROOT = Path(__file__).resolve().parent.parent
@@ -262,6 +264,18 @@ def okta(app, client):
     """A SCIM client authenticated with an Okta token."""
     _, secret = issue_token(app, "okta")
     return ScimClient(client, secret)
+
+
+@pytest.fixture
+def console(app, client):
+    """A client signed in to the console as administrator ``alice``."""
+    with app.app_context(), database.connection_context():
+        admin = Admin(username="alice")
+        admin.set_password(PASSWORD)
+        admin.save()
+    response = client.post("/login", data={"username": "alice", "password": PASSWORD})
+    assert response.status_code == 302
+    return client
 
 
 @contextmanager

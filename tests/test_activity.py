@@ -21,7 +21,6 @@ from mdm.activity import activity_db
 from mdm.db import database
 from mdm.logs import csv_cell
 from mdm.logs import hint
-from mdm.models import Admin
 from mdm.models import User
 from mdm.models import utcnow
 
@@ -29,7 +28,6 @@ from .conftest import ENGINE
 from .conftest import ScimClient
 from .conftest import issue_token
 
-PASSWORD = "correct horse battery"
 SECRET = "S3cret!"
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 PATCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
@@ -49,18 +47,6 @@ HEADERS = [
 ]
 # The SCIM views do not yet describe what they did (activity.note) and read the
 # body without caching it, so the recorder cannot see it: see the report.
-
-
-@pytest.fixture
-def console(app, client):
-    """A client signed in to the console as administrator ``alice``."""
-    with app.app_context(), database.connection_context():
-        admin = Admin(username="alice")
-        admin.set_password(PASSWORD)
-        admin.save()
-    response = client.post("/login", data={"username": "alice", "password": PASSWORD})
-    assert response.status_code == 302
-    return client
 
 
 def entries():

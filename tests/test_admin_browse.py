@@ -7,7 +7,6 @@ import pytest
 from bs4 import BeautifulSoup
 
 from mdm.db import database
-from mdm.models import Admin
 from mdm.models import CustomAttribute
 from mdm.models import Group
 from mdm.models import Membership
@@ -15,7 +14,6 @@ from mdm.models import User
 from mdm.models import mirror_user
 from mdm.models import utcnow
 
-PASSWORD = "correct horse battery"
 CORE = "urn:ietf:params:scim:schemas:core:2.0:User"
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 CUSTOM = "urn:ietf:params:scim:schemas:extension:ivanti:2.0:User"
@@ -29,18 +27,6 @@ USER_HEADERS = [
     "Last updated",
 ]
 GROUP_HEADERS = ["Name", "Source", "Members", "externalId", "Last updated"]
-
-
-@pytest.fixture
-def console(app, client):
-    """A client signed in to the console as administrator ``alice``."""
-    with app.app_context(), database.connection_context():
-        admin = Admin(username="alice")
-        admin.set_password(PASSWORD)
-        admin.save()
-    response = client.post("/login", data={"username": "alice", "password": PASSWORD})
-    assert response.status_code == 302
-    return client
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import pytest
 from bs4 import BeautifulSoup
 
 from mdm.db import database
-from mdm.models import Admin
 from mdm.models import BearerToken
 from mdm.models import Group
 from mdm.models import User
@@ -17,7 +16,6 @@ from mdm.models import utcnow
 from .conftest import ScimClient
 from .conftest import issue_token
 
-PASSWORD = "correct horse battery"
 SCIM_URL = "http://localhost/scim/v2"
 IDP_NAMES = {"entra": "Entra ID", "okta": "Okta", "generic": "Generic SCIM"}
 TOKEN_HEADERS = [
@@ -31,18 +29,6 @@ TOKEN_HEADERS = [
     "Last client",
     "Actions",
 ]
-
-
-@pytest.fixture
-def console(app, client):
-    """A client signed in to the console as administrator ``alice``."""
-    with app.app_context(), database.connection_context():
-        admin = Admin(username="alice")
-        admin.set_password(PASSWORD)
-        admin.save()
-    response = client.post("/login", data={"username": "alice", "password": PASSWORD})
-    assert response.status_code == 302
-    return client
 
 
 def page(response):

@@ -19,20 +19,9 @@ from mdm.models import BearerToken
 from mdm.models import CustomAttribute
 from mdm.models import utcnow
 
-PASSWORD = "correct horse battery"
+from .conftest import PASSWORD
+
 HEADERS = ["Time", "Event", "Actor", "Address", "Details"]
-
-
-@pytest.fixture
-def console(app, client):
-    """A client signed in to the console as administrator ``alice``."""
-    with app.app_context(), database.connection_context():
-        admin = Admin(username="alice")
-        admin.set_password(PASSWORD)
-        admin.save()
-    response = client.post("/login", data={"username": "alice", "password": PASSWORD})
-    assert response.status_code == 302
-    return client
 
 
 def events(name=None):

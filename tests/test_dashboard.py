@@ -12,14 +12,12 @@ from mdm.activity import ActivityEntry
 from mdm.activity import activity_db
 from mdm.activity import writer
 from mdm.db import database
-from mdm.models import Admin
 from mdm.models import BearerToken
 from mdm.models import utcnow
 
 from .conftest import ScimClient
 from .conftest import issue_token
 
-PASSWORD = "correct horse battery"
 # Half past an hour already gone, so rows placed minutes before NOW share its hourly bucket
 # whatever the wall clock reads when the suite runs.
 NOW = utcnow().replace(minute=30, second=0, microsecond=0) - timedelta(hours=1)
@@ -29,18 +27,6 @@ NOW = utcnow().replace(minute=30, second=0, microsecond=0) - timedelta(hours=1)
 def frozen(monkeypatch):
     """Pin the dashboard's clock so rows placed relative to NOW land in known buckets."""
     monkeypatch.setattr(dashboard, "utcnow", lambda: NOW)
-
-
-@pytest.fixture
-def console(app, client):
-    """A client signed in to the console as administrator ``alice``."""
-    with app.app_context(), database.connection_context():
-        admin = Admin(username="alice")
-        admin.set_password(PASSWORD)
-        admin.save()
-    response = client.post("/login", data={"username": "alice", "password": PASSWORD})
-    assert response.status_code == 302
-    return client
 
 
 def add(*rows):
