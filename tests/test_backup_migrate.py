@@ -190,7 +190,7 @@ def test_upgrade_from_schema_1_keeps_data(tmp_path):
         Membership.create(group=group, user=user)
     app = create_app({"TESTING": True, **database_config(path)})
     with app.app_context(), database.connection_context():
-        assert schema_version(database, "mdm") == SCHEMA_VERSION == 6
+        assert schema_version(database, "mdm") == SCHEMA_VERSION == 7
         assert Admin.select().count() == 0
         assert BearerToken.authenticate(secret).id == token.id
         stored = User.get(User.user_name == "old@x")
