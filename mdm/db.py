@@ -176,16 +176,25 @@ def load(model, cursor):
     plan = _load_plans.get(key)
     if plan is None:
         columns = model._meta.columns
-        fields = [columns[item[0]] for item in cursor.description]
-        plan = _load_plans[key] = [(f.name, f.python_value) for f in fields]
+        names = [item[0] for item in cursor.description]
+        fields = [columns[name] for name in names if name in columns]
+        # Columns that are no field (a selected subquery) become attributes.
+        extras = [name for name in names[len(fields) :] if name not in columns]
+        if len(fields) + len(extras) != len(names):
+            raise RuntimeError(f"Select the fields of {model.__name__} first: {names}")
+        plan = _load_plans[key] = ([(f.name, f.python_value) for f in fields], extras)
+    fields, extras = plan
+    width = len(fields)
     result = []
     for row in rows:
         # What the ORM's cursor wrapper does, without a setattr per column.
         obj = model(__no_default__=1)
         obj.__data__ = {
             name: convert(value)
-            for (name, convert), value in zip(plan, row, strict=False)
+            for (name, convert), value in zip(fields, row, strict=False)
         }
+        for name, value in zip(extras, row[width:], strict=True):
+            setattr(obj, name, value)
         result.append(obj)
     return result
 
@@ -389,6 +398,15 @@ def json_get(document, keys, kind="string"):
         return fn.json_extract(document, _json_path(keys))
     value = fn.jsonb_extract_path(Cast(document, "jsonb"), *[str(k) for k in keys])
     return _typed(value, kind)
+
+
+def json_rows(*columns):
+    """Return a subquery of every row's ``columns`` as JSON text: [[a, b], ...], or "[]"."""
+    model = columns[0].model
+    if not postgres():
+        return model.select(fn.json_group_array(fn.json_array(*columns)))
+    rows = fn.coalesce(fn.json_agg(fn.json_build_array(*columns)), SQL("'[]'::json"))
+    return model.select(Cast(rows, "text"))
 
 
 def json_type(document, keys):

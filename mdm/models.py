@@ -1,5 +1,6 @@
 """Peewee tables and domain operations: tokens, users, groups, memberships, custom attributes."""
 
+import functools
 import hashlib
 import hmac
 import json
@@ -18,6 +19,7 @@ from peewee import TextField
 from .db import NoCaseField
 from .db import Prepared
 from .db import database
+from .db import json_rows
 from .db import lock_for_migration
 from .db import postgres
 from .db import schema_version
@@ -156,6 +158,9 @@ class BearerToken(database.Model):
             return None
         if not token.active or token.expired:
             return None
+        token.custom_attributes = CustomAttribute.parse_definitions(
+            token.custom_attributes
+        )
         return token
 
     def touch(self, user_agent):
@@ -173,7 +178,16 @@ class BearerToken(database.Model):
             )
 
 
-_token_by_key = Prepared(lambda key: BearerToken.select().where(BearerToken.key == key))
+# Every SCIM request needs its token and the custom attribute definitions
+# (which may change between any two requests); one statement reads both.
+_token_by_key = Prepared(
+    lambda key: BearerToken.select(
+        BearerToken,
+        json_rows(CustomAttribute.id, CustomAttribute.name, CustomAttribute.type).alias(
+            "custom_attributes"
+        ),
+    ).where(BearerToken.key == key)
+)
 
 
 class User(database.Model):
@@ -289,6 +303,12 @@ class CustomAttribute(database.Model):
             "SELECT name, type FROM custom_attribute ORDER BY id"
         )
         return [tuple(row) for row in cursor.fetchall()]
+
+    @staticmethod
+    @functools.lru_cache(maxsize=8)
+    def parse_definitions(text):
+        """Return the definitions ``json_rows(id, name, type)`` gave, in creation order."""
+        return tuple((name, kind) for _, name, kind in sorted(json.loads(text)))
 
 
 class LoginFailure(database.Model):

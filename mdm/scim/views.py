@@ -101,11 +101,15 @@ def _base_url(scheme, host, root_path):
 
 def user_type():
     """Return the User resource type with the currently defined custom attributes."""
-    # The definitions are read on every request, so a change by an administrator
-    # (in any process) applies to the next one; only building the type is cached.
-    return _user_type(
-        current_app.config["SCIM_CUSTOM_SCHEMA"], tuple(CustomAttribute.definitions())
-    )
+    # The definitions are read on every request (with the token, when there is
+    # one), so a change by an administrator in any process applies to the next
+    # request; only building the type is cached.
+    token = g.get("scim_token")
+    if token is not None:
+        definitions = token.custom_attributes
+    else:
+        definitions = tuple(CustomAttribute.definitions())
+    return _user_type(current_app.config["SCIM_CUSTOM_SCHEMA"], definitions)
 
 
 @functools.lru_cache(maxsize=32)
