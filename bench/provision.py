@@ -2,8 +2,12 @@
 
 Starts the server on a scratch instance (or targets --url with --token), then
 runs each phase with N concurrent clients over keep-alive connections and
-prints requests/s and p50/p99 latency per phase, next to a bare Flask +
-waitress endpoint measured in the same run as the framework floor.
+prints requests/s and p50/p99 latency per phase. A bare Flask + waitress
+endpoint, the framework floor, is measured just before each phase, so every
+ratio compares two figures taken a moment apart on a machine whose load
+drifts. Then users are looked up and created at a fixed offered rate (--rate,
+open loop): the latency an IdP sees when the server is not saturated, counted
+from when each request was due, so a server falling behind shows it.
 
     .venv/bin/python bench/provision.py --users 2000 --clients 8
 
@@ -38,8 +42,11 @@ def ping():
     return {"schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"],
             "totalResults": 0, "Resources": [], "startIndex": 1, "itemsPerPage": 0}
 
+import logging
+import sys
 from waitress import serve
-serve(app, host="127.0.0.1", port=int(__import__("sys").argv[1]), threads=8, _quiet=True)
+logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth"
+serve(app, host="127.0.0.1", port=int(sys.argv[1]), threads=int(sys.argv[2]), _quiet=True)
 """
 
 
@@ -82,10 +89,12 @@ class Client:
         return response.status, payload, elapsed
 
 
-def run_phase(name, jobs, url, token, clients, expect):
+def run_phase(name, jobs, url, token, clients, expect, rate=None, quiet=False):
     """Run callables job(client) -> (status, payload, seconds) across N clients.
 
     ``url`` may list several servers; clients are spread over them in turn.
+    With ``rate``, job i is due i/rate seconds after the start (an open loop)
+    and its latency runs from then, queueing for a free client included.
     """
     urls = url if isinstance(url, list) else [url]
     local = threading.local()
@@ -94,21 +103,27 @@ def run_phase(name, jobs, url, token, clients, expect):
     lock = threading.Lock()
     opened = []
 
-    def work(job):
+    def work(item):
+        index, job = item
         if not hasattr(local, "client"):
             with lock:
                 target = urls[len(opened) % len(urls)]
                 opened.append(target)
             local.client = Client(target, token)
+        if rate:
+            due = started + index / rate
+            time.sleep(max(0.0, due - time.perf_counter()))
         status, payload, elapsed = job(local.client)
+        if rate:
+            elapsed = time.perf_counter() - due
         with lock:
             latencies.append(elapsed)
             if status not in expect:
                 failures.append((status, payload[:200]))
 
-    started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(work, jobs))
+        started = time.perf_counter()
+        list(pool.map(work, enumerate(jobs)))
     wall = time.perf_counter() - started
     latencies.sort()
     row = {
@@ -121,11 +136,12 @@ def run_phase(name, jobs, url, token, clients, expect):
         else 0.0,
         "failures": len(failures),
     }
-    print(
-        f"{name:<28} {row['requests']:>7} req {row['rps']:>8.0f} req/s "
-        f"p50 {row['p50_ms']:>7.1f} ms  p99 {row['p99_ms']:>7.1f} ms"
-        + (f"  FAILURES {len(failures)}: {failures[:2]}" if failures else "")
-    )
+    if not quiet:
+        print(
+            f"{name:<28} {row['requests']:>7} req {row['rps']:>8.0f} req/s "
+            f"p50 {row['p50_ms']:>7.1f} ms  p99 {row['p99_ms']:>7.1f} ms"
+            + (f"  FAILURES {len(failures)}: {failures[:2]}" if failures else "")
+        )
     return row
 
 
@@ -165,7 +181,9 @@ def scratch(database_url):
             yield instance, url
 
 
-def start_server(instance, activity_log=True, database_url=None, token=None):
+def start_server(
+    instance, activity_log=True, database_url=None, token=None, threads=None
+):
     """Start mdm on a scratch instance and return (process, url, token)."""
     env = dict(os.environ, MDM_INSTANCE_PATH=instance)
     if database_url:
@@ -183,7 +201,8 @@ def start_server(instance, activity_log=True, database_url=None, token=None):
         ).stdout.strip()
     port = free_port()
     process = subprocess.Popen(
-        [*mdm, "serve", "--port", str(port), "--threads", "8"],
+        [*mdm, "serve", "--port", str(port)]
+        + (["--threads", str(threads)] if threads else []),
         env=env,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
@@ -193,31 +212,64 @@ def start_server(instance, activity_log=True, database_url=None, token=None):
     return process, f"http://127.0.0.1:{port}/scim/v2", token
 
 
+class Floor:
+    """A bare Flask + waitress JSON endpoint, served while the benchmark runs."""
+
+    def __init__(self, clients, threads=8):
+        self.clients = clients
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", FLOOR_APP, str(self.port), str(threads)]
+        )
+        wait_for(self.port)
+
+    def measure(self, requests=1000, quiet=True):
+        """Return the floor's row for ``requests`` requests from the same clients."""
+        jobs = [lambda c: c.send("GET", "/ping")] * requests
+        url = f"http://127.0.0.1:{self.port}"
+        return run_phase(
+            "framework floor", jobs, url, None, self.clients, {200}, quiet=quiet
+        )
+
+    def close(self):
+        self.process.terminate()
+        self.process.wait()
+
+
 def floor(clients, requests):
     """Measure a bare Flask + waitress JSON endpoint on this machine."""
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-c", FLOOR_APP, str(port)])
+    server = Floor(clients)
     try:
-        wait_for(port)
-        jobs = [lambda c: c.send("GET", "/ping")] * requests
-        return run_phase(
-            "framework floor", jobs, f"http://127.0.0.1:{port}", None, clients, {200}
-        )
+        return server.measure(requests, quiet=False)
     finally:
-        process.terminate()
-        process.wait()
+        server.close()
 
 
-def cycle(url, token, users, clients, batch):
+def beside_floor(floor):
+    """Return run_phase, measuring ``floor`` (if any) just before each phase."""
+    if floor is None:
+        return run_phase
+
+    def phase(name, jobs, url, token, clients, expect, **options):
+        floor_rps = floor.measure()["rps"]
+        row = run_phase(name, jobs, url, token, clients, expect, **options)
+        row["floor_rps"] = floor_rps
+        return row
+
+    return phase
+
+
+def cycle(url, token, users, clients, batch, floor=None):
     """Run the Entra-like cycle and return the rows."""
     rows = []
+    phase = beside_floor(floor)
     names = [f"bench.user{i:06d}@contoso.com" for i in range(users)]
 
     def miss(name):
         return lambda c: c.send("GET", f'/Users?filter=userName+eq+"{name}"')
 
     rows.append(
-        run_phase(
+        phase(
             "userName eq (miss)", [miss(n) for n in names], url, token, clients, {200}
         )
     )
@@ -246,7 +298,7 @@ def cycle(url, token, users, clients, batch):
         return job
 
     rows.append(
-        run_phase(
+        phase(
             "create user",
             [create(i, n) for i, n in enumerate(names)],
             url,
@@ -273,7 +325,7 @@ def cycle(url, token, users, clients, batch):
         return job
 
     rows.append(
-        run_phase(
+        phase(
             "create group",
             [create_group(i) for i in range(groups)],
             url,
@@ -297,9 +349,7 @@ def cycle(url, token, users, clients, batch):
         members = user_ids[gi::groups]
         for start in range(0, len(members), batch):
             jobs.append(add(group_id, members[start : start + batch]))
-    rows.append(
-        run_phase(f"PATCH add members x{batch}", jobs, url, token, clients, {204})
-    )
+    rows.append(phase(f"PATCH add members x{batch}", jobs, url, token, clients, {204}))
 
     def update(uid, i):
         body = {
@@ -312,7 +362,7 @@ def cycle(url, token, users, clients, batch):
         return lambda c: c.send("PATCH", f"/Users/{uid}", body)
 
     rows.append(
-        run_phase(
+        phase(
             "PATCH user (Entra mode A)",
             [update(u, i) for i, u in enumerate(user_ids)],
             url,
@@ -322,12 +372,10 @@ def cycle(url, token, users, clients, batch):
         )
     )
     rows.append(
-        run_phase(
-            "userName eq (hit)", [miss(n) for n in names], url, token, clients, {200}
-        )
+        phase("userName eq (hit)", [miss(n) for n in names], url, token, clients, {200})
     )
     rows.append(
-        run_phase(
+        phase(
             "GET user by id",
             [lambda c, u=u: c.send("GET", f"/Users/{u}") for u in user_ids],
             url,
@@ -340,10 +388,44 @@ def cycle(url, token, users, clients, batch):
         (lambda c, s=s: c.send("GET", f"/Users?startIndex={s}&count=100"))
         for s in range(1, users + 1, 100)
     ]
-    rows.append(
-        run_phase("list users, 100 per page", pages, url, token, clients, {200})
-    )
+    rows.append(phase("list users, 100 per page", pages, url, token, clients, {200}))
     return rows
+
+
+def offered_load(url, token, users, clients, rate, floor=None):
+    """Look up and create ``users`` new users at ``rate`` requests/s; return the rows."""
+    phase = beside_floor(floor)
+    names = [f"bench.paced{i:06d}@contoso.com" for i in range(users)]
+    lookups = [
+        (lambda c, n=n: c.send("GET", f'/Users?filter=userName+eq+"{n}"'))
+        for n in names
+    ]
+    creates = [
+        (
+            lambda c, i=i, n=n: c.send(
+                "POST",
+                "/Users",
+                {
+                    "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                    "externalId": f"paced{i}",
+                    "userName": n,
+                    "active": True,
+                    "displayName": f"Paced {i}",
+                    "emails": [{"primary": True, "type": "work", "value": n}],
+                    "name": {"givenName": "Paced", "familyName": str(i)},
+                },
+            )
+        )
+        for i, n in enumerate(names)
+    ]
+    return [
+        phase(
+            f"userName eq at {rate}/s", lookups, url, token, clients, {200}, rate=rate
+        ),
+        phase(
+            f"create user at {rate}/s", creates, url, token, clients, {201}, rate=rate
+        ),
+    ]
 
 
 def main():
@@ -351,6 +433,18 @@ def main():
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--batch", type=int, default=10, help="members per PATCH")
+    parser.add_argument(
+        "--threads", type=int, help="server worker threads (default: mdm serve's)"
+    )
+    parser.add_argument(
+        "--rate",
+        type=int,
+        default=100,
+        help="requests/s of the open-loop phases (Entra needs 25; 0 skips them)",
+    )
+    parser.add_argument(
+        "--rate-users", type=int, default=1000, help="users the open-loop phases add"
+    )
     parser.add_argument("--url", help="target an existing server's SCIM base URL")
     parser.add_argument("--token", help="bearer token for --url")
     parser.add_argument("--json", help="also write the rows to this file")
@@ -370,34 +464,52 @@ def main():
     )
     args = parser.parse_args()
 
-    rows = [floor(args.clients, max(2000, args.users))]
     if args.compare_activity_log:
-        return compare_activity_log(args, rows[0])
+        return compare_activity_log(args, floor(args.clients, max(2000, args.users)))
+    rows = []
     processes = []
+    base = Floor(args.clients)
     with scratch(args.database_url) as (instance, database_url):
         if args.url:
             url, token = args.url, args.token
         else:
-            process, url, token = start_server(instance, database_url=database_url)
+            process, url, token = start_server(
+                instance, database_url=database_url, threads=args.threads
+            )
             processes.append(process)
             if args.processes > 1:
                 url = [url]
                 for _ in range(args.processes - 1):
                     process, more, _ = start_server(
-                        instance, database_url=database_url, token=token
+                        instance,
+                        database_url=database_url,
+                        token=token,
+                        threads=args.threads,
                     )
                     processes.append(process)
                     url.append(more)
         try:
-            rows += cycle(url, token, args.users, args.clients, args.batch)
+            rows.append(base.measure(max(2000, args.users), quiet=False))
+            rows += cycle(url, token, args.users, args.clients, args.batch, base)
+            if args.rate:
+                print(
+                    f"\nopen loop: {args.rate} requests/s from {args.clients} clients"
+                )
+                rows += offered_load(
+                    url, token, args.rate_users, args.clients, args.rate, base
+                )
         finally:
+            base.close()
             for process in processes:
                 process.terminate()
                 process.wait()
-    base = rows[0]["rps"]
-    print(f"\nratios to the framework floor ({base:.0f} req/s):")
+    print("\nratios to the framework floor measured just before each phase:")
     for row in rows[1:]:
-        print(f"  {row['phase']:<28} {row['rps'] / base:6.2f}")
+        if "at " not in row["phase"]:
+            print(
+                f"  {row['phase']:<28} {row['rps'] / row['floor_rps']:6.2f}"
+                f"  (floor {row['floor_rps']:.0f} req/s)"
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -33,13 +33,19 @@ def target_url(host="127.0.0.1", port=8080):
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
-@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256))
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 256),
+    help="Worker threads [default: 2 on SQLite, 8 on PostgreSQL].",
+)
 @with_appcontext
 def serve_command(host, port, threads):
     """Serve the console and the SCIM API with waitress."""
+    from .server import default_threads
     from .server import serve
 
     app = current_app._get_current_object()
+    threads = threads or default_threads()
     click.echo(f"mdm serving on http://{host}:{port}/", err=True)
     click.echo(f"Target SCIM URL: {target_url(host, port)}", err=True)
     from .auth import ensure_setup_code

@@ -7,6 +7,8 @@ import time
 from waitress import wasyncore
 from waitress.server import create_server
 
+from .db import postgres
+
 GRACE_SECONDS = 30
 # waitress reads a whole body before the app runs; a Content-Length beyond this
 # multiple of the app's own limits is refused at once, unread, with a plain 413.
@@ -55,6 +57,18 @@ def serve(app, host, port, threads, on_ready=None):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def default_threads():
+    """Return how many waitress threads suit the bound database engine.
+
+    Only one thread runs Python at a time. On SQLite a query is a short call
+    that still hands the GIL to every other waiting thread and back, so past
+    two threads (one in Python, one in SQLite) each one added only that
+    contention: 8 threads spent 20% more CPU per lookup than 2 on two cores.
+    A PostgreSQL query waits on the network, which more threads overlap.
+    """
+    return 8 if postgres() else 2
 
 
 def body_cap(config):
