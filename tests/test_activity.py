@@ -392,6 +392,18 @@ def test_secrets_never_reach_the_file_or_the_pages(app, client, console):
         assert token not in body
 
 
+def test_query_string_is_decoded_and_secret_parameters_redacted(app, scim):
+    # %74oken is "token": redaction looks at the decoded name.
+    scim.get(
+        "/Users?filter=userName+eq+%22kim%40example.com%22&access_token=abc"
+        "&%74oken=xyz&count="
+    )
+    assert last_entry().query == (
+        'filter=userName eq "kim@example.com"&access_token=[redacted]'
+        "&token=[redacted]&count="
+    )
+
+
 def test_redacted_bodies_are_kept(app, scim):
     scim.post(
         "/Users",
