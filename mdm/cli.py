@@ -36,7 +36,7 @@ def target_url(host="127.0.0.1", port=8080):
 @click.option(
     "--threads",
     type=click.IntRange(1, 256),
-    help="Worker threads [default: 2 on SQLite, 8 on PostgreSQL].",
+    help="Worker threads [default: 4 on SQLite, 8 on PostgreSQL].",
 )
 @with_appcontext
 def serve_command(host, port, threads):
