@@ -449,7 +449,7 @@ def _client():
         "idp": token.idp if token is not None else None,
         "token_key": token.key if token is not None else None,
         "client_address": request.remote_addr,
-        "user_agent": (request.headers.get("User-Agent") or "")[:512] or None,
+        "user_agent": (request.environ.get("HTTP_USER_AGENT") or "")[:512] or None,
     }
 
 
@@ -503,6 +503,8 @@ def _record(response):
 
 
 def _request_body():
+    if not request.content_length and "HTTP_TRANSFER_ENCODING" not in request.environ:
+        return None  # no body: spare building a stream to read nothing
     try:
         return body_text(request.get_data(cache=True))
     except HTTPException:

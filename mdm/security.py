@@ -39,8 +39,12 @@ class SessionInterface(SecureCookieSessionInterface):
 
 
 def _add_headers(response):
+    headers = response.headers
+    # One pass over the few headers set, not a setdefault's two per name.
+    present = {name.lower() for name in headers.keys()}
     for name, value in HEADERS.items():
-        response.headers.setdefault(name, value)
+        if name.lower() not in present:
+            headers.add(name, value)
     if response.mimetype == "text/html":
         response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     if request.is_secure:

@@ -406,9 +406,14 @@ def _page_number(value, name):
 
 def list_params(source, default_count, max_count):
     """Read list parameters from query args or a SearchRequest body (keys case-insensitive)."""
+    # Each key by its lower-case name, the first of several spellings winning.
+    keys = {}
+    for key in source:
+        keys.setdefault(key.lower(), key)
 
     def get(name):
-        return get_key(source, name) if isinstance(source, dict) else _arg(source, name)
+        key = keys.get(name.lower())
+        return None if key is None else source.get(key)
 
     text = get("filter")
     if text is not None and not isinstance(text, str):
@@ -436,11 +441,3 @@ def list_params(source, default_count, max_count):
         attributes=_names(get("attributes"), "attributes"),
         excluded=_names(get("excludedAttributes"), "excludedAttributes"),
     )
-
-
-def _arg(args, name):
-    lowered = name.lower()
-    for key in args:
-        if key.lower() == lowered:
-            return args.get(key)
-    return None
