@@ -13,9 +13,28 @@ ROOT = Path(__file__).resolve().parent.parent
 __version__ = "0.1.0"
 
 
+class App(Flask):
+    """Flask, deciding once per function whether a view or hook is a coroutine."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._sync = {}
+
+    def ensure_sync(self, func):
+        # Flask asks inspect.iscoroutinefunction on every call of every view
+        # and hook, eleven times per SCIM request; the answer never changes.
+        try:
+            return self._sync[func]
+        except KeyError:
+            self._sync[func] = sync = super().ensure_sync(func)
+            return sync
+        except TypeError:  # an unhashable callable
+            return super().ensure_sync(func)
+
+
 def create_app(test_config=None):
     """Create and configure the mdm application."""
-    app = Flask(
+    app = App(
         __name__,
         instance_path=os.environ.get("MDM_INSTANCE_PATH", str(ROOT / "instance")),
         instance_relative_config=True,

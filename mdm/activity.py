@@ -442,14 +442,14 @@ def _json_text(value):
     return body_text(json.dumps(value, ensure_ascii=False).encode("utf-8"))
 
 
-def _client():
+def _client(req=request, notes=g):
     """Return who sent the current SCIM request: connection, token and client."""
-    token = g.get("scim_token")
+    token = notes.get("scim_token")
     return {
         "idp": token.idp if token is not None else None,
         "token_key": token.key if token is not None else None,
-        "client_address": request.remote_addr,
-        "user_agent": (request.environ.get("HTTP_USER_AGENT") or "")[:512] or None,
+        "client_address": req.remote_addr,
+        "user_agent": (req.environ.get("HTTP_USER_AGENT") or "")[:512] or None,
     }
 
 
@@ -460,12 +460,16 @@ def _start_timer():
 def _record(response):
     from .scim import URL_PREFIX
 
-    path = request.path
+    # The request, its notes and the config once each: every use of a
+    # context proxy looks the object up again.
+    req = request._get_current_object()
+    path = req.path
     if not (path == URL_PREFIX or path.startswith(URL_PREFIX + "/")):
         return response
     if not current_app.config.get("ACTIVITY_LOG", True):
         return response
-    started = g.get("activity_started")
+    notes = g._get_current_object()
+    started = notes.get("activity_started")
     duration = (time.perf_counter() - started) * 1000 if started else 0.0
     scim_type = detail = None
     response_raw = None
@@ -482,42 +486,42 @@ def _record(response):
     writer.put(
         ActivityEntry,
         {
-            **_client(),
+            **_client(req, notes),
             "time": utcnow(),
-            "method": request.method,
+            "method": req.method,
             "path": path[:2048],
-            "query": _query_text()[:2048],
-            "resource_type": g.get("activity_resource_type") or resource_type,
-            "resource_id": g.get("activity_resource_id") or resource_id,
-            "target": (g.get("activity_target") or None),
-            "summary": g.get("activity_summary") or "",
+            "query": _query_text(req)[:2048],
+            "resource_type": notes.get("activity_resource_type") or resource_type,
+            "resource_id": notes.get("activity_resource_id") or resource_id,
+            "target": (notes.get("activity_target") or None),
+            "summary": notes.get("activity_summary") or "",
             "status": response.status_code,
             "scim_type": scim_type,
             "detail": detail,
             "duration_ms": round(duration, 2),
-            "request_body": _request_body(),
+            "request_body": _request_body(req),
             "response_body": body_text(response_raw),
         },
     )
     return response
 
 
-def _request_body():
-    if not request.content_length and "HTTP_TRANSFER_ENCODING" not in request.environ:
+def _request_body(req):
+    if not req.content_length and "HTTP_TRANSFER_ENCODING" not in req.environ:
         return None  # no body: spare building a stream to read nothing
     try:
-        return body_text(request.get_data(cache=True))
+        return body_text(req.get_data(cache=True))
     except HTTPException:
         # The body was refused (too large); the answer says so, keep nothing.
-        return f"[body not read: {request.content_length or '?'} bytes]"
+        return f"[body not read: {req.content_length or '?'} bytes]"
 
 
-def _query_text():
+def _query_text(req):
     """Return the query string decoded for reading, secret-looking parameters redacted."""
     # request.args is parsed once per request, and the SCIM view read it already.
     return "&".join(
         f"{k}={REDACTED if SECRET_KEYS.search(k) else v}"
-        for k, v in request.args.items(multi=True)
+        for k, v in req.args.items(multi=True)
     )
 
 

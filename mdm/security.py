@@ -62,7 +62,8 @@ def _refuse_nul():
     """
     from .scim import URL_PREFIX
 
-    if request.path == URL_PREFIX or request.path.startswith(URL_PREFIX + "/"):
+    path = request.path
+    if path == URL_PREFIX or path.startswith(URL_PREFIX + "/"):
         return
     values = list(request.args.values())
     if request.method == "POST" and request.mimetype in (

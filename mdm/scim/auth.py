@@ -26,9 +26,10 @@ def authenticate():
             None,
             "SCIM provisioning is disabled on this server by its operator.",
         )
-    if request.endpoint in PUBLIC_ENDPOINTS:
+    req = request._get_current_object()  # one context lookup, not one per use
+    if req.endpoint in PUBLIC_ENDPOINTS:
         return
-    credentials = request.authorization
+    credentials = req.authorization
     if credentials is None or credentials.type != "bearer" or not credentials.token:
         raise ScimError(
             401,
@@ -44,5 +45,5 @@ def authenticate():
             "The bearer token is invalid, inactive, expired or removed.",
             {"WWW-Authenticate": 'Bearer realm="SCIM", error="invalid_token"'},
         )
-    token.touch(request.headers.get("User-Agent"))
+    token.touch(req.environ.get("HTTP_USER_AGENT"))
     g.scim_token = token
