@@ -1,0 +1,131 @@
+"""The waitress dispatcher: requests queue for the running worker, never behind a slow one."""
+
+import http.client
+import threading
+import time
+
+import pytest
+from flask import Flask
+
+from mdm.server import Dispatcher
+from mdm.server import _poll
+from mdm.server import make_server
+
+
+class Task:
+    """A stand-in for a waitress channel: records the thread that serviced it."""
+
+    def __init__(self, hold=None):
+        self.hold = hold
+        self.started = threading.Event()
+        self.done = threading.Event()
+        self.thread = None
+
+    def service(self):
+        self.thread = threading.current_thread().name
+        self.started.set()
+        if self.hold is not None:
+            self.hold.wait(10)
+        self.done.set()
+
+    def cancel(self):
+        self.done.set()
+
+
+@pytest.fixture
+def dispatcher():
+    dispatcher = Dispatcher()
+    dispatcher.set_thread_count(3)
+    yield dispatcher
+    dispatcher.shutdown(cancel_pending=True, timeout=5)
+
+
+def test_an_idle_dispatcher_starts_a_request_at_once(dispatcher):
+    task = Task()
+    dispatcher.add_task(task)
+    assert task.done.wait(5)
+
+
+def test_queued_requests_wait_for_the_busy_worker(dispatcher):
+    dispatcher.STALL = 60  # nothing counts as stalled in this test
+    release = threading.Event()
+    first = Task(hold=release)
+    dispatcher.add_task(first)
+    assert first.started.wait(5)
+    queued = [Task(), Task()]
+    for task in queued:
+        dispatcher.add_task(task)
+    dispatcher.wake_if_stalled()
+    time.sleep(0.1)
+    # Two idle workers were left asleep: the requests wait for the busy one.
+    assert not any(task.started.is_set() for task in queued)
+    release.set()
+    assert all(task.done.wait(5) for task in queued)
+    assert {task.thread for task in queued} == {first.thread}
+
+
+def test_a_stalled_worker_gets_help(dispatcher):
+    release = threading.Event()
+    slow = Task(hold=release)
+    dispatcher.add_task(slow)
+    assert slow.started.wait(5)
+    fast = Task()
+    dispatcher.add_task(fast)
+    time.sleep(dispatcher.STALL * 2)
+    dispatcher.wake_if_stalled()
+    try:
+        assert fast.done.wait(5), "the queued request waited for the slow one"
+        assert fast.thread != slow.thread
+        assert not slow.done.is_set()
+    finally:
+        release.set()
+
+
+def test_served_fast_request_is_answered_while_a_slow_one_runs():
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 1024
+    running, release = threading.Event(), threading.Event()
+
+    @app.get("/slow")
+    def slow():
+        running.set()
+        release.wait(10)
+        return "slow"
+
+    @app.get("/fast")
+    def fast():
+        return "fast"
+
+    server = make_server(app, "127.0.0.1", 0, 4)
+    stopping = threading.Event()
+
+    def loop():
+        while not stopping.is_set():
+            _poll(server, 0.05)
+
+    threading.Thread(target=loop, daemon=True).start()
+    port = server.effective_port
+    answers = {}
+
+    def get(path):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", path)
+        answers[path] = conn.getresponse().read()
+        conn.close()
+
+    slow_client = threading.Thread(target=get, args=("/slow",))
+    try:
+        slow_client.start()
+        assert running.wait(5)
+        started = time.monotonic()
+        get("/fast")
+        waited = time.monotonic() - started
+        assert answers == {"/fast": b"fast"}
+        assert waited < 1, f"the fast request waited {waited:.2f} s"
+    finally:
+        release.set()
+        slow_client.join(10)
+        stopping.set()
+        server.task_dispatcher.shutdown(timeout=5)
+        server.close()
+    assert answers["/slow"] == b"slow"
