@@ -21,8 +21,10 @@ def serve(app, host, port, threads, on_ready=None):
     """Serve until SIGTERM/SIGINT, then finish in-flight requests and return.
 
     waitress's own serve() dies mid-response on SIGTERM. Here the listening
-    socket closes first, the event loop keeps flushing responses until every
-    request has been answered (or GRACE_SECONDS pass), then the workers stop.
+    socket closes first, then each keep-alive connection as soon as it has
+    nothing in flight, while the event loop keeps flushing responses until
+    every request has been answered (or GRACE_SECONDS pass); then the
+    workers stop.
     Every write is one transaction, so a request cut short writes nothing.
     """
     server = make_server(app, host, port, threads)
@@ -43,6 +45,7 @@ def serve(app, host, port, threads, on_ready=None):
         wasyncore.dispatcher.close(server)  # stop accepting; keep the trigger
         deadline = time.monotonic() + GRACE_SECONDS
         while _busy(server) and time.monotonic() < deadline:
+            _close_idle(server)
             _poll(server, 0.05)
         for channel in list(server.active_channels.values()):
             channel.close()
@@ -155,6 +158,18 @@ def _poll(server, timeout):
         count=1,
     )
     dispatcher.wake_if_stalled()
+
+
+def _close_idle(server):
+    """Close keep-alive connections with nothing in flight, so no new request starts.
+
+    A connection is not read while its request runs or its answer is unsent,
+    so one closed here between two requests never had its next one read; one
+    still receiving a request (``channel.request``) is left to finish it.
+    """
+    for channel in list(server.active_channels.values()):
+        if not (channel.requests or channel.request or channel.total_outbufs_len):
+            channel.close()
 
 
 def _busy(server):

@@ -103,7 +103,8 @@ def test_served_fast_request_is_answered_while_a_slow_one_runs():
         while not stopping.is_set():
             _poll(server, 0.05)
 
-    threading.Thread(target=loop, daemon=True).start()
+    looping = threading.Thread(target=loop, daemon=True)
+    looping.start()
     port = server.effective_port
     answers = {}
 
@@ -126,6 +127,10 @@ def test_served_fast_request_is_answered_while_a_slow_one_runs():
         release.set()
         slow_client.join(10)
         stopping.set()
+        looping.join(5)
         server.task_dispatcher.shutdown(timeout=5)
+        for channel in list(server.active_channels.values()):
+            channel.close()
         server.close()
+        server.trigger.close()
     assert answers["/slow"] == b"slow"
