@@ -57,8 +57,10 @@ def serve(app, host, port, threads, on_ready=None):
 
 
 def make_server(app, host, port, threads):
-    """Return a waitress server for ``app`` whose workers take requests as Dispatcher does."""
-    dispatcher = Dispatcher()
+    """Return a waitress server for ``app``; on SQLite its workers take requests as Dispatcher does."""
+    # A PostgreSQL query waits on the network: there waitress's own dispatcher,
+    # which wakes a worker per request, overlaps those waits.
+    dispatcher = ThreadedTaskDispatcher() if postgres() else Dispatcher()
     dispatcher.set_thread_count(threads)
     return create_server(
         app,
@@ -149,7 +151,8 @@ def body_cap(config):
 def _poll(server, timeout):
     """Run one turn of the event loop, then wake a worker for a stalled queue."""
     dispatcher = server.task_dispatcher
-    if dispatcher.queue:
+    watch = isinstance(dispatcher, Dispatcher)
+    if watch and dispatcher.queue:
         timeout = min(timeout, Dispatcher.STALL / 2)
     server.asyncore.loop(
         timeout=timeout,
@@ -157,7 +160,8 @@ def _poll(server, timeout):
         use_poll=server.adj.asyncore_use_poll,
         count=1,
     )
-    dispatcher.wake_if_stalled()
+    if watch:
+        dispatcher.wake_if_stalled()
 
 
 def _close_idle(server):

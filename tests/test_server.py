@@ -11,6 +11,8 @@ from mdm.server import Dispatcher
 from mdm.server import _poll
 from mdm.server import make_server
 
+from .conftest import ENGINE
+
 
 class Task:
     """A stand-in for a waitress channel: records the thread that serviced it."""
@@ -79,6 +81,18 @@ def test_a_stalled_worker_gets_help(dispatcher):
         assert not slow.done.is_set()
     finally:
         release.set()
+
+
+def test_postgresql_keeps_waitress_dispatcher(app):
+    # A PostgreSQL query waits on the network; waitress's dispatcher, waking a
+    # worker per request, overlaps those waits. SQLite's calls are short.
+    server = make_server(app, "127.0.0.1", 0, 2)
+    try:
+        assert isinstance(server.task_dispatcher, Dispatcher) == (ENGINE == "sqlite")
+    finally:
+        server.task_dispatcher.shutdown(timeout=5)
+        server.close()
+        server.trigger.close()
 
 
 def test_served_fast_request_is_answered_while_a_slow_one_runs():
