@@ -3,9 +3,9 @@
 Starts the server on a scratch instance (or targets --url with --token), then
 runs each phase with N concurrent clients over keep-alive connections and
 prints requests/s and p50/p99 latency per phase. A bare Flask + waitress
-endpoint, the framework floor, is measured just before each phase, so every
-ratio compares two figures taken a moment apart on a machine whose load
-drifts; unreported lookups warm the server up first. Then users are looked
+endpoint, the framework floor, is measured just before and just after each
+phase, so every ratio compares figures taken moments apart on a machine
+whose load drifts; unreported lookups warm the server up first. Then users are looked
 up and created at a fixed offered rate (--rate, open loop): the latency an
 IdP sees when the server is not saturated, counted from when each request
 was due, so a server falling behind shows it.
@@ -256,14 +256,15 @@ def warm_up(url, token, clients, requests=400):
 
 
 def beside_floor(floor):
-    """Return run_phase, measuring ``floor`` (if any) just before each phase."""
+    """Return run_phase, measuring ``floor`` (if any) just before and after each phase."""
     if floor is None:
         return run_phase
 
     def phase(name, jobs, url, token, clients, expect, **options):
-        floor_rps = floor.measure()["rps"]
+        before = floor.measure()["rps"]
         row = run_phase(name, jobs, url, token, clients, expect, **options)
-        row["floor_rps"] = floor_rps
+        # The mean of the floor just before and just after the phase.
+        row["floor_rps"] = (before + floor.measure()["rps"]) / 2
         return row
 
     return phase
@@ -514,7 +515,7 @@ def main():
             for process in processes:
                 process.terminate()
                 process.wait()
-    print("\nratios to the framework floor measured just before each phase:")
+    print("\nratios to the framework floor measured around each phase:")
     for row in rows[1:]:
         if "at " not in row["phase"]:
             print(

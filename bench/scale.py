@@ -4,7 +4,7 @@ The directory is seeded straight into the scratch database (not through the
 API, which would take most of an hour on two cores), then the server is
 started on it and each operation is measured on the big group and on a
 10-member group in the same run, each beside the framework floor measured
-just before it.
+just before and after it.
 
     .venv/bin/python bench/scale.py --users 100000
 """
@@ -144,7 +144,7 @@ def main():
     print(
         f"database: {db_bytes / 1e6:.1f} MB, {db_bytes / args.users:.0f} bytes per user"
     )
-    print("\nratios to the framework floor measured just before each phase:")
+    print("\nratios to the framework floor measured around each phase:")
     for row in rows:
         print(
             f"  {row['phase']:<48} {row['rps'] / row['floor_rps']:6.2f}"
