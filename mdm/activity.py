@@ -22,6 +22,7 @@ from flask import g
 from flask import request
 from peewee import DatabaseProxy
 from peewee import DateTimeField
+from peewee import Field
 from peewee import FloatField
 from peewee import IntegerField
 from peewee import TextField
@@ -32,6 +33,7 @@ from .db import connect_database
 from .db import is_url
 from .db import schema_version
 from .db import set_schema_version
+from .db import stored_type
 from .db import try_lock_for_pruning
 from .models import utcnow
 
@@ -266,11 +268,12 @@ class Writer:
                 fields = tuple(
                     f for f in model._meta.sorted_fields if not f.primary_key
                 )
+                plan = [_column_plan(f) for f in fields]
                 for start in range(0, len(items), ROWS_PER_INSERT):
                     chunk = items[start : start + ROWS_PER_INSERT]
                     cursor.execute(
                         _insert_sql(model, fields, len(chunk), activity_db.param),
-                        [_column_value(f, row) for row in chunk for f in fields],
+                        _row_values(plan, chunk),
                     )
             if time.monotonic() - self._last_prune > 300:
                 self._last_prune = time.monotonic()
@@ -289,15 +292,32 @@ class Writer:
         done.wait(timeout)
 
 
-def _column_value(field, row):
-    if field.name in row:
-        value = row[field.name]
-        if isinstance(value, str) and "\x00" in value:
-            # PostgreSQL refuses NUL in text; one such row must not sink its batch.
-            value = value.replace("\x00", "\\u0000")
-        return field.db_value(value)
-    default = field.default
-    return field.db_value(default() if callable(default) else default)
+def _column_plan(field):
+    """Return (name, db_value, type db_value keeps as it is or None, default) for a field."""
+    # peewee's own db_value leaves None, and values stored_type names, as they are.
+    plain = type(field).db_value is Field.db_value
+    kept = (stored_type(field) or type(None)) if plain else None
+    return field.name, field.db_value, kept, field.default
+
+
+def _row_values(plan, rows):
+    """Return the parameters of ``rows``, column by column as ``plan`` converts them."""
+    values = []
+    append = values.append
+    for row in rows:
+        for name, convert, kept, default in plan:
+            if name not in row:
+                append(convert(default() if callable(default) else default))
+                continue
+            value = row[name]
+            if type(value) is str and "\x00" in value:
+                # PostgreSQL refuses NUL in text; one such row must not sink its batch.
+                value = value.replace("\x00", "\\u0000")
+            if kept is not None and (value is None or type(value) is kept):
+                append(value)  # what convert would return, without the call
+            else:
+                append(convert(value))
+    return values
 
 
 # Rows per INSERT statement: 100 rows of ActivityEntry bind 1,800 parameters,

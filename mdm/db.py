@@ -185,7 +185,7 @@ def load(model, cursor):
         if len(fields) + len(extras) != len(names):
             raise RuntimeError(f"Select the fields of {model.__name__} first: {names}")
         plan = _load_plans[key] = (
-            [(f.name, f.python_value, _stored_type(f)) for f in fields],
+            [(f.name, f.python_value, stored_type(f)) for f in fields],
             extras,
         )
     fields, extras = plan
@@ -206,7 +206,7 @@ def load(model, cursor):
     return result
 
 
-def _stored_type(field):
+def stored_type(field):
     """Return the Python type whose values ``field.python_value`` leaves unchanged, or None."""
     if type(field).python_value is not Field.python_value:
         return None
