@@ -246,6 +246,19 @@ def floor(clients, requests):
         server.close()
 
 
+def user_body(name, external_id, given_name, i):
+    """Return an Entra-like User for POST /Users."""
+    return {
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "externalId": external_id,
+        "userName": name,
+        "active": True,
+        "displayName": f"{given_name} {i}",
+        "emails": [{"primary": True, "type": "work", "value": name}],
+        "name": {"givenName": given_name, "familyName": str(i)},
+    }
+
+
 def warm_up(url, token, clients, requests=400):
     """Send unreported lookups first, so the first phase is not charged for start-up."""
     jobs = [
@@ -290,17 +303,7 @@ def cycle(url, token, users, clients, batch, floor=None):
     def create(i, name):
         def job(c):
             status, payload, elapsed = c.send(
-                "POST",
-                "/Users",
-                {
-                    "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
-                    "externalId": f"ext{i}",
-                    "userName": name,
-                    "active": True,
-                    "displayName": f"User {i}",
-                    "emails": [{"primary": True, "type": "work", "value": name}],
-                    "name": {"givenName": "User", "familyName": str(i)},
-                },
+                "POST", "/Users", user_body(name, f"ext{i}", "User", i)
             )
             if status == 201:
                 ids[name] = json.loads(payload)["id"]
@@ -414,17 +417,7 @@ def offered_load(url, token, users, clients, rate, floor=None):
     creates = [
         (
             lambda c, i=i, n=n: c.send(
-                "POST",
-                "/Users",
-                {
-                    "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
-                    "externalId": f"paced{i}",
-                    "userName": n,
-                    "active": True,
-                    "displayName": f"Paced {i}",
-                    "emails": [{"primary": True, "type": "work", "value": n}],
-                    "name": {"givenName": "Paced", "familyName": str(i)},
-                },
+                "POST", "/Users", user_body(n, f"paced{i}", "Paced", i)
             )
         )
         for i, n in enumerate(names)
