@@ -271,6 +271,8 @@ def test_failed_request_shows_in_activity_with_its_hint(live, page):
     status, error = scim(base, secret, "POST", "/Users", body)
     assert (status, error["scimType"]) == (409, "uniqueness")
     assert scim(base, "mdm_0_wrong", "GET", "/Users")[0] == 401
+    lookup = "/Users?filter=userName+eq+%22nobody%40contoso.com%22&access_token=abc"
+    assert scim(base, secret, "GET", lookup)[0] == 200
     from mdm.activity import writer
 
     writer.flush()
@@ -288,6 +290,18 @@ def test_failed_request_shows_in_activity_with_its_hint(live, page):
     expect(page.get_by_text("already exists").first).to_be_visible()
     expect(page.get_by_text("Sup3r-secret-pw")).to_have_count(0)
     shot(page, "activity-entry")
+    # A lookup's query string reads as the IdP meant it, its secret redacted.
+    page.get_by_role("link", name="Provisioning Activity", exact=True).click()
+    page.get_by_role("row").filter(has_text="no match").get_by_role(
+        "link"
+    ).first.click()
+    expect(
+        page.get_by_text(
+            'filter=userName eq "nobody@contoso.com"&access_token=[redacted]'
+        )
+    ).to_be_visible()
+    expect(page.get_by_text("abc", exact=True)).to_have_count(0)
+    shot(page, "activity-entry-lookup")
     page.get_by_role("link", name="Audit Trail").click()
     expect(
         page.get_by_role("row").filter(has_text="SCIM Token Created")
