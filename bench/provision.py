@@ -5,10 +5,10 @@ runs each phase with N concurrent clients over keep-alive connections and
 prints requests/s and p50/p99 latency per phase. A bare Flask + waitress
 endpoint, the framework floor, is measured just before and just after each
 phase, so every ratio compares figures taken moments apart on a machine
-whose load drifts; unreported lookups warm the server up first. Then users are looked
-up and created at a fixed offered rate (--rate, open loop): the latency an
-IdP sees when the server is not saturated, counted from when each request
-was due, so a server falling behind shows it.
+whose load drifts; unreported lookups warm the server up first. Then users
+are looked up and created at a fixed offered rate (--rate, open loop): the
+latency an IdP sees when the server is not saturated, counted from when
+each request was due, so a server falling behind shows it.
 
     .venv/bin/python bench/provision.py --users 2000 --clients 8
 
@@ -136,6 +136,7 @@ def run_phase(name, jobs, url, token, clients, expect, rate=None, quiet=False):
         if latencies
         else 0.0,
         "failures": len(failures),
+        "rate": rate,
     }
     if not quiet:
         print(
@@ -472,7 +473,6 @@ def main():
         return compare_activity_log(args, floor(args.clients, max(2000, args.users)))
     rows = []
     processes = []
-    base = Floor(args.clients)
     with scratch(args.database_url) as (instance, database_url):
         if args.url:
             url, token = args.url, args.token
@@ -492,6 +492,7 @@ def main():
                     )
                     processes.append(process)
                     url.append(more)
+        base = Floor(args.clients)
         try:
             warm_up(url, token, args.clients)
             rows.append(base.measure(max(2000, args.users), quiet=False))
@@ -510,7 +511,7 @@ def main():
                 process.wait()
     print("\nratios to the framework floor measured around each phase:")
     for row in rows[1:]:
-        if "at " not in row["phase"]:
+        if not row["rate"]:
             print(
                 f"  {row['phase']:<28} {row['rps'] / row['floor_rps']:6.2f}"
                 f"  (floor {row['floor_rps']:.0f} req/s)"

@@ -293,11 +293,10 @@ class Writer:
 
 
 def _column_plan(field):
-    """Return (name, db_value, type db_value keeps as it is or None, default) for a field."""
-    # peewee's own db_value leaves None, and values stored_type names, as they are.
+    """Return (name, db_value, whether db_value is peewee's own, type it keeps, default)."""
+    # peewee's own db_value returns None, and values of stored_type, unchanged.
     plain = type(field).db_value is Field.db_value
-    kept = (stored_type(field) or type(None)) if plain else None
-    return field.name, field.db_value, kept, field.default
+    return field.name, field.db_value, plain, stored_type(field), field.default
 
 
 def _row_values(plan, rows):
@@ -305,7 +304,7 @@ def _row_values(plan, rows):
     values = []
     append = values.append
     for row in rows:
-        for name, convert, kept, default in plan:
+        for name, convert, plain, kept, default in plan:
             if name not in row:
                 append(convert(default() if callable(default) else default))
                 continue
@@ -313,7 +312,7 @@ def _row_values(plan, rows):
             if type(value) is str and "\x00" in value:
                 # PostgreSQL refuses NUL in text; one such row must not sink its batch.
                 value = value.replace("\x00", "\\u0000")
-            if kept is not None and (value is None or type(value) is kept):
+            if plain and (value is None or type(value) is kept):
                 append(value)  # what convert would return, without the call
             else:
                 append(convert(value))
@@ -480,8 +479,8 @@ def _start_timer():
 def _record(response):
     from .scim import URL_PREFIX
 
-    # The request, its notes and the config once each: every use of a
-    # context proxy looks the object up again.
+    # The request and its notes once each: every use of a context proxy
+    # looks the object up again.
     req = request._get_current_object()
     path = req.path
     if not (path == URL_PREFIX or path.startswith(URL_PREFIX + "/")):

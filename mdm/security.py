@@ -45,8 +45,8 @@ def _add_headers(response):
     for name, value in HEADERS.items():
         if name.lower() not in present:
             headers.add(name, value)
-    if response.mimetype == "text/html":
-        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    if response.mimetype == "text/html" and "content-security-policy" not in present:
+        headers.add("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     if request.is_secure:
         response.headers.setdefault(
             "Strict-Transport-Security", "max-age=31536000; includeSubDomains"

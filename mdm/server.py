@@ -132,11 +132,9 @@ class _Timed:
 def default_threads():
     """Return how many waitress threads suit the bound database engine.
 
-    Only one thread runs Python at a time, and every SQLite call hands the
-    GIL to another waiting thread and back, so on SQLite more threads only
-    contend: lookups ran at 0.38, 0.36 and 0.35 of the framework floor with
-    2, 4 and 8 threads (and 0.45 with one, which a single slow download would
-    stall). Four keep room for slow requests. A PostgreSQL query waits on the
+    On SQLite, Dispatcher keeps one worker busy and wakes the others only
+    for slow requests (4 and 8 threads measured the same), so four leave
+    room for a few slow ones at once. A PostgreSQL query waits on the
     network, which more threads overlap.
     """
     return 8 if postgres() else 4
