@@ -5,7 +5,7 @@ from flask import request
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import InternalServerError
 
-from .scim import URL_PREFIX
+from .scim import is_api_path
 from .scim.errors import ScimError
 from .scim.views import scim_error_response
 
@@ -17,8 +17,7 @@ def init_app(app):
 
 
 def _is_scim_request():
-    path = request.path
-    return path == URL_PREFIX or path.startswith(URL_PREFIX + "/")
+    return is_api_path(request.path)
 
 
 def _http_error(error):

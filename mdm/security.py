@@ -24,10 +24,9 @@ class SessionInterface(SecureCookieSessionInterface):
     def open_session(self, app, request):
         # SCIM clients authenticate with bearer tokens only; a null session
         # keeps the console's cookie out of the API and skips its signing.
-        from .scim import URL_PREFIX
+        from .scim import is_api_path
 
-        path = request.path
-        if path == URL_PREFIX or path.startswith(URL_PREFIX + "/"):
+        if is_api_path(request.path):
             return self.make_null_session(app)
         return super().open_session(app, request)
 
@@ -38,19 +37,22 @@ class SessionInterface(SecureCookieSessionInterface):
         return has_request_context() and request.is_secure
 
 
+_HEADERS = [(name.lower(), name, value) for name, value in HEADERS.items()]
+
+
 def _add_headers(response):
     headers = response.headers
-    # One pass over the few headers set, not a setdefault's two per name.
-    present = {name.lower() for name in headers.keys()}
-    for name, value in HEADERS.items():
-        if name.lower() not in present:
+    # One pass over the few headers set, not a lookup per name.
+    present = {name.lower(): value for name, value in headers.to_wsgi_list()}
+    for lowered, name, value in _HEADERS:
+        if lowered not in present:
             headers.add(name, value)
-    if response.mimetype == "text/html" and "content-security-policy" not in present:
+    if "content-security-policy" not in present and present.get(
+        "content-type", ""
+    ).startswith("text/html"):
         headers.add("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-    if request.is_secure:
-        response.headers.setdefault(
-            "Strict-Transport-Security", "max-age=31536000; includeSubDomains"
-        )
+    if request.is_secure and "strict-transport-security" not in present:
+        headers.add("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
     return response
 
 
@@ -58,13 +60,9 @@ def _refuse_nul():
     """Answer 400 to console input with a NUL character.
 
     Nothing stored contains NUL (SCIM refuses it), and PostgreSQL cannot
-    even take it as a query parameter. The SCIM API answers it itself.
+    even take it as a query parameter. The SCIM API answers it itself, so
+    this runs for console requests only (see ``mdm.console_only``).
     """
-    from .scim import URL_PREFIX
-
-    path = request.path
-    if path == URL_PREFIX or path.startswith(URL_PREFIX + "/"):
-        return
     values = list(request.args.values())
     if request.method == "POST" and request.mimetype in (
         "application/x-www-form-urlencoded",

@@ -4,6 +4,13 @@ from flask import Blueprint
 
 URL_PREFIX = "/scim/v2"
 CONTENT_TYPE = "application/scim+json"
+_SUBPATHS = URL_PREFIX + "/"
+
+
+def is_api_path(path):
+    """Tell whether a request path is under the SCIM API, routed or not."""
+    return path == URL_PREFIX or path.startswith(_SUBPATHS)
+
 
 bp = Blueprint("scim", __name__, url_prefix=URL_PREFIX)
 
