@@ -1013,3 +1013,10 @@ def test_history_never_shows_bodies(console, scim):
     body = console.get(f"/admin/users/{user['id']}").get_data(as_text=True)
     assert "BODY-MARK" not in body
     assert re.search(r"/admin/activity/\d+", body)
+
+
+def test_a_queued_entry_tuple_follows_the_model_columns():
+    # _record queues a tuple bound as it stands: a field added to the model
+    # without its place in ENTRY_COLUMNS would shift every column after it.
+    fields = ActivityEntry._meta.sorted_fields
+    assert activity.ENTRY_COLUMNS == tuple(f.name for f in fields if not f.primary_key)
