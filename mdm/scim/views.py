@@ -57,7 +57,8 @@ bp.before_request(authenticate)
 @bp.after_request
 def set_content_type(response):
     """Label every SCIM response, errors included, as application/scim+json."""
-    if response.status_code != 204:
+    # Reading is cheaper than setting, and most responses come labelled.
+    if response.status_code != 204 and response.content_type != CONTENT_TYPE:
         response.headers["Content-Type"] = CONTENT_TYPE
     return response
 
@@ -159,12 +160,13 @@ def projection():
 
 
 def respond(resource, status=200, headers=None):
-    """Send a resource with its ETag (RFC 7644 §3.14)."""
-    response = make_response(json.dumps(resource, ensure_ascii=False), status)
+    """Send a resource or message, with the ETag of a versioned one (RFC 7644 §3.14)."""
+    response = serialize.response(resource, status)
     version = resource.get("meta", {}).get("version")
     if version:
         response.headers["ETag"] = version
-    response.headers.update(headers or {})
+    if headers:
+        response.headers.update(headers)
     return response
 
 
@@ -354,7 +356,7 @@ def listed(resources, total, params):
         activity.note(f"{found} for {params.filter[:200]}")
     else:
         activity.note(f"listed {len(resources)} of {total}")
-    return serialize.list_response(resources, total, params.start_index)
+    return respond(serialize.list_response(resources, total, params.start_index))
 
 
 def _total(query, page, params):
