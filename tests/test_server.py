@@ -1,12 +1,14 @@
 """The waitress dispatcher: requests queue for the running worker, never behind a slow one."""
 
 import http.client
+import socket
 import threading
 import time
 
 import pytest
 from flask import Flask
 
+from mdm.server import Channel
 from mdm.server import Dispatcher
 from mdm.server import _poll
 from mdm.server import make_server
@@ -95,9 +97,33 @@ def test_postgresql_keeps_waitress_dispatcher(app):
         server.trigger.close()
 
 
+def serving(app, threads=2):
+    """Start make_server's server on a free port, with its loop in a thread."""
+    app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_CONTENT_LENGTH"] or 1024
+    server = make_server(app, "127.0.0.1", 0, threads)
+    stopping = threading.Event()
+
+    def loop():
+        while not stopping.is_set():
+            _poll(server, 0.05)
+
+    looping = threading.Thread(target=loop, daemon=True)
+    looping.start()
+
+    def stop():
+        stopping.set()
+        looping.join(5)
+        server.task_dispatcher.shutdown(timeout=5)
+        for channel in list(server.active_channels.values()):
+            channel.close()
+        server.close()
+        server.trigger.close()
+
+    return server, stop
+
+
 def test_served_fast_request_is_answered_while_a_slow_one_runs():
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = 1024
     running, release = threading.Event(), threading.Event()
 
     @app.get("/slow")
@@ -110,15 +136,7 @@ def test_served_fast_request_is_answered_while_a_slow_one_runs():
     def fast():
         return "fast"
 
-    server = make_server(app, "127.0.0.1", 0, 4)
-    stopping = threading.Event()
-
-    def loop():
-        while not stopping.is_set():
-            _poll(server, 0.05)
-
-    looping = threading.Thread(target=loop, daemon=True)
-    looping.start()
+    server, stop = serving(app, threads=4)
     port = server.effective_port
     answers = {}
 
@@ -140,11 +158,74 @@ def test_served_fast_request_is_answered_while_a_slow_one_runs():
     finally:
         release.set()
         slow_client.join(10)
-        stopping.set()
-        looping.join(5)
-        server.task_dispatcher.shutdown(timeout=5)
-        for channel in list(server.active_channels.values()):
-            channel.close()
-        server.close()
-        server.trigger.close()
+        stop()
     assert answers["/slow"] == b"slow"
+
+
+def test_the_loop_leaves_a_channel_alone_while_a_worker_writes_to_it():
+    server, stop = serving(Flask(__name__))
+    a, b = socket.socketpair()
+    try:
+        channel = Channel(server, a, ("127.0.0.1", 0), server.adj, map={})
+        assert not channel.writable()  # nothing to send
+        channel.requests = [object()]
+        channel.total_outbufs_len = 10
+        assert channel.writable()  # output pending and the lock is free: flush it
+        held, release = threading.Event(), threading.Event()
+
+        def write():
+            with channel.outbuf_lock:
+                held.set()
+                release.wait(5)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert held.wait(5)
+        assert not channel.writable()  # the worker sends it itself
+        channel.close_when_flushed = True
+        assert channel.writable()  # closing stays the loop's business
+        release.set()
+        writer.join(5)
+        channel.close_when_flushed = False
+        assert channel.writable()
+        channel.del_channel()
+    finally:
+        a.close()
+        b.close()
+        stop()
+
+
+def test_a_streamed_answer_larger_than_the_buffers_reaches_a_slow_client():
+    """A worker past the output high-water mark waits for the loop to flush it."""
+    chunk, chunks = b"x" * 262144, 40
+    app = Flask(__name__)
+
+    @app.get("/big")
+    def big():
+        return app.response_class(chunk for _ in range(chunks))
+
+    @app.get("/next")
+    def after():
+        return "next"
+
+    server, stop = serving(app)
+    server.adj.outbuf_high_watermark = 2 * len(chunk)  # the worker waits early
+    try:
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.settimeout(10)
+        client.connect(("127.0.0.1", int(server.effective_port)))
+        conn = http.client.HTTPConnection("127.0.0.1", server.effective_port)
+        conn.sock = client
+        conn.request("GET", "/big")
+        response = conn.getresponse()
+        received = []
+        while piece := response.read(65536):
+            received.append(piece)
+            time.sleep(0.001)  # a slow reader: the server's sends fill up
+        assert b"".join(received) == chunk * chunks
+        conn.request("GET", "/next")  # the same keep-alive connection
+        assert conn.getresponse().read() == b"next"
+        conn.close()
+    finally:
+        stop()
