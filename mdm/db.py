@@ -5,7 +5,6 @@ so the rest of the code builds one query for both.
 """
 
 import inspect
-import sqlite3
 import threading
 from contextlib import contextmanager
 from urllib.parse import urlsplit
@@ -19,7 +18,6 @@ from peewee import Field
 from peewee import IntegerField
 from peewee import NodeList
 from peewee import PostgresqlDatabase
-from peewee import SqliteDatabase
 from peewee import TextField
 from peewee import Value
 from peewee import fn
@@ -297,18 +295,11 @@ def _connect():
     if kept is not None:
         kept_db, conn = kept
         if kept_db._state.conn is conn:
-            if kept_db is db and _is_open(conn):
+            # The pool's own check, as on a check-out.
+            if kept_db is db and not kept_db._is_closed(conn):
                 return
             kept_db._state.reset()  # closed under it, as bind() does; forget it
     database.connect(reuse_if_open=True)
-
-
-def _is_open(conn):
-    try:
-        conn.total_changes  # noqa: B018 - raises once the connection is closed
-    except sqlite3.ProgrammingError:
-        return False
-    return True
 
 
 def _close(exc):
@@ -318,7 +309,7 @@ def _close(exc):
     conn = db._state.conn
     if (
         exc is None
-        and isinstance(db, SqliteDatabase)
+        and isinstance(db, PooledSqliteDatabase)
         and not db._state.ctx  # no connection_context still holds it
         and not db.in_transaction()
         and not conn.in_transaction
