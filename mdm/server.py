@@ -70,6 +70,9 @@ def make_server(app, host, port, threads):
         threads=threads,
         ident="mdm",
         max_request_body_size=body_cap(app.config),
+        # waitress strips X-Forwarded-* from peers it does not itself trust;
+        # with PROXY_FIX set, werkzeug's ProxyFix in the app decides instead.
+        clear_untrusted_proxy_headers=not trusts_proxy(app.config),
         _dispatcher=dispatcher,
     )
     server.channel_class = Channel
@@ -165,6 +168,11 @@ def default_threads():
     network, which more threads overlap.
     """
     return 8 if postgres() else 4
+
+
+def trusts_proxy(config):
+    """Tell whether the app is configured to trust a reverse proxy's X-Forwarded-* headers."""
+    return int(config.get("PROXY_FIX") or 0) > 0
 
 
 def body_cap(config):
