@@ -18,6 +18,7 @@ from flask_login import login_required
 from peewee import JOIN
 from peewee import fn
 
+from . import reveal
 from .activity import audit
 from .db import like
 from .db import ordering as sort_order
@@ -209,14 +210,8 @@ def generate_token(idp):
             flash(str(error), "danger")
             return redirect(url_for("admin.provisioning", idp=idp))
         audit("SCIM Token Created", _token_details(token))
-        return render_template(
-            "admin/token_secret.html",
-            idp=idp,
-            token=token,
-            secret=secret,
-            scim_url=target_scim_url(),
-            renewed=False,
-        )
+        reveal.keep(token, secret, renewed=False)
+        return redirect(url_for("admin.token_secret", idp=idp, token_id=token.id))
     full = (
         BearerToken.select().where(BearerToken.idp == idp).count() >= MAX_TOKENS_PER_IDP
     )
@@ -253,14 +248,8 @@ def renew_token(idp, token_id):
         old_key = token.key
         secret = token.renew()
         audit("SCIM Token Renewed", f"{_token_details(token)}; replaced {old_key}")
-        return render_template(
-            "admin/token_secret.html",
-            idp=idp,
-            token=token,
-            secret=secret,
-            scim_url=target_scim_url(),
-            renewed=True,
-        )
+        reveal.keep(token, secret, renewed=True)
+        return redirect(url_for("admin.token_secret", idp=idp, token_id=token.id))
     return render_template(
         "admin/confirm.html",
         form=form,
@@ -272,6 +261,24 @@ def renew_token(idp, token_id):
         ),
         confirm_label="Renew token",
         cancel_url=url_for("admin.provisioning", idp=idp),
+    )
+
+
+@bp.get("/provisioning/<idp>/tokens/<int:token_id>/secret")
+def token_secret(idp, token_id):
+    """Show a token's new secret once; a reload finds it gone (410)."""
+    token = _token_or_404(_idp_or_404(idp), token_id)
+    kept = reveal.take(token)
+    if kept is None:
+        return render_template("admin/token_secret.html", idp=idp, token=token), 410
+    secret, renewed = kept
+    return render_template(
+        "admin/token_secret.html",
+        idp=idp,
+        token=token,
+        secret=secret,
+        scim_url=target_scim_url(),
+        renewed=renewed,
     )
 
 

@@ -1,6 +1,7 @@
 """Admin console User Provisioning: Target SCIM URL, token generation, actions, limits and banners."""
 
 import hashlib
+import json
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -10,9 +11,11 @@ from bs4 import BeautifulSoup
 from mdm.db import database
 from mdm.models import BearerToken
 from mdm.models import Group
+from mdm.models import Setting
 from mdm.models import User
 from mdm.models import utcnow
 
+from .conftest import PASSWORD
 from .conftest import ScimClient
 from .conftest import issue_token
 
@@ -98,10 +101,12 @@ def scim_status(client, secret):
     return response.status_code
 
 
-def generate(client, idp="entra", **data):
-    """Post the Generate form and return the secret page."""
+def generate(client, idp="entra", follow=True, **data):
+    """Post the Generate form; return the page it redirects to (the secret, once)."""
     data.setdefault("expiry", "never")
-    return client.post(f"/admin/provisioning/{idp}/generate", data=data)
+    return client.post(
+        f"/admin/provisioning/{idp}/generate", data=data, follow_redirects=follow
+    )
 
 
 def shown_secret(response):
@@ -421,6 +426,11 @@ def test_renew_replaces_the_secret(app, client, console):
     assert scim_status(client, old) == 200  # GET confirms only
 
     response = console.post(confirm_url)
+    assert response.status_code == 302
+    secret_url = urlsplit(response.location).path
+    assert secret_url == f"/admin/provisioning/entra/tokens/{token.id}/secret"
+    response = console.get(secret_url)
+    assert response.status_code == 200
     soup = page(response)
     assert soup.find("h1").get_text(strip=True) == "Token renewed"
     new = labelled(soup, "Token")["value"]
@@ -434,7 +444,7 @@ def test_renew_replaces_the_secret(app, client, console):
     assert stored.id == token.id
     assert stored.renewed_at is not None
     assert stored.secret_hash == hashlib.sha256(new.encode()).hexdigest()
-    for url in ("/admin/provisioning/entra", confirm_url):
+    for url in ("/admin/provisioning/entra", confirm_url, secret_url):
         assert new not in console.get(url).get_data(as_text=True)
 
 
@@ -513,7 +523,7 @@ def test_third_token_is_refused(app, console):
     """A forced third Generate flashes the limit and creates nothing."""
     issue_token(app, "entra")
     issue_token(app, "entra")
-    response = generate(console, label="third")
+    response = generate(console, label="third", follow=False)
     assert response.status_code == 302
     assert urlsplit(response.location).path == "/admin/provisioning/entra"
     soup = page(console.get(response.location))
@@ -533,7 +543,7 @@ def test_token_limit_is_per_connection(app, console):
     assert soup.find(id="limit-note") is None
     assert shown_secret(generate(console, "okta")).startswith("mdm_")
     assert shown_secret(generate(console, "okta")).startswith("mdm_")
-    assert generate(console, "okta").status_code == 302
+    assert generate(console, "okta", follow=False).status_code == 302
     assert len(tokens(app, "okta")) == 2
     assert len(tokens(app, "entra")) == 2
     assert tokens(app, "generic") == []
@@ -618,7 +628,9 @@ def test_console_pages_are_not_cached(app, console, scim):
         console.get("/admin/provisioning/okta/generate"),
         generate(console, "generic"),
         console.get(f"/admin/provisioning/okta/tokens/{token.id}/renew"),
-        console.post(f"/admin/provisioning/okta/tokens/{token.id}/renew"),
+        console.post(
+            f"/admin/provisioning/okta/tokens/{token.id}/renew", follow_redirects=True
+        ),
         console.get(f"/admin/provisioning/okta/tokens/{token.id}/remove"),
         console.get("/admin/users"),
         console.get(f"/admin/users/{user['id']}"),
@@ -643,3 +655,91 @@ def test_scim_client_with_generated_token(app, client, console):
         assert User.get(User.scim_id == created["id"]).source == "okta"
     (token,) = tokens(app, "okta")
     assert token.last_used_at is not None
+
+
+#
+# A reload never repeats the action
+#
+
+
+def secret_page_heading(response):
+    return page(response).find("h1").get_text(strip=True)
+
+
+def test_reloading_the_generated_secret_changes_nothing(app, client, console):
+    """Generate redirects to the secret; a reload shows it gone, and issues nothing."""
+    response = generate(console, follow=False)
+    assert response.status_code == 302
+    (token,) = tokens(app)
+    secret_url = f"/admin/provisioning/entra/tokens/{token.id}/secret"
+    assert urlsplit(response.location).path == secret_url
+    secret = shown_secret(console.get(secret_url))
+    assert scim_status(client, secret) == 200
+
+    reload = console.get(secret_url)
+    assert reload.status_code == 410
+    assert secret_page_heading(reload) == "Secret no longer available"
+    assert secret not in reload.get_data(as_text=True)
+    assert "renew the token" in page(reload).find(role="status").get_text()
+    assert [t.id for t in tokens(app)] == [token.id]
+    assert scim_status(client, secret) == 200
+    with app.app_context(), database.connection_context():
+        assert not Setting.select().where(Setting.name.startswith("reveal:")).exists()
+
+
+def test_reloading_the_renewed_secret_keeps_it_working(app, client, console):
+    """A reload after Renew renews nothing: the secret just copied keeps working."""
+    token, _ = issue_token(app, "entra")
+    url = f"/admin/provisioning/entra/tokens/{token.id}/renew"
+    secret = shown_secret(console.post(url, follow_redirects=True))
+    reload = console.get(f"/admin/provisioning/entra/tokens/{token.id}/secret")
+    assert reload.status_code == 410
+    assert secret not in reload.get_data(as_text=True)
+    (stored,) = tokens(app)
+    assert stored.secret_hash == hashlib.sha256(secret.encode()).hexdigest()
+    assert scim_status(client, secret) == 200
+
+
+def test_a_secret_is_shown_only_to_the_session_that_made_it(app, console):
+    """Another signed-in session, or another token's URL, finds nothing to show."""
+    generate(console, follow=False)
+    (token,) = tokens(app)
+    other, _ = issue_token(app, "okta")
+    url = f"/admin/provisioning/entra/tokens/{token.id}/secret"
+    wrong = console.get(f"/admin/provisioning/okta/tokens/{other.id}/secret")
+    assert wrong.status_code == 410
+    stranger = app.test_client()
+    stranger.post("/login", data={"username": "alice", "password": PASSWORD})
+    assert stranger.get(url).status_code == 410
+    # The session that generated it still gets it, once.
+    assert shown_secret(console.get(url)).startswith("mdm_")
+
+
+def test_the_stored_half_of_a_kept_secret_reveals_nothing(app, console):
+    """Until it is shown, the database holds the secret XOR a pad the session holds."""
+    generate(console, follow=False)
+    with app.app_context(), database.connection_context():
+        (row,) = Setting.select().where(Setting.name.startswith("reveal:"))
+    (token,) = tokens(app)
+    secret = shown_secret(
+        console.get(f"/admin/provisioning/entra/tokens/{token.id}/secret")
+    )
+    assert secret not in row.value
+    assert secret.encode().hex() not in row.value
+
+
+def test_an_unopened_secret_expires(app, console, monkeypatch):
+    """A secret not shown within its lifetime is gone, and pruned by the next one kept."""
+    from mdm import reveal
+
+    generate(console, follow=False)
+    now = reveal.utcnow()
+    monkeypatch.setattr(reveal, "utcnow", lambda: now + reveal.LIFETIME)
+    generate(console, "okta", follow=False)
+    with app.app_context(), database.connection_context():
+        kept = list(Setting.select().where(Setting.name.startswith("reveal:")))
+    (okta,) = tokens(app, "okta")
+    assert [json.loads(row.value)["token"] for row in kept] == [okta.id]
+    monkeypatch.setattr(reveal, "utcnow", lambda: now + 2 * reveal.LIFETIME)
+    url = f"/admin/provisioning/okta/tokens/{okta.id}/secret"
+    assert console.get(url).status_code == 410

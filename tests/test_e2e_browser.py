@@ -125,8 +125,16 @@ def test_setup_sign_in_and_token_lifecycle(live, page):
     assert url == f"{base}/scim/v2"
     shot(page, "token-generated")
     assert scim(base, secret, "GET", "/Users")[0] == 200
-    page.get_by_role("link", name="I've copied it").click()
+    # A reload shows the secret gone and generates nothing.
+    page.reload()
+    expect(
+        page.get_by_role("heading", name="Secret no longer available")
+    ).to_be_visible()
+    expect(page.get_by_label("Token", exact=True)).to_have_count(0)
+    shot(page, "token-secret-gone")
+    page.get_by_role("link", name="Back to Entra ID").click()
     key = secret.split("_")[1]
+    expect(page.get_by_role("row").filter(has_text="Entra production")).to_have_count(1)
     expect(page.get_by_role("row").filter(has_text=key)).to_contain_text("Active")
 
     choose(page, key, "Set to Inactive")
@@ -141,7 +149,13 @@ def test_setup_sign_in_and_token_lifecycle(live, page):
     new_secret = page.get_by_label("Token", exact=True).input_value()
     assert scim(base, secret, "GET", "/Users")[0] == 401
     assert scim(base, new_secret, "GET", "/Users")[0] == 200
-    page.get_by_role("link", name="I've copied it").click()
+    # A reload renews nothing: the secret just copied keeps working.
+    page.reload()
+    expect(
+        page.get_by_role("heading", name="Secret no longer available")
+    ).to_be_visible()
+    assert scim(base, new_secret, "GET", "/Users")[0] == 200
+    page.get_by_role("link", name="Back to Entra ID").click()
 
     second, _ = generate(page, "Rotation")
     page.get_by_role("link", name="I've copied it").click()
