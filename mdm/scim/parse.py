@@ -195,7 +195,7 @@ def _multi_valued(attribute, value, name):
         )
     items = []
     # Cleaned values are scalars or flat dicts of scalars, so duplicates are
-    # found by hash: a list scan would make a 50,000-element array quadratic.
+    # found by hash rather than by scanning the items kept so far.
     seen = set()
     for item in value:
         if attribute.complex:
@@ -351,14 +351,14 @@ def member_ids(members):
         members = [members]
     if not isinstance(members, list):
         raise ScimError.invalid_value("members must be an array.")
-    ids = []
+    # A dict keeps the first occurrence of each id, in order; ids compare exactly.
+    ids = {}
     for item in members:
         value = get_key(item, "value") if isinstance(item, dict) else item
         if not isinstance(value, str) or not value:
             raise ScimError.invalid_value("Each member needs a non-empty string value.")
-        if value not in ids:
-            ids.append(value)
-    return ids
+        ids.setdefault(value)
+    return list(ids)
 
 
 #

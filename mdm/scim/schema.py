@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 from dataclasses import field
+from functools import cached_property
 
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
@@ -45,11 +46,11 @@ class Attribute:
 
     def sub(self, name):
         """Return the sub-attribute called ``name`` (case-insensitive), or None."""
-        lowered = name.lower()
-        for sub in self.sub_attributes:
-            if sub.name.lower() == lowered:
-                return sub
-        return None
+        return self._subs.get(name.lower())
+
+    @cached_property
+    def _subs(self):
+        return _by_name(self.sub_attributes)
 
     def document(self):
         """Return the attribute as it appears in a /Schemas resource."""
@@ -86,11 +87,11 @@ class Schema:
 
     def attribute(self, name):
         """Return the top-level attribute called ``name`` (case-insensitive), or None."""
-        lowered = name.lower()
-        for attribute in self.attributes:
-            if attribute.name.lower() == lowered:
-                return attribute
-        return None
+        return self._attributes.get(name.lower())
+
+    @cached_property
+    def _attributes(self):
+        return _by_name(self.attributes)
 
     def document(self, location):
         """Return the /Schemas resource for this schema."""
@@ -102,6 +103,14 @@ class Schema:
             "attributes": [attribute.document() for attribute in self.attributes],
             "meta": {"resourceType": "Schema", "location": location},
         }
+
+
+def _by_name(attributes):
+    """Map lower-cased names to attributes, the first of a name winning."""
+    found = {}
+    for attribute in attributes:
+        found.setdefault(attribute.name.lower(), attribute)
+    return found
 
 
 def _multi(name, description, types=("work", "home", "other"), extra=()):
