@@ -103,6 +103,7 @@ class _Patch:
         self.resource = resource
         self.type = resource_type
         self.result = Result()
+        self.noted = set()
 
     def run(self, operation):
         """Apply one operation."""
@@ -185,7 +186,8 @@ class _Patch:
         # Failing the request would also drop an "active" change sent with it
         # (entra-wire §8 item 23), so unknown attributes are only noted.
         note = f"Ignored {text!r}: not an attribute of {self.type.name}."
-        if note not in self.result.ignored:
+        if note not in self.noted:
+            self.noted.add(note)
             self.result.ignored.append(note)
         return None
 
@@ -311,7 +313,7 @@ class _Patch:
                 return
             change = {sub.name: _scalar(sub, value, attribute)}
         elif _empty(value):
-            items[:] = [item for item in items if not _among(item, matched)]
+            items[:] = _without(items, matched)
             return
         else:
             change = self.element(attribute, _object(value, attribute.name))
@@ -395,15 +397,12 @@ class _Patch:
             # Entra removes with a value array on the plain path: drop only
             # the listed elements, never all of them (entra-wire §8 item 5).
             listed = [self.element(attribute, item) for item in _listed(value)]
-            current[:] = [
-                item
-                for item in current
-                if not any(_same(attribute, item, x) for x in listed)
-            ]
+            wanted = _Listed(attribute, listed)
+            current[:] = [item for item in current if not wanted.covers(item)]
             return
         matched = self.matching(target, current)
         if sub is None:
-            current[:] = [item for item in current if not _among(item, matched)]
+            current[:] = _without(current, matched)
             return
         for item in matched:
             item.pop(sub.name, None)
@@ -460,7 +459,7 @@ def _value_ids(node):
         left, right = _value_ids(node.left), _value_ids(node.right)
         if left is None or right is None:
             return None
-        return left + [value for value in right if value not in left]
+        return list(dict.fromkeys(left + right))
     if _plain_eq(node) and node.path.attr.lower() == "value":
         if isinstance(node.value, str) and node.value:
             return [node.value]
@@ -566,22 +565,55 @@ def _element_key(item):
     return key
 
 
-def _among(item, matched):
-    return any(item is other for other in matched)
+def _without(items, matched):
+    """Return ``items`` less the very elements in ``matched`` (by identity)."""
+    gone = {id(item) for item in matched}
+    return [item for item in items if id(item) not in gone]
 
 
-def _same(attribute, item, listed):
-    """Return whether ``item`` is the one ``listed`` names: by value, else every key."""
-    if not isinstance(item, dict) or not listed:
+class _Listed:
+    """The elements a remove's value array names, looked up by hash.
+
+    An element with a ``value`` names the items with that value; one without
+    names the items equal to it on every key it has. Strings compare without
+    case unless the sub-attribute is caseExact.
+    """
+
+    def __init__(self, attribute, listed):
+        # Names compared -> (their sub-attributes, the set of folded values).
+        self.groups = {}
+        for element in listed:
+            if not element:
+                continue
+            names = ("value",) if "value" in element else tuple(sorted(element))
+            if names not in self.groups:
+                subs = tuple(attribute.sub(name) for name in names)
+                self.groups[names] = (subs, set())
+            subs, wanted = self.groups[names]
+            wanted.add(_fold(element, subs))
+
+    def covers(self, item):
+        """Return whether some listed element names ``item``."""
+        if not isinstance(item, dict):
+            return False
+        for subs, wanted in self.groups.values():
+            try:
+                if _fold(item, subs) in wanted:
+                    return True
+            except TypeError:  # an unhashable stored value equals no listed scalar
+                continue
         return False
-    keys = ["value"] if "value" in listed else list(listed)
-    return all(_equal(attribute.sub(key), item.get(key), listed[key]) for key in keys)
 
 
-def _equal(sub, left, right):
-    if isinstance(left, str) and isinstance(right, str) and not sub.case_exact:
-        return left.lower() == right.lower()
-    return left == right
+def _fold(element, subs):
+    """Return the values of ``subs`` in ``element`` as _Listed compares them."""
+    folded = []
+    for sub in subs:
+        value = element.get(sub.name)
+        if isinstance(value, str) and not sub.case_exact:
+            value = value.lower()
+        folded.append(value)
+    return tuple(folded)
 
 
 def _true(value):
