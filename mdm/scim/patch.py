@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from dataclasses import field
 
 from . import filters
+from . import multivalued
 from . import parse
 from .errors import ScimError
 
@@ -286,24 +287,16 @@ class _Patch:
                 items = []
             written = []
             listed = _listed(value)
-            # Many new elements are looked up by hash so a big array stays
-            # linear; a few are found by a scan, cheaper than hashing every item.
-            index = _index(items) if len(listed) > 16 else None
+            elements = multivalued.Elements(items, len(listed))
             for item in listed:
                 element = self.element(attribute, item)
                 if not element:
                     continue
-                found = _find(items, index, element)
-                if found is not None:
-                    # RFC 7644 §3.5.2.1: adding a value already there changes nothing.
-                    element = found
-                else:
-                    items.append(element)
-                    if index is not None:
-                        index[_element_key(element)] = element
-                written.append(element)
+                # RFC 7644 §3.5.2.1: adding a value already there changes nothing.
+                found = elements.find(element)
+                written.append(found if found is not None else elements.add(element))
             _assign(holder, attribute.name, items)
-            _one_primary(items, written)
+            multivalued.one_primary(items, written)
             return
         matched = self.matching(target, items)
         if sub is not None:
@@ -313,7 +306,7 @@ class _Patch:
                 return
             change = {sub.name: _scalar(sub, value, attribute)}
         elif _empty(value):
-            items[:] = _without(items, matched)
+            items[:] = multivalued.without(items, matched)
             return
         else:
             change = self.element(attribute, _object(value, attribute.name))
@@ -326,7 +319,7 @@ class _Patch:
             holder[attribute.name] = items
         for item in matched:
             item.update(change)
-        _one_primary(items, matched)
+        multivalued.one_primary(items, matched)
 
     def matching(self, target, items):
         """Return the elements the target's filter selects (all, without a filter)."""
@@ -397,12 +390,12 @@ class _Patch:
             # Entra removes with a value array on the plain path: drop only
             # the listed elements, never all of them (entra-wire §8 item 5).
             listed = [self.element(attribute, item) for item in _listed(value)]
-            wanted = _Listed(attribute, listed)
-            current[:] = [item for item in current if not wanted.covers(item)]
+            named = multivalued.Named(attribute, listed)
+            current[:] = [item for item in current if not named.covers(item)]
             return
         matched = self.matching(target, current)
         if sub is None:
-            current[:] = _without(current, matched)
+            current[:] = multivalued.without(current, matched)
             return
         for item in matched:
             item.pop(sub.name, None)
@@ -538,98 +531,6 @@ def _read_only(target):
     if attribute.mutability == "readOnly":
         return True
     return sub is not None and sub.mutability == "readOnly"
-
-
-def _index(items):
-    """Map each element's key to its first occurrence."""
-    index = {}
-    for item in items:
-        index.setdefault(_element_key(item), item)
-    return index
-
-
-def _find(items, index, element):
-    """Return the element of ``items`` equal to ``element``, or None."""
-    if index is not None:
-        return index.get(_element_key(element))
-    return items[items.index(element)] if element in items else None
-
-
-def _element_key(item):
-    """Return a hashable key equal for equal flat elements, or a unique one."""
-    try:
-        key = frozenset(item.items()) if isinstance(item, dict) else ("", item)
-        hash(key)
-    except TypeError:  # an unhashable value: it equals no new element
-        return object()
-    return key
-
-
-def _without(items, matched):
-    """Return ``items`` less the very elements in ``matched`` (by identity)."""
-    gone = {id(item) for item in matched}
-    return [item for item in items if id(item) not in gone]
-
-
-class _Listed:
-    """The elements a remove's value array names, looked up by hash.
-
-    An element with a ``value`` names the items with that value; one without
-    names the items equal to it on every key it has. Strings compare without
-    case unless the sub-attribute is caseExact.
-    """
-
-    def __init__(self, attribute, listed):
-        # Names compared -> (their sub-attributes, the set of folded values).
-        self.groups = {}
-        for element in listed:
-            if not element:
-                continue
-            names = ("value",) if "value" in element else tuple(sorted(element))
-            if names not in self.groups:
-                subs = tuple(attribute.sub(name) for name in names)
-                self.groups[names] = (subs, set())
-            subs, wanted = self.groups[names]
-            wanted.add(_fold(element, subs))
-
-    def covers(self, item):
-        """Return whether some listed element names ``item``."""
-        if not isinstance(item, dict):
-            return False
-        for subs, wanted in self.groups.values():
-            try:
-                if _fold(item, subs) in wanted:
-                    return True
-            except TypeError:  # an unhashable stored value equals no listed scalar
-                continue
-        return False
-
-
-def _fold(element, subs):
-    """Return the values of ``subs`` in ``element`` as _Listed compares them."""
-    folded = []
-    for sub in subs:
-        value = element.get(sub.name)
-        if isinstance(value, str) and not sub.case_exact:
-            value = value.lower()
-        folded.append(value)
-    return tuple(folded)
-
-
-def _true(value):
-    return value is True or (isinstance(value, str) and value.lower() == "true")
-
-
-def _one_primary(items, chosen):
-    """Keep primary only on the last chosen element that has it (RFC 7643 §2.4)."""
-    winner = next(
-        (item for item in reversed(chosen) if _true(item.get("primary"))), None
-    )
-    if winner is None:
-        return
-    for item in items:
-        if item is not winner and isinstance(item, dict) and _true(item.get("primary")):
-            item["primary"] = False
 
 
 def _tidy(holder):
