@@ -63,7 +63,7 @@ def operations(body):
             f"this one has {len(items)}. Split it into several requests."
         )
     # An empty array is a no-op: the Entra validator fails a server that
-    # answers RFC 7644's 400 (entra-wire §3.5 P12).
+    # answers RFC 7644's 400 (docs/entra.md §3.6).
     return [_operation(item) for item in items]
 
 
@@ -71,7 +71,7 @@ def _operation(item):
     if not isinstance(item, dict):
         raise ScimError.invalid_syntax("Each operation must be a JSON object.")
     op = parse.get_key(item, "op")
-    # Entra writes "Add", "Replace" and "Remove" (entra-wire §8 item 1).
+    # Entra writes "Add", "Replace" and "Remove" (docs/entra.md §3.1).
     if not isinstance(op, str) or op.lower() not in OPS:
         raise ScimError.invalid_syntax(
             f'Unsupported op {op!r}: use "add", "replace" or "remove".'
@@ -175,7 +175,7 @@ class _Patch:
         """Resolve an attribute name, also finding extension attributes by bare name."""
         resolved = self.type.resolve(name)
         if resolved is None and ":" not in name:
-            # Entra's legacy manager path has no URN (entra-wire §3.5 P8).
+            # Entra's legacy manager path has no URN (docs/entra.md §3.4).
             for extension in self.type.extensions:
                 attribute = extension.attribute(name)
                 if attribute is not None:
@@ -185,7 +185,7 @@ class _Patch:
     def ignore(self, text):
         """Note an attribute this resource type does not have, and return None."""
         # Failing the request would also drop an "active" change sent with it
-        # (entra-wire §8 item 23), so unknown attributes are only noted.
+        # (docs/entra.md §3.5), so unknown attributes are only noted.
         note = f"Ignored {text!r}: not an attribute of {self.type.name}."
         if note not in self.noted:
             self.noted.add(note)
@@ -247,8 +247,8 @@ class _Patch:
         """Write a complex single-valued attribute: merge it, or replace a keyed one."""
         if _keyed(attribute):
             # Entra sends the manager as a bare id, {"value": id} or a legacy
-            # one-item list, and removes it with "" or {"value": ""} (entra-wire
-            # §3.5 P8). The id is the whole value: a new one makes $ref stale.
+            # one-item list, and removes it with "" or {"value": ""} (docs/entra.md
+            # §3.4). The id is the whole value: a new one makes $ref stale.
             if isinstance(value, list):
                 value = value[0] if value else None
             if isinstance(value, (str, int)) and not isinstance(value, bool):
@@ -313,7 +313,7 @@ class _Patch:
         if not matched:
             # Entra adds to emails[type eq "work"].value on a user without a
             # work email and expects the element to be created; later ops on
-            # the same filter then match it (entra-wire §3.5 P6, §8 item 4).
+            # the same filter then match it (docs/entra.md §3.3).
             matched = [self.seed(target)]
             items.append(matched[0])
             holder[attribute.name] = items
@@ -388,7 +388,7 @@ class _Patch:
                 holder.pop(attribute.name, None)
                 return
             # Entra removes with a value array on the plain path: drop only
-            # the listed elements, never all of them (entra-wire §8 item 5).
+            # the listed elements, never all of them (docs/entra.md §4.2).
             listed = [self.element(attribute, item) for item in _listed(value)]
             named = multivalued.Named(attribute, listed)
             current[:] = [item for item in current if not named.covers(item)]
@@ -417,7 +417,7 @@ class _Patch:
             elif value is None:
                 changes.append(("remove_all", None))
             else:
-                # Entra removes members with a value array (entra-wire §3.9 G-P4).
+                # Entra removes members with a value array (docs/entra.md §4.2).
                 ids = parse.member_ids(value)
                 if ids:
                     changes.append(("remove", ids))
