@@ -13,7 +13,7 @@ OPS = ("add", "replace", "remove")
 # keeps one request from holding the write lock for seconds.
 MAX_OPERATIONS = 500
 # Computed by the server; Entra sometimes echoes them in a no-path value.
-SERVER_KEYS = ("id", "meta", "schemas", "groups")
+SERVER_KEYS = {"id", "meta", "schemas", "groups"}
 # An element with only these says nothing, e.g. an email whose value was cleared.
 LABELS = {"type", "primary", "display"}
 
