@@ -45,12 +45,11 @@ def without(items, matched):
 
 
 class Named:
-    """The elements a remove's value array names, looked up by hash.
+    """The elements a remove's value array names, looked up by hash."""
 
-    An element with a ``value`` names the items with that value; one without
-    names the items equal to it on every key it has. Strings compare without
-    case unless the sub-attribute is caseExact.
-    """
+    # An element with a ``value`` names the items with that value; one without
+    # names the items equal to it on every key it has. Strings compare without
+    # case unless the sub-attribute is caseExact (RFC 7643 §2.2).
 
     def __init__(self, attribute, listed):
         # Names compared -> (their sub-attributes, the set of folded values).

@@ -250,13 +250,11 @@ def attribute_value(attribute, value, name):
 
 
 def resource(body, resource_type):
-    """Validate a User or Group body into its canonical stored form.
-
-    Keys are matched case-insensitively and written under their canonical
-    names; extension attributes go under their schema URN. Read-only and
-    unknown attributes are ignored (a client may echo ``id``, ``meta`` or an
-    attribute this server does not store). Returns (data, password).
-    """
+    """Validate a User or Group body into its canonical stored form: (data, password)."""
+    # Keys are matched case-insensitively (RFC 7643 §2.1) and written under
+    # their canonical names; extension attributes go under their schema URN.
+    # Read-only and unknown attributes are ignored: a client may echo ``id``,
+    # ``meta`` or an attribute this server does not store.
     data = {}
     password = None
     for key, value in body.items():
@@ -314,11 +312,9 @@ def _set(target, name, value):
 
 
 def user(body, resource_type, creating=False):
-    """Validate a User body (POST, PUT, or the result of a PATCH); return (data, password).
-
-    A new user without ``active`` is created active; later an absent ``active``
-    stays unassigned, which the directory also treats as active.
-    """
+    """Validate a User body (POST, PUT, or the result of a PATCH); return (data, password)."""
+    # A new user without ``active`` is created active; later an absent
+    # ``active`` stays unassigned, which the directory also treats as active.
     data, password = resource(body, resource_type)
     if not data.get("userName"):
         raise ScimError.invalid_value("userName is required.")

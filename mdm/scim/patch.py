@@ -30,15 +30,12 @@ class Operation:
 
 @dataclass
 class Result:
-    """What apply() changed outside the resource dict.
+    """What apply() changed outside the resource dict."""
 
-    ``members`` lists group membership changes in operation order, as
-    ("add", ids), ("remove", ids), ("remove_all", None), ("replace", ids)
-    or ("remove_where", filter node). ``ignored`` holds notes about
-    attributes this resource type does not have.
-    """
-
+    # Group membership changes in operation order: ("add", ids), ("remove",
+    # ids), ("remove_all", None), ("replace", ids) or ("remove_where", node).
     members: list = field(default_factory=list)
+    # Notes about attributes this resource type does not have.
     ignored: list = field(default_factory=list)
 
 

@@ -361,11 +361,8 @@ class ResourceType:
         return None, path
 
     def resolve(self, path):
-        """Resolve ``attr``, ``attr.sub`` or ``urn:attr.sub`` to (schema, attr, sub).
-
-        Returns None when the path names nothing in this resource type.
-        Names are matched case-insensitively (RFC 7643 §2.1).
-        """
+        """Resolve ``attr[.sub]`` or ``urn:attr[.sub]`` to (schema, attr, sub), or None."""
+        # Names are matched case-insensitively (RFC 7643 §2.1).
         schema, rest = self.split_urn(path)
         if schema is not None and not rest:
             return None

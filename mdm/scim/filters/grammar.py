@@ -116,11 +116,9 @@ _SIMPLE_EQ = re.compile(
 
 
 def simple_eq(text):
-    """Return (attribute, value) when ``text`` is one ``attr eq "value"``, else None.
-
-    The attribute comes back as written; the caller decides which it answers
-    directly. Anything else, however equivalent, is left to parse().
-    """
+    """Return (attribute, value) when ``text`` is one ``attr eq "value"``, else None."""
+    # The attribute comes back as written; the caller decides which it
+    # answers directly. Anything else, however equivalent, is left to parse().
     if len(text) > MAX_LENGTH:
         return None
     match = _SIMPLE_EQ.fullmatch(text)
