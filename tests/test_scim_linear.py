@@ -229,3 +229,28 @@ def test_a_long_member_filter_names_each_id_once():
         {"displayName": "All"}, [{"op": "remove", "path": path}], schema.GROUP_TYPE
     )
     assert result.members == [("remove", list(dict.fromkeys(ids)))]
+
+
+#
+# Through the API
+#
+
+
+def test_twenty_removes_of_a_thousand_emails_over_http(scim):
+    emails = [{"value": f"user{i}@example.com", "type": "work"} for i in range(1000)]
+    user = scim.create_user("bjensen", emails=emails)
+    ops = [
+        {
+            "op": "remove",
+            "path": "emails",
+            "value": [f"USER{op * 25 + i}@EXAMPLE.COM" for i in range(25)]
+            + [f"nobody{op}-{i}@example.com" for i in range(975)],
+        }
+        for op in range(20)
+    ]
+    body = {"schemas": [schema.PATCH_OP], "Operations": ops}
+    response, seconds = elapsed(scim.patch, f"/Users/{user['id']}", body)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["emails"] == emails[500:]
+    assert scim.get(f"/Users/{user['id']}").get_json()["emails"] == emails[500:]
+    assert seconds < LIMIT
