@@ -64,11 +64,9 @@ def redact(value):
 
 
 def body_text(raw):
-    """Return a redacted, truncated text form of a request or response body.
-
-    Bodies are parsed only when they mention a secret-looking key, so most
-    list responses are stored as sent rather than parsed and re-serialised.
-    """
+    """Return a redacted, truncated text form of a request or response body."""
+    # Bodies are parsed only when they mention a secret-looking key, so most
+    # list responses are stored as sent rather than parsed and re-serialised.
     if not raw:
         return None
     try:

@@ -113,11 +113,10 @@ ENTRY_COLUMNS = (
 
 
 class Writer:
-    """Insert queued rows in batches from one background thread.
+    """Insert queued rows in batches from one background thread."""
 
-    A request only appends to a deque, and the thread is woken once per
-    batch rather than once per row, so a request never waits on the thread.
-    """
+    # A request only appends to a deque, and the thread is woken once per
+    # batch rather than once per row, so a request never waits on the thread.
 
     MAX_PENDING = 50000
     BATCH = 500

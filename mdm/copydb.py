@@ -18,11 +18,9 @@ class CopyError(Exception):
 
 
 def copy_database(source_path, activity_path, url, echo=print):
-    """Copy the SQLite files into the PostgreSQL database at ``url``; return counts per table.
-
-    Everything is written in one transaction: if anything fails, or a count
-    differs afterwards, the target is left as it was.
-    """
+    """Copy the SQLite files into the PostgreSQL database at ``url``; return counts per table."""
+    # Everything is written in one transaction: if anything fails, or a count
+    # differs afterwards, the target is left as it was.
     source = connect_database(source_path)
     activity_source = connect_database(activity_path)
     target = connect_database(url, max_connections=1)

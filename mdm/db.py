@@ -152,11 +152,10 @@ def update(obj):
 
 
 class NoCaseField(TextField):
-    """Text compared, sorted and kept unique regardless of ASCII case.
+    """Text compared, sorted and kept unique regardless of ASCII case."""
 
-    SQLite declares it ``TEXT COLLATE NOCASE``; PostgreSQL ``citext``, whose
-    comparisons, ordering, LIKE and indexes all ignore case the same way.
-    """
+    # SQLite declares it ``TEXT COLLATE NOCASE``; PostgreSQL ``citext``, whose
+    # comparisons, ordering, LIKE and indexes all ignore case the same way.
 
     field_type = "NOCASE_TEXT"
     nocase = True
@@ -185,11 +184,9 @@ def exact(expr):
 
 
 def like(expr, text, pattern="%{}%"):
-    """Match ``text`` with LIKE placed by ``pattern`` ("%{}%" contains), wildcards literal.
-
-    The match ignores ASCII case on both engines: SQLite's LIKE does so
-    already, PostgreSQL needs ILIKE.
-    """
+    """Match ``text`` with LIKE placed by ``pattern`` ("%{}%" contains), wildcards literal."""
+    # The match ignores ASCII case on both engines: SQLite's LIKE does so
+    # already, PostgreSQL needs ILIKE.
     if "\x00" in text:
         # NUL is never stored, and PostgreSQL refuses it even as a parameter.
         return false()
@@ -260,12 +257,10 @@ def _json_path(keys):
 
 
 def json_get(document, keys, kind="string"):
-    """Return the value at ``keys`` in a JSON text column, as SQL of ``kind``.
-
-    ``kind`` is a SCIM type; numbers compare as numbers, booleans read back
-    as "1"/"0" or "true"/"false", and everything else as text. A value of
-    the wrong JSON type is NULL on PostgreSQL rather than an error.
-    """
+    """Return the value at ``keys`` in a JSON text column, as SQL of ``kind``."""
+    # ``kind`` is a SCIM type; numbers compare as numbers, booleans read back
+    # as "1"/"0" or "true"/"false", and everything else as text. A value of
+    # the wrong JSON type is NULL on PostgreSQL rather than an error.
     if not postgres():
         return fn.json_extract(document, _json_path(keys))
     value = fn.jsonb_extract_path(Cast(document, "jsonb"), *[str(k) for k in keys])
@@ -301,10 +296,8 @@ def _typed(value, kind):
 
 
 def json_elements(document, keys, alias):
-    """Return the FROM source listing the elements of the array at ``keys`` as ``alias``.
-
-    Each row has ``value`` (the element) and ``type`` (its JSON type name).
-    """
+    """Return the FROM source listing the elements of the array at ``keys`` as ``alias``."""
+    # Each row has ``value`` (the element) and ``type`` (its JSON type name).
     if not postgres():
         return NodeList(
             (
@@ -364,16 +357,14 @@ def json_flag(expr):
 
 @contextmanager
 def write_transaction():
-    """Run a write transaction that holds the database's one write lock from the start.
-
-    SQLite: a deferred transaction that reads and then writes can fail with
-    SQLITE_BUSY when another writer got in between; IMMEDIATE waits on
-    busy_timeout instead (which still covers writers in other processes,
-    such as the CLI). PostgreSQL: a transaction-scoped advisory lock gives
-    every process the same one-writer-at-a-time rule, so a read followed by
-    a write inside the transaction never sees another writer's changes
-    interleaved.
-    """
+    """Run a write transaction that holds the database's one write lock from the start."""
+    # SQLite: a deferred transaction that reads and then writes can fail with
+    # SQLITE_BUSY when another writer got in between; IMMEDIATE waits on
+    # busy_timeout instead (which still covers writers in other processes,
+    # such as the CLI). PostgreSQL: a transaction-scoped advisory lock gives
+    # every process the same one-writer-at-a-time rule, so a read followed by
+    # a write inside the transaction never sees another writer's changes
+    # interleaved.
     if postgres():
         with database.atomic():
             database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
@@ -431,11 +422,9 @@ def try_lock_for_pruning(db):
 
 
 def backup(path):
-    """Copy the live database to ``path`` with SQLite's online backup API.
-
-    The copy is a consistent snapshot even while other connections write;
-    returns the number of pages copied.
-    """
+    """Copy the live database to ``path`` with SQLite's online backup API."""
+    # The copy is a consistent snapshot even while other connections write;
+    # returns the number of pages copied.
     import sqlite3
 
     if postgres():

@@ -44,12 +44,11 @@ class TokenError(Exception):
 
 
 class BearerToken(database.Model):
-    """A bearer secret an identity provider connection uses to call the SCIM API.
+    """A bearer secret an identity provider connection uses to call the SCIM API."""
 
-    Only a SHA-256 of the secret is stored. ``key`` is a short public identifier
-    embedded in the secret, so authentication is one indexed lookup followed by a
-    constant-time comparison, never a scan over hashes.
-    """
+    # Only a SHA-256 of the secret is stored. ``key`` is a short public identifier
+    # embedded in the secret, so authentication is one indexed lookup followed by a
+    # constant-time comparison, never a scan over hashes.
 
     idp = TextField(index=True)
     label = TextField(default="")
@@ -102,10 +101,8 @@ class BearerToken(database.Model):
 
     @classmethod
     def issue(cls, idp, label="", created_by="", expires_in_days=None):
-        """Create a token for ``idp`` and return (token, secret); the secret is shown once.
-
-        :raise TokenError: if the connection already has its two tokens.
-        """
+        """Create a token for ``idp`` and return (token, secret); the secret is shown once."""
+        # Raises TokenError if the connection already has its two tokens.
         if idp not in IDPS:
             raise TokenError(f"Unknown identity provider {idp!r}.")
         expires_at = None
@@ -191,11 +188,10 @@ def _token_by_key(key):
 
 
 class User(database.Model):
-    """A provisioned user; ``data`` holds the SCIM attributes as sent, columns mirror the filterable ones.
+    """A provisioned user; ``data`` holds the SCIM attributes as sent, columns mirror the filterable ones."""
 
-    A user deleted through SCIM keeps its row with ``deprovisioned_at`` set until
-    an administrator purges it, so an IdP can never destroy directory data.
-    """
+    # A user deleted through SCIM keeps its row with ``deprovisioned_at`` set until
+    # an administrator purges it, so an IdP can never destroy directory data.
 
     scim_id = TextField(unique=True, default=new_id)
     user_name = NoCaseField()

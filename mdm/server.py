@@ -70,12 +70,10 @@ def make_server(app, host, port, threads):
 
 
 def default_threads():
-    """Return how many waitress threads suit the bound database engine.
-
-    SQLite answers from the process itself, one writer at a time, so a few
-    threads are enough to keep a slow request from holding up the others.
-    A PostgreSQL query waits on the network, which more threads overlap.
-    """
+    """Return how many waitress threads suit the bound database engine."""
+    # SQLite answers from the process itself, one writer at a time, so a few
+    # threads are enough to keep a slow request from holding up the others.
+    # A PostgreSQL query waits on the network, which more threads overlap.
     return 8 if postgres() else 4
 
 
@@ -96,14 +94,12 @@ def body_cap(config):
 
 
 def run(server, stopping):
-    """Serve until ``stopping`` is set, then stop as the README's Operations section says.
-
-    The listening socket closes first, then each keep-alive connection as
-    soon as it has nothing in flight, while the event loop keeps flushing
-    answers until every request has been answered (or GRACE_SECONDS pass);
-    then the workers stop. Every write is one transaction, so a request cut
-    short writes nothing.
-    """
+    """Serve until ``stopping`` is set, then stop as the README's Operations section says."""
+    # The listening socket closes first, then each keep-alive connection as
+    # soon as it has nothing in flight, while the event loop keeps flushing
+    # answers until every request has been answered (or GRACE_SECONDS pass);
+    # then the workers stop. Every write is one transaction, so a request cut
+    # short writes nothing.
     while not stopping.is_set():
         _poll(server, 1.0)
     wasyncore.dispatcher.close(server)  # stop accepting; keep the trigger
@@ -128,12 +124,10 @@ def _poll(server, timeout):
 
 
 def _close_idle(server):
-    """Close keep-alive connections with nothing in flight, so no new request starts.
-
-    A connection is not read while its request runs or its answer is unsent,
-    so one closed here between two requests never had its next one read; one
-    still receiving a request (``channel.request``) is left to finish it.
-    """
+    """Close keep-alive connections with nothing in flight, so no new request starts."""
+    # A connection is not read while its request runs or its answer is unsent,
+    # so one closed here between two requests never had its next one read; one
+    # still receiving a request (``channel.request``) is left to finish it.
     for channel in list(server.active_channels.values()):
         if not (channel.requests or channel.request or channel.total_outbufs_len):
             channel.close()
