@@ -7,7 +7,7 @@ from mdm import create_app
 app = create_app()
 
 if __name__ == "__main__":
-    from mdm.cli import main
+    from mdm.__main__ import main
 
     sys.argv = ["mdm", "serve", *sys.argv[1:]]
     main()

@@ -29,7 +29,7 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MDM = [sys.executable, "-c", "from mdm.cli import main; main()"]
+MDM = [sys.executable, "-c", "from mdm.__main__ import main; main()"]
 PREFIX = "/scim/v2"
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"

@@ -191,7 +191,7 @@ def start_server(
     if database_url:
         env["MDM_DATABASE_URL"] = database_url
     env["MDM_ACTIVITY_LOG"] = "true" if activity_log else "false"
-    mdm = [sys.executable, "-c", "from mdm.cli import main; main()"]
+    mdm = [sys.executable, "-c", "from mdm.__main__ import main; main()"]
     if token is None:
         token = subprocess.run(
             [*mdm, "token", "create", "--idp", "entra"],

@@ -43,6 +43,7 @@ def seed(instance, users):
 
     app = create_app()
     started = time.perf_counter()
+    fields = User._meta.sorted_fields
     with app.app_context(), database.connection_context():
         rows = []
         for i in range(users):
@@ -66,7 +67,9 @@ def seed(instance, users):
             }
             user = User(scim_id=new_id(), source="entra")
             mirror_user(user, data)
-            rows.append(user.__data__)
+            rows.append(
+                {f.name: getattr(user, f.name) for f in fields if not f.primary_key}
+            )
         with database.atomic():
             for start in range(0, users, 1000):
                 User.insert_many(rows[start : start + 1000]).execute()

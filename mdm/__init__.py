@@ -13,25 +13,6 @@ ROOT = Path(__file__).resolve().parent.parent
 __version__ = "0.1.0"
 
 
-class App(Flask):
-    """Flask, deciding once per function whether a view or hook is a coroutine."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._sync = {}
-
-    def ensure_sync(self, func):
-        # Flask asks inspect.iscoroutinefunction on every call of every view
-        # and hook, eleven times per SCIM request; the answer never changes.
-        try:
-            return self._sync[func]
-        except KeyError:
-            self._sync[func] = sync = super().ensure_sync(func)
-            return sync
-        except TypeError:  # an unhashable callable
-            return super().ensure_sync(func)
-
-
 # App-wide hooks that serve the console's cookie sessions and forms only:
 # CSRF checks, the remember-me cookie, refusing NUL in form input.
 CONSOLE_HOOKS = ("csrf_protect", "_update_remember_cookie", "_refuse_nul")
@@ -76,7 +57,7 @@ def console_only(app, names):
 
 def create_app(test_config=None):
     """Create and configure the mdm application."""
-    app = App(
+    app = Flask(
         __name__,
         instance_path=os.environ.get("MDM_INSTANCE_PATH", str(ROOT / "instance")),
         instance_relative_config=True,
@@ -128,11 +109,13 @@ def create_app(test_config=None):
     from . import db
     from . import errors
     from . import logs
+    from . import models
     from . import security
     from .forms import csrf
     from .scim import bp as scim_bp
 
     db.init_app(app)
+    models.init_app(app)
     activity.init_app(app)
     app.json.sort_keys = False
     app.url_map.merge_slashes = False

@@ -1,104 +1,37 @@
-"""Provisioning activity and audit trail: separate tables fed by a buffered writer.
+"""Provisioning activity and audit trail: what each SCIM request and admin action records.
 
-SCIM requests must never wait on logging, so each request only appends a
-dict to a queue; one background thread per process inserts batches and
-prunes by age and size. On SQLite the tables live in ``activity.sqlite``
-(its own file, hence its own write lock); on PostgreSQL in the main
-database, through a pool of their own.
+Rows are queued to the background writer in mdm.activity_store, so a
+request never waits on logging.
 """
 
-import atexit
-import collections
 import functools
 import json
+import os
 import re
-import threading
 import time
 from contextlib import contextmanager
-from datetime import timedelta
 
 from flask import current_app
 from flask import g
 from flask import request
-from peewee import DatabaseProxy
-from peewee import DateTimeField
-from peewee import Field
-from peewee import FloatField
-from peewee import IntegerField
-from peewee import TextField
-from playhouse.pool import PooledSqliteDatabase
 from werkzeug.exceptions import HTTPException
 
-from .db import connect_database
+from .activity_store import ACTIVITY_MODELS as ACTIVITY_MODELS
+from .activity_store import ENTRY_COLUMNS as ENTRY_COLUMNS
+from .activity_store import SCHEMA_VERSION as SCHEMA_VERSION
+from .activity_store import ActivityEntry as ActivityEntry
+from .activity_store import AuditEvent as AuditEvent
+from .activity_store import activity_db as activity_db
+from .activity_store import bind
+from .activity_store import prune as prune
+from .activity_store import writer as writer
 from .db import is_url
-from .db import schema_version
-from .db import set_schema_version
-from .db import stored_type
-from .db import try_lock_for_pruning
 from .models import utcnow
-
-PRAGMAS = {"journal_mode": "wal", "busy_timeout": 15000, "synchronous": "normal"}
-_sqlite = PooledSqliteDatabase(
-    None,
-    pragmas=PRAGMAS,
-    max_connections=32,
-    stale_timeout=300,
-    check_same_thread=False,
-)
-activity_db = DatabaseProxy()
-activity_db.initialize(_sqlite)
 
 MAX_BODY = 16 * 1024
 REDACTED = "[redacted]"
 SECRET_WORDS = ("password", "secret", "token", "authorization", "credential")
 SECRET_KEYS = re.compile("|".join(SECRET_WORDS), re.I)
-SCHEMA_VERSION = 1
-
-
-class ActivityEntry(activity_db.Model):
-    """One SCIM request as the identity provider sent it and as it was answered."""
-
-    time = DateTimeField(default=utcnow, index=True)
-    idp = TextField(null=True, index=True)
-    token_key = TextField(null=True)
-    client_address = TextField(null=True)
-    user_agent = TextField(null=True)
-    method = TextField()
-    path = TextField()
-    query = TextField(default="")
-    resource_type = TextField(null=True, index=True)
-    resource_id = TextField(null=True, index=True)
-    target = TextField(null=True)
-    summary = TextField(default="")
-    status = IntegerField(index=True)
-    scim_type = TextField(null=True)
-    detail = TextField(null=True)
-    duration_ms = FloatField(default=0)
-    request_body = TextField(null=True)
-    response_body = TextField(null=True)
-
-    class Meta:
-        table_name = "activity"
-
-    @property
-    def outcome(self):
-        return f"{self.status // 100}xx"
-
-
-class AuditEvent(activity_db.Model):
-    """An administrative event: token changes, sign-ins, purges, settings."""
-
-    time = DateTimeField(default=utcnow, index=True)
-    event = TextField(index=True)
-    actor = TextField(default="")
-    address = TextField(null=True)
-    details = TextField(default="")
-
-    class Meta:
-        table_name = "audit_event"
-
-
-ACTIVITY_MODELS = [ActivityEntry, AuditEvent]
 
 
 #
@@ -131,11 +64,9 @@ def redact(value):
 
 
 def body_text(raw):
-    """Return a redacted, truncated text form of a request or response body.
-
-    Bodies are parsed only when they mention a secret-looking key: parsing
-    and re-serialising every list response cost provisioning ~15% throughput.
-    """
+    """Return a redacted, truncated text form of a request or response body."""
+    # Bodies are parsed only when they mention a secret-looking key, so most
+    # list responses are stored as sent rather than parsed and re-serialised.
     if not raw:
         return None
     try:
@@ -158,8 +89,8 @@ def body_text(raw):
 def mentions_secret(text):
     """Tell whether ``text`` contains a secret-looking word, exactly as SECRET_KEYS finds one."""
     if text.isascii():
-        # The regex takes ~100 ns a character ignoring case; for ASCII text,
-        # ignoring case is lower-casing, and substring search is far faster.
+        # For ASCII text, ignoring case is lower-casing, and a substring
+        # search is much cheaper than the case-insensitive regex.
         lowered = text.lower()
         return any(word in lowered for word in SECRET_WORDS)
     return SECRET_KEYS.search(text) is not None
@@ -179,196 +110,6 @@ def _truncate(text):
     if len(text) <= MAX_BODY:
         return text
     return text[:MAX_BODY] + f"\n… [truncated, {len(text)} characters in all]"
-
-
-#
-# The buffered writer
-#
-
-
-class Writer:
-    """Insert queued rows in batches from one background thread.
-
-    A request only appends to a deque. The thread is woken once per batch,
-    not once per row: with queue.Queue every put woke it, and that hand-off of
-    the GIL cost each SCIM request about as much as the rest of its logging.
-    """
-
-    MAX_PENDING = 50000
-    BATCH = 500
-    GATHER_SECONDS = 0.2
-
-    def __init__(self):
-        self.pending = collections.deque()
-        self.wake = threading.Event()
-        self.hurry = threading.Event()
-        self.thread = None
-        self.lock = threading.Lock()
-        self.retention_days = 30
-        self.max_rows = 500000
-        self.dropped = 0
-        self._last_prune = 0.0
-
-    def start(self):
-        with self.lock:
-            if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(
-                    target=self._run, name="mdm-activity", daemon=True
-                )
-                self.thread.start()
-
-    def put(self, model, row):
-        if len(self.pending) >= self.MAX_PENDING:
-            # Never block provisioning: drop the record and count it.
-            self.dropped += 1
-            return
-        self.pending.append((model, row))
-        if not self.wake.is_set():
-            self.wake.set()
-
-    def _run(self):
-        while True:
-            self.wake.wait()
-            # Let a batch gather; a flush cuts the wait short.
-            self.hurry.wait(self.GATHER_SECONDS)
-            self.hurry.clear()
-            # Cleared before draining: a row appended after the drain sets it again.
-            self.wake.clear()
-            while self.pending:
-                batch = []
-                while self.pending and len(batch) < self.BATCH:
-                    batch.append(self.pending.popleft())
-                self._write(batch)
-
-    def _write(self, batch):
-        try:
-            self._insert(batch)
-        except Exception:  # noqa: BLE001 - the writer must outlive any bad row
-            current_logger().exception("Could not record %d activity rows", len(batch))
-        finally:
-            for model, row in batch:
-                if model is None:
-                    row.set()  # a flush marker: everything before it is written
-
-    def _insert(self, batch):
-        rows = {}
-        for model, row in batch:
-            if model is None:
-                continue  # a flush marker
-            rows.setdefault(model, []).append(row)
-        if not rows:
-            return
-        with activity_db.connection_context(), activity_db.atomic():
-            cursor = activity_db.cursor()
-            for model, items in rows.items():
-                # Multi-row INSERTs with the fields' own conversions: the ORM's
-                # insert_many spent ~0.1 ms a row building its SQL, and
-                # executemany stepped (and handed the GIL to the request threads
-                # and back) once a row; this steps once per ROWS_PER_INSERT rows.
-                fields = tuple(
-                    f for f in model._meta.sorted_fields if not f.primary_key
-                )
-                plan = [_column_plan(f) for f in fields]
-                for start in range(0, len(items), ROWS_PER_INSERT):
-                    chunk = items[start : start + ROWS_PER_INSERT]
-                    cursor.execute(
-                        _insert_sql(model, fields, len(chunk), activity_db.param),
-                        _row_values(plan, chunk),
-                    )
-            if time.monotonic() - self._last_prune > 300:
-                self._last_prune = time.monotonic()
-                # Each process prunes on its own clock; one at a time is enough.
-                if try_lock_for_pruning(activity_db):
-                    prune(self.retention_days, self.max_rows)
-
-    def flush(self, timeout=10):
-        """Wait until everything queued so far is written (tests, shutdown)."""
-        if self.thread is None:
-            return
-        done = threading.Event()
-        self.pending.append((None, done))
-        self.hurry.set()
-        self.wake.set()
-        done.wait(timeout)
-
-
-def _column_plan(field):
-    """Return (name, db_value, whether db_value is peewee's own, type it keeps, default)."""
-    # peewee's own db_value returns None, and values of stored_type, unchanged.
-    plain = type(field).db_value is Field.db_value
-    return field.name, field.db_value, plain, stored_type(field), field.default
-
-
-def _row_values(plan, rows):
-    """Return the parameters of ``rows``, column by column as ``plan`` converts them."""
-    values = []
-    append = values.append
-    for row in rows:
-        if type(row) is tuple:
-            # A request's own record, already in column order and type.
-            if any(type(value) is str and "\x00" in value for value in row):
-                row = tuple(_without_nul(value) for value in row)
-            values.extend(row)
-            continue
-        for name, convert, plain, kept, default in plan:
-            if name not in row:
-                append(convert(default() if callable(default) else default))
-                continue
-            value = _without_nul(row[name])
-            if plain and (value is None or type(value) is kept):
-                append(value)  # what convert would return, without the call
-            else:
-                append(convert(value))
-    return values
-
-
-def _without_nul(value):
-    if type(value) is str and "\x00" in value:
-        # PostgreSQL refuses NUL in text; one such row must not sink its batch.
-        return value.replace("\x00", "\\u0000")
-    return value
-
-
-# Rows per INSERT statement: 100 rows of ActivityEntry bind 1,800 parameters,
-# well inside SQLite's 32,766 and PostgreSQL's 65,535.
-ROWS_PER_INSERT = 100
-
-
-@functools.lru_cache(maxsize=64)
-def _insert_sql(model, fields, rows, param):
-    columns = ", ".join(f'"{field.column_name}"' for field in fields)
-    marks = ", ".join(param for _ in fields)  # ? or %s by engine
-    values = ", ".join([f"({marks})"] * rows)
-    return f'INSERT INTO "{model._meta.table_name}" ({columns}) VALUES {values}'
-
-
-writer = Writer()
-atexit.register(writer.flush, 5)
-
-
-def current_logger():
-    try:
-        return current_app.logger
-    except RuntimeError:
-        import logging
-
-        return logging.getLogger("mdm")
-
-
-def prune(retention_days, max_rows):
-    """Delete activity older than the retention period, then the oldest beyond max_rows."""
-    cutoff = utcnow() - timedelta(days=retention_days)
-    ActivityEntry.delete().where(ActivityEntry.time < cutoff).execute()
-    AuditEvent.delete().where(AuditEvent.time < cutoff - timedelta(days=335)).execute()
-    newest_kept = (
-        ActivityEntry.select(ActivityEntry.id)
-        .order_by(ActivityEntry.id.desc())
-        .offset(max_rows)
-        .limit(1)
-        .scalar()
-    )
-    if newest_kept is not None:
-        ActivityEntry.delete().where(ActivityEntry.id <= newest_kept).execute()
 
 
 #
@@ -486,30 +227,6 @@ def _start_timer():
     g.activity_started = time.perf_counter()
 
 
-# The columns of a queued ActivityEntry tuple, in the model's field order
-# (the writer binds a tuple as it stands; a test holds the two together).
-ENTRY_COLUMNS = (
-    "time",
-    "idp",
-    "token_key",
-    "client_address",
-    "user_agent",
-    "method",
-    "path",
-    "query",
-    "resource_type",
-    "resource_id",
-    "target",
-    "summary",
-    "status",
-    "scim_type",
-    "detail",
-    "duration_ms",
-    "request_body",
-    "response_body",
-)
-
-
 def _record(response):
     """Queue the activity row of a SCIM request as it was sent and answered."""
     from .scim import is_api_path
@@ -538,8 +255,7 @@ def _record(response):
             except (ValueError, AttributeError):
                 pass
     resource_type, resource_id = _resource(path)
-    # A tuple in ENTRY_COLUMNS order: a dict and its conversion to the
-    # INSERT's parameters took a fifth of the record's time.
+    # A tuple in ENTRY_COLUMNS order, inserted as it stands.
     writer.put(
         ActivityEntry,
         (
@@ -607,25 +323,8 @@ def _path_resource(path):
 _known_resource = functools.lru_cache(maxsize=1024)(_path_resource)
 
 
-def bind(target):
-    """Point the activity database at a SQLite path or PostgreSQL URL and create its tables."""
-    from .db import lock_for_migration
-
-    current = activity_db.obj
-    if current is not _sqlite or not _sqlite.deferred:
-        current.close_all()
-    activity_db.initialize(connect_database(target, _sqlite, max_connections=32))
-    with activity_db.connection_context(), activity_db.atomic():
-        lock_for_migration(activity_db)
-        schema_version(activity_db, "activity")
-        activity_db.create_tables(ACTIVITY_MODELS, safe=True)
-        set_schema_version(activity_db, "activity", SCHEMA_VERSION)
-
-
 def init_app(app):
     """Open the activity tables beside the directory and hook request recording."""
-    import os
-
     path = app.config.get("ACTIVITY_DATABASE")
     if not path and is_url(app.config.get("DATABASE_URL") or ""):
         path = app.config["DATABASE_URL"]

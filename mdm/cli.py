@@ -6,11 +6,18 @@ import sys
 
 import click
 from flask import current_app
-from flask.cli import FlaskGroup
 from flask.cli import with_appcontext
 
 from .activity import audit
+from .activity import writer
+from .auth import ensure_setup_code
+from .auth import forget_setup_code
+from .copydb import CopyError
+from .copydb import copy_database
+from .db import backup
 from .db import database
+from .db import is_url
+from .db import postgres
 from .models import IDPS
 from .models import Admin
 from .models import BearerToken
@@ -18,6 +25,8 @@ from .models import CustomAttribute
 from .models import TokenError
 from .scim import URL_PREFIX
 from .scim.schema import CUSTOM_TYPES
+from .server import default_threads
+from .server import serve
 
 ATTRIBUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
@@ -41,14 +50,11 @@ def target_url(host="127.0.0.1", port=8080):
 @with_appcontext
 def serve_command(host, port, threads):
     """Serve the console and the SCIM API with waitress."""
-    from .server import default_threads
-    from .server import serve
 
     app = current_app._get_current_object()
     threads = threads or default_threads()
     click.echo(f"mdm serving on http://{host}:{port}/", err=True)
     click.echo(f"Target SCIM URL: {target_url(host, port)}", err=True)
-    from .auth import ensure_setup_code
 
     code = ensure_setup_code(app)
     if code:
@@ -230,8 +236,6 @@ def attribute_remove(name):
 @with_appcontext
 def backup_command(path):
     """Write a consistent copy of the database to PATH, even while serving."""
-    from .db import backup
-    from .db import postgres
 
     if postgres():
         raise click.ClickException(
@@ -254,15 +258,11 @@ def backup_command(path):
 @with_appcontext
 def copy_db_command(url):
     """Copy this SQLite installation into PostgreSQL, everything, and verify the counts."""
-    from .copydb import CopyError
-    from .copydb import copy_database
-    from .db import is_url
 
     if current_app.config.get("DATABASE_URL"):
         raise click.ClickException("The installation already uses PostgreSQL.")
     if not is_url(url):
         raise click.ClickException("--to takes a postgresql:// URL.")
-    from .activity import writer
 
     writer.flush()
     try:
@@ -309,7 +309,6 @@ def admin_create(username, password_stdin):
         admin.set_password(password)
         admin.save()
     audit("Administrator Created", f"{username} (mdm admin create)", actor="cli")
-    from .auth import forget_setup_code
 
     with database.connection_context():
         forget_setup_code()
@@ -324,11 +323,3 @@ def init_app(app):
     app.cli.add_command(copy_db_command)
     app.cli.add_command(token_group)
     app.cli.add_command(attribute_group)
-
-
-def main():
-    """Run the ``mdm`` console script."""
-    from . import create_app
-
-    cli = FlaskGroup(create_app=lambda: create_app(), load_dotenv=False)
-    cli.main(args=sys.argv[1:], prog_name="mdm")

@@ -1,11 +1,8 @@
 """Copy a SQLite installation into an empty PostgreSQL database, every table, and verify it."""
 
-from peewee import SQL
-from peewee import fn
-
-from .activity import ACTIVITY_MODELS
-from .activity import SCHEMA_VERSION as ACTIVITY_SCHEMA_VERSION
-from .activity import activity_db
+from .activity_store import ACTIVITY_MODELS
+from .activity_store import SCHEMA_VERSION as ACTIVITY_SCHEMA_VERSION
+from .activity_store import activity_db
 from .db import connect_database
 from .db import database
 from .db import postgres
@@ -21,11 +18,9 @@ class CopyError(Exception):
 
 
 def copy_database(source_path, activity_path, url, echo=print):
-    """Copy the SQLite files into the PostgreSQL database at ``url``; return counts per table.
-
-    Everything is written in one transaction: if anything fails, or a count
-    differs afterwards, the target is left as it was.
-    """
+    """Copy the SQLite files into the PostgreSQL database at ``url``; return counts per table."""
+    # Everything is written in one transaction: if anything fails, or a count
+    # differs afterwards, the target is left as it was.
     source = connect_database(source_path)
     activity_source = connect_database(activity_path)
     target = connect_database(url, max_connections=1)
@@ -42,7 +37,7 @@ def copy_database(source_path, activity_path, url, echo=print):
             target.create_tables(ACTIVITY_MODELS, safe=True)
             set_schema_version(target, "activity", ACTIVITY_SCHEMA_VERSION)
             for model in MODELS + ACTIVITY_MODELS:
-                if target.execute(model.select().limit(1)).fetchone() is not None:
+                if model.select().exists(target):
                     raise CopyError(
                         f"The target already has {model._meta.table_name} rows; "
                         "copy into an empty database."
@@ -54,7 +49,7 @@ def copy_database(source_path, activity_path, url, echo=print):
                 counts[model._meta.table_name] = _copy(model, activity_source, target)
                 echo(f"{model._meta.table_name}: {counts[model._meta.table_name]}")
             for model in MODELS + ACTIVITY_MODELS:
-                copied = target.execute(model.select(fn.COUNT(SQL("*")))).fetchone()[0]
+                copied = model.select().count(target)
                 expected = counts[model._meta.table_name]
                 if copied != expected:
                     raise CopyError(
@@ -80,16 +75,12 @@ def _copy(model, source, target):
             query = model.select(*fields).order_by(key).limit(BATCH)
             if last is not None:
                 query = query.where(key > last)
-            rows = source.execute(query).fetchall()
+            # Read through the fields' converters: SQLite keeps booleans as
+            # 0/1 and times as text, which PostgreSQL's columns do not take.
+            rows = list(query.tuples().execute(source))
             if not rows:
                 break
-            # Read through each field's converter: SQLite keeps booleans as
-            # 0/1 and times as text, which PostgreSQL's columns do not take.
-            values = [
-                {f: f.python_value(v) for f, v in zip(fields, row, strict=True)}
-                for row in rows
-            ]
-            target.execute(model.insert_many(values))
+            target.execute(model.insert_many(rows, fields=fields))
             total += len(rows)
             last = rows[-1][fields.index(key)]
     if key.field_type == "AUTO":

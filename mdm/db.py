@@ -4,7 +4,6 @@ SQL that differs between the two engines lives here, behind small helpers,
 so the rest of the code builds one query for both.
 """
 
-import inspect
 import threading
 from contextlib import contextmanager
 from urllib.parse import urlsplit
@@ -14,8 +13,6 @@ from peewee import Case
 from peewee import Cast
 from peewee import DatabaseProxy
 from peewee import Entity
-from peewee import Field
-from peewee import IntegerField
 from peewee import NodeList
 from peewee import PostgresqlDatabase
 from peewee import TextField
@@ -40,18 +37,9 @@ SQLITE_TYPES = {"NOCASE_TEXT": "TEXT"}
 POSTGRES_TYPES = {"NOCASE_TEXT": "CITEXT"}
 
 # The handle every model and query uses; ``bind`` points it at an engine.
+# Until then it holds an unopened SQLite pool, so closing it is harmless.
 database = DatabaseProxy()
-
-# A pool keeps each waitress thread's connection (and its pragmas) across
-# requests instead of reopening the file every time.
-_sqlite = PooledSqliteDatabase(
-    None,
-    pragmas=PRAGMAS,
-    max_connections=64,
-    stale_timeout=300,
-    field_types=SQLITE_TYPES,
-)
-database.initialize(_sqlite)
+database.initialize(PooledSqliteDatabase(None, pragmas=PRAGMAS))
 
 # Writers in this process queue on a lock rather than on SQLite's busy handler,
 # which sleeps in growing steps and turns contention into latency spikes.
@@ -68,17 +56,18 @@ def is_url(target):
     return urlsplit(str(target)).scheme in ("postgres", "postgresql")
 
 
-def connect_database(target, sqlite=None, max_connections=64):
-    """Return a pooled handle for a SQLite path (reusing ``sqlite``) or a PostgreSQL URL."""
+def connect_database(target, pragmas=PRAGMAS, max_connections=64):
+    """Return a connection pool for a SQLite path or a PostgreSQL URL."""
     if not is_url(target):
-        db = sqlite or PooledSqliteDatabase(
-            None, pragmas=PRAGMAS, field_types=SQLITE_TYPES
+        return PooledSqliteDatabase(
+            str(target),
+            pragmas=pragmas,
+            max_connections=max_connections,
+            stale_timeout=300,
+            field_types=SQLITE_TYPES,
+            # The pool hands a connection to one thread at a time, possibly a new one.
+            check_same_thread=False,
         )
-        if not db.deferred:
-            db.close_all()
-        # The pool hands a connection to one thread at a time, possibly a new one.
-        db.init(target, pragmas=db._pragmas, check_same_thread=False)
-        return db
     from playhouse.db_url import parse
 
     params = parse(str(target))
@@ -92,22 +81,22 @@ def connect_database(target, sqlite=None, max_connections=64):
 
 
 def init_app(app):
-    """Bind the database to the configured URL or file, migrate it, and manage connections."""
-    from .models import migrate
-
+    """Bind the database to the configured URL or file and open a connection per request."""
     bind(app.config.get("DATABASE_URL") or app.config["DATABASE"])
-    with database.connection_context():
-        migrate()
     app.before_request(_connect)
     app.teardown_request(_close)
 
 
 def bind(target):
-    """Point the database at a SQLite path or PostgreSQL URL, dropping other pools."""
-    current = database.obj
-    if current is not _sqlite or not _sqlite.deferred:
-        current.close_all()
-    database.initialize(connect_database(target, _sqlite))
+    """Point the database at a SQLite path or PostgreSQL URL, closing the previous pool."""
+    close_pool(database)
+    database.initialize(connect_database(target))
+
+
+def close_pool(handle):
+    """Close every connection of the pool behind ``handle``, if it was ever opened."""
+    if not handle.obj.deferred:
+        handle.obj.close_all()
 
 
 def postgres(db=None):
@@ -117,48 +106,29 @@ def postgres(db=None):
     return isinstance(db, PostgresqlDatabase)
 
 
-class Prepared:
-    """A query rendered to SQL once through the ORM, then run with new values.
+def _connect():
+    database.connect(reuse_if_open=True)
 
-    Rendering a query costs several times what SQLite takes to answer an
-    indexed lookup, so queries on every request's path are rendered on first
-    use with a marker for each argument of ``build``; each run binds the real
-    values in the markers' places. Arguments are bound as given, so pass
-    values the column stores unconverted (text, integers).
-    """
+
+def _close(exc):
+    # Back to the pool, which rolls back a transaction left open.
+    if not database.is_closed():
+        database.close()
+
+
+class Prepared:
+    """A query built from keyword values on each run; kept until mdm.scim stops using it."""
 
     def __init__(self, build):
         self.build = build
-        self.names = list(inspect.signature(build).parameters)
-        # Rendered per engine: SQLite and PostgreSQL differ in SQL and markers.
-        self._compiled = {}
-
-    def _compile(self):
-        engine = type(database.obj)
-        found = self._compiled.get(engine)
-        if found is None:
-            # Noncharacters: no client value holds them, and unlike NUL no
-            # NUL check or PostgreSQL clean-up rewrites them while rendering.
-            markers = {f"\ufdd0{name}\ufdd0": name for name in self.names}
-            query = self.build(*markers)
-            sql, params = query.sql()
-            # Every parameter must be a marker, or a run would bind stale values;
-            # every marker a parameter, or the query ignores an argument.
-            order = [markers[param] for param in params]
-            if set(order) != set(self.names):
-                raise RuntimeError(f"Prepared query does not bind {self.names}: {sql}")
-            found = self._compiled[engine] = (getattr(query, "model", None), sql, order)
-        return found
 
     def execute(self, **values):
         """Run the query and return the cursor."""
-        _, sql, order = self._compile()
-        return database.execute_sql(sql, [values[name] for name in order])
+        return database.execute(self.build(**values))
 
     def rows(self, **values):
-        """Run a select of one model's columns and return model instances."""
-        model = self._compile()[0]
-        return load(model, self.execute(**values))
+        """Return the model instances the query selects."""
+        return list(self.build(**values))
 
     def first(self, **values):
         """Return the first row as a model instance, or None."""
@@ -166,157 +136,14 @@ class Prepared:
         return rows[0] if rows else None
 
 
-_load_plans = {}
-
-
-def load(model, cursor):
-    """Build ``model`` instances from a cursor over its columns, as the ORM would."""
-    rows = cursor.fetchall()
-    if not rows:
-        return []
-    key = (model, tuple(item[0] for item in cursor.description))
-    plan = _load_plans.get(key)
-    if plan is None:
-        columns = model._meta.columns
-        names = [item[0] for item in cursor.description]
-        fields = [columns[name] for name in names if name in columns]
-        # Columns that are no field (a selected subquery) become attributes.
-        extras = [name for name in names[len(fields) :] if name not in columns]
-        if len(fields) + len(extras) != len(names):
-            raise RuntimeError(f"Select the fields of {model.__name__} first: {names}")
-        plan = _load_plans[key] = (
-            [(f.name, f.python_value, stored_type(f)) for f in fields],
-            extras,
-        )
-    fields, extras = plan
-    width = len(fields)
-    result = []
-    for row in rows:
-        # What the ORM's cursor wrapper does, without a setattr per column,
-        # and without a conversion call for a value the driver already gave
-        # in the field's own type (most text and integer columns).
-        obj = model(__no_default__=1)
-        obj.__data__ = {
-            name: value if value is None or type(value) is kind else convert(value)
-            for (name, convert, kind), value in zip(fields, row, strict=False)
-        }
-        for name, value in zip(extras, row[width:], strict=True):
-            setattr(obj, name, value)
-        result.append(obj)
-    return result
-
-
-def stored_type(field):
-    """Return the Python type whose values ``field.python_value`` leaves unchanged, or None."""
-    if type(field).python_value is not Field.python_value:
-        return None
-    adapt = type(field).adapt
-    if adapt is TextField.adapt:
-        return str
-    if adapt is IntegerField.adapt:
-        return int
-    return None
-
-
-_statements = {}
-
-
-def _row_statement(model, kind, names):
-    """Render INSERT (or UPDATE by primary key) of the columns ``names`` once."""
-    key = (type(database.obj), model, kind, names)
-    found = _statements.get(key)
-    if found is None:
-        pk = model._meta.primary_key
-        fields = [model._meta.fields[name] for name in names]
-        # Unconverted markers: each run converts with the field's db_value itself.
-        markers = {f"\x00{field.name}\x00": field for field in fields}
-        values = {field: Value(m, converter=False) for m, field in markers.items()}
-        if kind == "insert":
-            query = model.insert(values)
-        else:
-            markers["\x00pk\x00"] = pk
-            query = model.update(values).where(
-                pk == Value("\x00pk\x00", converter=False)
-            )
-        sql, params = query.sql()
-        found = _statements[key] = (sql, [markers[param] for param in params])
-    return found
-
-
-def _saved_names(obj):
-    pk = obj._meta.primary_key
-    return tuple(
-        f.name
-        for f in obj._meta.sorted_fields
-        if f.name in obj.__data__ and f is not pk
-    )
-
-
 def insert(obj):
-    """Insert a new model instance as ``obj.save(force_insert=True)`` does.
-
-    The statement is rendered once per model and column set: inside a write
-    transaction the ORM's rendering took longer than SQLite's insert, and
-    every other writer waited for it.
-    """
-    if obj._pk is not None:
-        return obj.save(force_insert=True)
-    sql, fields = _row_statement(type(obj), "insert", _saved_names(obj))
-    data = obj.__data__
-    cursor = database.execute_sql(sql, [f.db_value(data[f.name]) for f in fields])
-    # PostgreSQL's INSERT was rendered with RETURNING the key; SQLite reports it.
-    obj._pk = cursor.fetchone()[0] if postgres() else cursor.lastrowid
-    obj._dirty.discard(obj._meta.primary_key.name)
-    obj._dirty -= {f.name for f in fields}
-    return 1
+    """Insert a new model instance; kept until mdm.scim stops using it."""
+    return obj.save(force_insert=True)
 
 
 def update(obj):
-    """Write every loaded column of a saved model instance, as ``obj.save()`` does."""
-    if obj._pk is None:
-        return obj.save()
-    sql, fields = _row_statement(type(obj), "update", _saved_names(obj))
-    data = obj.__data__
-    pk = obj._meta.primary_key
-    params = [f.db_value(obj._pk if f is pk else data[f.name]) for f in fields]
-    cursor = database.execute_sql(sql, params)
-    obj._dirty -= {f.name for f in fields if f is not pk}
-    return cursor.rowcount
-
-
-# A thread keeps its SQLite connection from one request to the next:
-# checking it out of the pool and back in cost a lookup 5% of its time.
-_kept = threading.local()
-
-
-def _connect():
-    db = database.obj
-    kept, _kept.handle = getattr(_kept, "handle", None), None
-    if kept is not None:
-        kept_db, conn = kept
-        if kept_db._state.conn is conn:
-            # The pool's own check, as on a check-out.
-            if kept_db is db and not kept_db._is_closed(conn):
-                return
-            kept_db._state.reset()  # closed under it, as bind() does; forget it
-    database.connect(reuse_if_open=True)
-
-
-def _close(exc):
-    db = database.obj
-    if db.is_closed():
-        return
-    conn = db._state.conn
-    if (
-        exc is None
-        and isinstance(db, PooledSqliteDatabase)
-        and not db._state.ctx  # no connection_context still holds it
-        and not db.in_transaction()
-        and not conn.in_transaction
-    ):
-        _kept.handle = (db, conn)
-        return
-    database.close()
+    """Save a model instance; kept until mdm.scim stops using it."""
+    return obj.save()
 
 
 #
@@ -325,11 +152,10 @@ def _close(exc):
 
 
 class NoCaseField(TextField):
-    """Text compared, sorted and kept unique regardless of ASCII case.
+    """Text compared, sorted and kept unique regardless of ASCII case."""
 
-    SQLite declares it ``TEXT COLLATE NOCASE``; PostgreSQL ``citext``, whose
-    comparisons, ordering, LIKE and indexes all ignore case the same way.
-    """
+    # SQLite declares it ``TEXT COLLATE NOCASE``; PostgreSQL ``citext``, whose
+    # comparisons, ordering, LIKE and indexes all ignore case the same way.
 
     field_type = "NOCASE_TEXT"
     nocase = True
@@ -358,11 +184,9 @@ def exact(expr):
 
 
 def like(expr, text, pattern="%{}%"):
-    """Match ``text`` with LIKE placed by ``pattern`` ("%{}%" contains), wildcards literal.
-
-    The match ignores ASCII case on both engines: SQLite's LIKE does so
-    already, PostgreSQL needs ILIKE.
-    """
+    """Match ``text`` with LIKE placed by ``pattern`` ("%{}%" contains), wildcards literal."""
+    # The match ignores ASCII case on both engines: SQLite's LIKE does so
+    # already, PostgreSQL needs ILIKE.
     if "\x00" in text:
         # NUL is never stored, and PostgreSQL refuses it even as a parameter.
         return false()
@@ -433,12 +257,10 @@ def _json_path(keys):
 
 
 def json_get(document, keys, kind="string"):
-    """Return the value at ``keys`` in a JSON text column, as SQL of ``kind``.
-
-    ``kind`` is a SCIM type; numbers compare as numbers, booleans read back
-    as "1"/"0" or "true"/"false", and everything else as text. A value of
-    the wrong JSON type is NULL on PostgreSQL rather than an error.
-    """
+    """Return the value at ``keys`` in a JSON text column, as SQL of ``kind``."""
+    # ``kind`` is a SCIM type; numbers compare as numbers, booleans read back
+    # as "1"/"0" or "true"/"false", and everything else as text. A value of
+    # the wrong JSON type is NULL on PostgreSQL rather than an error.
     if not postgres():
         return fn.json_extract(document, _json_path(keys))
     value = fn.jsonb_extract_path(Cast(document, "jsonb"), *[str(k) for k in keys])
@@ -474,10 +296,8 @@ def _typed(value, kind):
 
 
 def json_elements(document, keys, alias):
-    """Return the FROM source listing the elements of the array at ``keys`` as ``alias``.
-
-    Each row has ``value`` (the element) and ``type`` (its JSON type name).
-    """
+    """Return the FROM source listing the elements of the array at ``keys`` as ``alias``."""
+    # Each row has ``value`` (the element) and ``type`` (its JSON type name).
     if not postgres():
         return NodeList(
             (
@@ -537,16 +357,14 @@ def json_flag(expr):
 
 @contextmanager
 def write_transaction():
-    """Run a write transaction that holds the database's one write lock from the start.
-
-    SQLite: a deferred transaction that reads and then writes can fail with
-    SQLITE_BUSY when another writer got in between; IMMEDIATE waits on
-    busy_timeout instead (which still covers writers in other processes,
-    such as the CLI). PostgreSQL: a transaction-scoped advisory lock gives
-    every process the same one-writer-at-a-time rule, so a read followed by
-    a write inside the transaction never sees another writer's changes
-    interleaved.
-    """
+    """Run a write transaction that holds the database's one write lock from the start."""
+    # SQLite: a deferred transaction that reads and then writes can fail with
+    # SQLITE_BUSY when another writer got in between; IMMEDIATE waits on
+    # busy_timeout instead (which still covers writers in other processes,
+    # such as the CLI). PostgreSQL: a transaction-scoped advisory lock gives
+    # every process the same one-writer-at-a-time rule, so a read followed by
+    # a write inside the transaction never sees another writer's changes
+    # interleaved.
     if postgres():
         with database.atomic():
             database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
@@ -604,11 +422,9 @@ def try_lock_for_pruning(db):
 
 
 def backup(path):
-    """Copy the live database to ``path`` with SQLite's online backup API.
-
-    The copy is a consistent snapshot even while other connections write;
-    returns the number of pages copied.
-    """
+    """Copy the live database to ``path`` with SQLite's online backup API."""
+    # The copy is a consistent snapshot even while other connections write;
+    # returns the number of pages copied.
     import sqlite3
 
     if postgres():

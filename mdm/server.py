@@ -1,13 +1,18 @@
-"""Serve the app with waitress and stop gracefully on SIGTERM or Ctrl-C."""
+"""Serve the app with waitress and stop gracefully on SIGTERM or Ctrl-C.
+
+waitress has no public way to stop gracefully: its own serve() dies
+mid-response on SIGTERM. The stop below is the one place mdm reaches into
+waitress's internals, written against waitress 3.0.2 (pinned in
+pyproject.toml); INTERNALS lists every one, and tests/test_server.py checks
+them, so an upgrade that changes one fails there by name.
+"""
 
 import signal
 import threading
 import time
 
 from waitress import wasyncore
-from waitress.channel import HTTPChannel
 from waitress.server import create_server
-from waitress.task import ThreadedTaskDispatcher
 
 from .db import postgres
 
@@ -17,17 +22,19 @@ GRACE_SECONDS = 30
 # Bodies between the two limits still get the app's SCIM 413 (RFC 7644 §3.12).
 BODY_CAP_FACTOR = 4
 
+# The waitress internals the graceful stop uses: attributes of the server,
+# of each connection (channel), and the event loop's signature.
+INTERNALS = {
+    "server": ("_map", "adj", "active_channels", "task_dispatcher", "trigger"),
+    "channel": ("requests", "request", "total_outbufs_len"),
+    "wasyncore.loop": ("timeout", "use_poll", "map", "count"),
+    "wasyncore.dispatcher.close": ("self",),
+    "task_dispatcher.shutdown": ("self", "cancel_pending", "timeout"),
+}
+
 
 def serve(app, host, port, threads, on_ready=None):
-    """Serve until SIGTERM/SIGINT, then finish in-flight requests and return.
-
-    waitress's own serve() dies mid-response on SIGTERM. Here the listening
-    socket closes first, then each keep-alive connection as soon as it has
-    nothing in flight, while the event loop keeps flushing responses until
-    every request has been answered (or GRACE_SECONDS pass); then the
-    workers stop.
-    Every write is one transaction, so a request cut short writes nothing.
-    """
+    """Serve until SIGTERM/SIGINT, then finish in-flight requests and return."""
     server = make_server(app, host, port, threads)
     stopping = threading.Event()
 
@@ -41,29 +48,15 @@ def serve(app, host, port, threads, on_ready=None):
     if on_ready is not None:
         on_ready(server)
     try:
-        while not stopping.is_set():
-            _poll(server, 1.0)
-        wasyncore.dispatcher.close(server)  # stop accepting; keep the trigger
-        deadline = time.monotonic() + GRACE_SECONDS
-        while _busy(server) and time.monotonic() < deadline:
-            _close_idle(server)
-            _poll(server, 0.05)
-        for channel in list(server.active_channels.values()):
-            channel.close()
-        server.task_dispatcher.shutdown(cancel_pending=False, timeout=5)
-        server.trigger.close()
+        run(server, stopping)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
 def make_server(app, host, port, threads):
-    """Return a waitress server for ``app``; on SQLite its workers take requests as Dispatcher does."""
-    # A PostgreSQL query waits on the network: there waitress's own dispatcher,
-    # which wakes a worker per request, overlaps those waits.
-    dispatcher = ThreadedTaskDispatcher() if postgres() else Dispatcher()
-    dispatcher.set_thread_count(threads)
-    server = create_server(
+    """Return a waitress server for ``app`` with mdm's limits and proxy setting."""
+    return create_server(
         app,
         host=host,
         port=port,
@@ -73,100 +66,14 @@ def make_server(app, host, port, threads):
         # waitress strips X-Forwarded-* from peers it does not itself trust;
         # with PROXY_FIX set, werkzeug's ProxyFix in the app decides instead.
         clear_untrusted_proxy_headers=not trusts_proxy(app.config),
-        _dispatcher=dispatcher,
     )
-    server.channel_class = Channel
-    return server
-
-
-class Channel(HTTPChannel):
-    """A connection the event loop leaves alone while a worker is writing to it.
-
-    A worker sends what it writes itself, holding the channel's output lock.
-    While it did, the loop saw output pending, found the socket writable,
-    could not take the lock, and went round again: four to five wasted turns
-    (each a select and a pass over every connection) per request, taking the
-    GIL from the worker each time. Whoever holds the lock and leaves output
-    unsent pulls the trigger, so the loop looks again once it is free.
-    """
-
-    def writable(self):
-        # HTTPChannel.writable, but for a running request whose lock is held.
-        if self.will_close or self.close_when_flushed:
-            return True
-        if not self.total_outbufs_len:
-            return False
-        if self.requests:
-            if not self.outbuf_lock.acquire(blocking=False):
-                return False
-            self.outbuf_lock.release()
-        return True
-
-
-class Dispatcher(ThreadedTaskDispatcher):
-    """Queue each request for a worker already running; wake another only for a slow one.
-
-    waitress wakes an idle worker for every request. Only one thread runs
-    Python at a time, so under load the woken workers just trade the GIL and
-    the CPU among themselves: with four threads lookups ran at 0.36 of the
-    framework floor, with one at 0.47. Here a request waits for a busy worker
-    to finish, unless no worker has started or finished a request for STALL
-    seconds: then the server loop (see _poll) wakes an idle one, so a slow
-    request (a large page, a lock wait, a slow download) holds up the
-    requests queued behind it for no longer than that.
-    """
-
-    STALL = 0.01
-
-    def __init__(self):
-        super().__init__()
-        # When a worker last started or finished a request; one float, so
-        # workers set it without taking the dispatcher's lock.
-        self.progress = time.monotonic()
-
-    def add_task(self, task):
-        with self.lock:
-            self.queue.append(_Timed(task, self))
-            if self.active_count == 0:
-                self.queue_cv.notify()  # an idle server answers at once
-
-    def wake_if_stalled(self):
-        """Wake an idle worker if requests wait and the busy ones made no progress."""
-        with self.lock:
-            idle = len(self.threads) - self.stop_count - self.active_count
-            stalled = time.monotonic() - self.progress >= self.STALL
-            if self.queue and idle > 0 and stalled:
-                self.queue_cv.notify()
-
-
-class _Timed:
-    """A queued task that marks its dispatcher's progress when it starts and ends."""
-
-    __slots__ = ("task", "dispatcher")
-
-    def __init__(self, task, dispatcher):
-        self.task = task
-        self.dispatcher = dispatcher
-
-    def service(self):
-        self.dispatcher.progress = time.monotonic()
-        try:
-            self.task.service()
-        finally:
-            self.dispatcher.progress = time.monotonic()
-
-    def cancel(self):
-        self.task.cancel()
 
 
 def default_threads():
-    """Return how many waitress threads suit the bound database engine.
-
-    On SQLite, Dispatcher keeps one worker busy and wakes the others only
-    for slow requests (4 and 8 threads measured the same), so four leave
-    room for a few slow ones at once. A PostgreSQL query waits on the
-    network, which more threads overlap.
-    """
+    """Return how many waitress threads suit the bound database engine."""
+    # SQLite answers from the process itself, one writer at a time, so a few
+    # threads are enough to keep a slow request from holding up the others.
+    # A PostgreSQL query waits on the network, which more threads overlap.
     return 8 if postgres() else 4
 
 
@@ -181,29 +88,46 @@ def body_cap(config):
     return BODY_CAP_FACTOR * max(int(limit) for limit in limits if limit)
 
 
+#
+# The graceful stop: waitress internals from here on (see INTERNALS).
+#
+
+
+def run(server, stopping):
+    """Serve until ``stopping`` is set, then stop as the README's Operations section says."""
+    # The listening socket closes first, then each keep-alive connection as
+    # soon as it has nothing in flight, while the event loop keeps flushing
+    # answers until every request has been answered (or GRACE_SECONDS pass);
+    # then the workers stop. Every write is one transaction, so a request cut
+    # short writes nothing.
+    while not stopping.is_set():
+        _poll(server, 1.0)
+    wasyncore.dispatcher.close(server)  # stop accepting; keep the trigger
+    deadline = time.monotonic() + GRACE_SECONDS
+    while _busy(server) and time.monotonic() < deadline:
+        _close_idle(server)
+        _poll(server, 0.05)
+    for channel in list(server.active_channels.values()):
+        channel.close()
+    server.task_dispatcher.shutdown(cancel_pending=False, timeout=5)
+    server.trigger.close()
+
+
 def _poll(server, timeout):
-    """Run one turn of the event loop, then wake a worker for a stalled queue."""
-    dispatcher = server.task_dispatcher
-    watch = isinstance(dispatcher, Dispatcher)
-    if watch and dispatcher.queue:
-        timeout = min(timeout, Dispatcher.STALL / 2)
-    server.asyncore.loop(
+    """Run one turn of waitress's event loop."""
+    wasyncore.loop(
         timeout=timeout,
         map=server._map,
         use_poll=server.adj.asyncore_use_poll,
         count=1,
     )
-    if watch:
-        dispatcher.wake_if_stalled()
 
 
 def _close_idle(server):
-    """Close keep-alive connections with nothing in flight, so no new request starts.
-
-    A connection is not read while its request runs or its answer is unsent,
-    so one closed here between two requests never had its next one read; one
-    still receiving a request (``channel.request``) is left to finish it.
-    """
+    """Close keep-alive connections with nothing in flight, so no new request starts."""
+    # A connection is not read while its request runs or its answer is unsent,
+    # so one closed here between two requests never had its next one read; one
+    # still receiving a request (``channel.request``) is left to finish it.
     for channel in list(server.active_channels.values()):
         if not (channel.requests or channel.request or channel.total_outbufs_len):
             channel.close()
@@ -211,9 +135,7 @@ def _close_idle(server):
 
 def _busy(server):
     """Tell whether any request is queued, running, or still being sent."""
-    dispatcher = server.task_dispatcher
-    if dispatcher.active_count or dispatcher.queue:
-        return True
+    # A connection keeps its requests until a worker has answered them all.
     return any(
         channel.requests or channel.total_outbufs_len
         for channel in server.active_channels.values()

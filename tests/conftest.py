@@ -5,23 +5,21 @@ database is a schema of its own in it instead of a SQLite file.
 """
 
 import hashlib
-import importlib.util
 import json
 import os
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from waitress import wasyncore
-from waitress.server import create_server
 
 from mdm import create_app
 from mdm.db import database
 from mdm.models import Admin
 from mdm.models import BearerToken
+from mdm.server import make_server
+from mdm.server import run
 
 SCIM = "application/scim+json"
 PASSWORD = "correct horse battery"
@@ -30,17 +28,6 @@ ENGINE = "postgresql" if TEST_DATABASE_URL else "sqlite"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_bench(name):
-    """Import ``bench/<name>.py``, whose server helpers the process-level tests share."""
-    spec = importlib.util.spec_from_file_location(
-        f"bench_{name}", ROOT / "bench" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-crash = _load_bench("crash")
 _schemas = []
 
 
@@ -280,30 +267,16 @@ def console(app, client):
 
 @contextmanager
 def live_server(app, threads=8):
-    """Serve ``app`` with waitress on a free loopback port; yield the port."""
-    server = create_server(app, host="127.0.0.1", port=0, threads=threads)
+    """Serve ``app`` as ``mdm serve`` does, on a free loopback port; yield the port."""
+    server = make_server(app, "127.0.0.1", 0, threads)
     stopping = threading.Event()
-
-    def run():
-        # Sockets are closed by the loop's own thread: closing them from another
-        # thread while it sits in select() makes select() fail with EBADF.
-        while not stopping.is_set():
-            server.asyncore.loop(timeout=0.05, map=server._map, count=1)
-        wasyncore.close_all(server._map)
-
-    thread = threading.Thread(target=run, daemon=True)
+    # The stop lets a task finish after its client has read the answer.
+    thread = threading.Thread(target=run, args=(server, stopping), daemon=True)
     thread.start()
     try:
         yield server.effective_port
     finally:
-        # A task may still be finishing after its client read the answer; let it.
-        dispatcher = server.task_dispatcher
-        deadline = time.monotonic() + 5
-        while (
-            dispatcher.active_count or dispatcher.queue
-        ) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        dispatcher.shutdown(timeout=5)
         stopping.set()
-        thread.join(timeout=5)
+        server.pull_trigger()
+        thread.join(timeout=40)
         database.close_all()

@@ -10,7 +10,7 @@ from .conftest import ROOT
 from .conftest import TEST_DATABASE_URL
 from .conftest import database_url
 
-MDM = [sys.executable, "-c", "from mdm.cli import main; main()"]
+MDM = [sys.executable, "-c", "from mdm.__main__ import main; main()"]
 
 
 def environment(instance, **settings):

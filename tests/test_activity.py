@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from bs4 import BeautifulSoup
+from playhouse.test_utils import count_queries
 
 from mdm import activity
 from mdm.activity import ActivityEntry
@@ -674,7 +675,7 @@ def test_pagination_keeps_filters(console):
     assert listed(console, "?idp=entra&page=3") == ids[::-1][100:]
 
 
-def test_target_links_to_existing_records_in_one_query(app, console, scim, monkeypatch):
+def test_target_links_to_existing_records_in_one_query(app, console, scim):
     alice = scim.create_user("alice@example.com")
     gone = scim.create_user("gone@example.com")
     group = scim.create_group("Engineering")
@@ -687,16 +688,9 @@ def test_target_links_to_existing_records_in_one_query(app, console, scim, monke
     add(resource_type="Group", target="Old", resource_id=alice["id"])
     add(target=None, resource_id=None)
 
-    statements = []
-    original = database.execute_sql
-
-    def counting(sql, params=None, *args, **kwargs):
-        statements.append(sql)
-        return original(sql, params, *args, **kwargs)
-
-    monkeypatch.setattr(database.obj, "execute_sql", counting)
-    soup = page(console.get("/admin/activity?resource=&q="))
-    lookups = [s for s in statements if '"scim_id" IN' in s]
+    with count_queries() as counted:
+        soup = page(console.get("/admin/activity?resource=&q="))
+    lookups = [q for q in counted.get_queries() if '"scim_id" IN' in q.msg[0]]
     assert len(lookups) == 1
 
     targets = {text(r["Target"]): r["Target"].a for r in rows(soup)}

@@ -9,8 +9,8 @@ import urllib.parse
 
 import pytest
 
+from . import crashload as crash
 from .conftest import ENGINE
-from .conftest import crash
 from .conftest import database_url
 from .conftest import integrity_problems
 from .conftest import raw_connection

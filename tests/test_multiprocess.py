@@ -2,6 +2,7 @@
 
 import http.cookiejar
 import json
+import os
 import re
 import subprocess
 import threading
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from . import crashload as crash
 from .conftest import ENGINE
 from .conftest import ROOT
-from .conftest import crash
 from .conftest import database_url
 from .conftest import integrity_problems
 
@@ -183,7 +184,7 @@ def test_setup_code_and_sign_in_throttle_are_shared(servers, tmp_path):
         check=True,
         capture_output=True,
         cwd=ROOT,
-        env=crash.os.environ | {"MDM_INSTANCE_PATH": str(tmp_path)},
+        env=os.environ | {"MDM_INSTANCE_PATH": str(tmp_path)},
         timeout=60,
     )
     consoles = [_console(port) for port in ports]

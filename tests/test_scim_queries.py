@@ -1,38 +1,13 @@
 """Listing costs a fixed number of SQL queries, whatever the page size (no N+1)."""
 
-import logging
-
 import pytest
+from playhouse.test_utils import count_queries
 
 from mdm.db import database
 from mdm.models import Group
 from mdm.models import Membership
 from mdm.models import User
 from mdm.models import mirror_user
-
-
-class QueryCounter(logging.Handler):
-    """Count the statements peewee logs while active."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.statements = []
-
-    def emit(self, record):
-        if record.name == "peewee":  # not peewee.pool's connection messages
-            self.statements.append(record.getMessage())
-
-
-@pytest.fixture
-def count_queries():
-    logger = logging.getLogger("peewee")
-    handler = QueryCounter()
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler.statements
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
 
 
 @pytest.fixture
@@ -56,28 +31,28 @@ def directory(app):
     return groups
 
 
-def test_user_list_page_of_100(scim, directory, count_queries):
+def test_user_list_page_of_100(scim, directory):
     scim.get("/Users?count=0")  # records the token's first use
-    count_queries.clear()
-    response = scim.get("/Users?startIndex=1&count=100")
+    with count_queries() as counted:
+        response = scim.get("/Users?startIndex=1&count=100")
     assert response.status_code == 200
     body = response.get_json()
     assert body["itemsPerPage"] == 100 and body["totalResults"] == 150
     assert all(r["groups"] for r in body["Resources"])
     # token with the custom attributes, page, groups of the page, count
-    assert len(count_queries) == 4, count_queries
+    assert counted.count == 4, counted.get_queries()
 
 
-def test_group_with_members(scim, directory, count_queries):
+def test_group_with_members(scim, directory):
     scim.get("/Users?count=0")
-    count_queries.clear()
     group_id = directory[0].scim_id
-    body = scim.get(f"/Groups/{group_id}").get_json()
+    with count_queries() as counted:
+        body = scim.get(f"/Groups/{group_id}").get_json()
     assert len(body["members"]) == 150
     # token, group, members
-    assert len(count_queries) == 3, count_queries
-    count_queries.clear()
-    listed = scim.get("/Groups").get_json()
+    assert counted.count == 3, counted.get_queries()
+    with count_queries() as counted:
+        listed = scim.get("/Groups").get_json()
     assert [len(g["members"]) for g in listed["Resources"]] == [150, 100, 50]
     # token, page, members of the page
-    assert len(count_queries) == 3, count_queries
+    assert counted.count == 3, counted.get_queries()

@@ -1,125 +1,107 @@
-"""The waitress dispatcher: requests queue for the running worker, never behind a slow one."""
+"""The waitress server: requests answered side by side, and the internals the graceful stop needs."""
 
 import http.client
+import inspect
 import socket
 import threading
 import time
+from importlib.metadata import version
 
-import pytest
 from flask import Flask
+from waitress import wasyncore
+from waitress.channel import HTTPChannel
 
-from mdm.server import Channel
-from mdm.server import Dispatcher
-from mdm.server import _poll
+from mdm.server import INTERNALS
 from mdm.server import make_server
-
-from .conftest import ENGINE
-
-
-class Task:
-    """A stand-in for a waitress channel: records the thread that serviced it."""
-
-    def __init__(self, hold=None):
-        self.hold = hold
-        self.started = threading.Event()
-        self.done = threading.Event()
-        self.thread = None
-
-    def service(self):
-        self.thread = threading.current_thread().name
-        self.started.set()
-        if self.hold is not None:
-            self.hold.wait(10)
-        self.done.set()
-
-    def cancel(self):
-        self.done.set()
-
-
-@pytest.fixture
-def dispatcher():
-    dispatcher = Dispatcher()
-    dispatcher.set_thread_count(3)
-    yield dispatcher
-    dispatcher.shutdown(cancel_pending=True, timeout=5)
-
-
-def test_an_idle_dispatcher_starts_a_request_at_once(dispatcher):
-    task = Task()
-    dispatcher.add_task(task)
-    assert task.done.wait(5)
-
-
-def test_queued_requests_wait_for_the_busy_worker(dispatcher):
-    dispatcher.STALL = 60  # nothing counts as stalled in this test
-    release = threading.Event()
-    first = Task(hold=release)
-    dispatcher.add_task(first)
-    assert first.started.wait(5)
-    queued = [Task(), Task()]
-    for task in queued:
-        dispatcher.add_task(task)
-    dispatcher.wake_if_stalled()
-    time.sleep(0.1)
-    # Two idle workers were left asleep: the requests wait for the busy one.
-    assert not any(task.started.is_set() for task in queued)
-    release.set()
-    assert all(task.done.wait(5) for task in queued)
-    assert {task.thread for task in queued} == {first.thread}
-
-
-def test_a_stalled_worker_gets_help(dispatcher):
-    release = threading.Event()
-    slow = Task(hold=release)
-    dispatcher.add_task(slow)
-    assert slow.started.wait(5)
-    fast = Task()
-    dispatcher.add_task(fast)
-    time.sleep(dispatcher.STALL * 2)
-    dispatcher.wake_if_stalled()
-    try:
-        assert fast.done.wait(5), "the queued request waited for the slow one"
-        assert fast.thread != slow.thread
-        assert not slow.done.is_set()
-    finally:
-        release.set()
-
-
-def test_postgresql_keeps_waitress_dispatcher(app):
-    # A PostgreSQL query waits on the network; waitress's dispatcher, waking a
-    # worker per request, overlaps those waits. SQLite's calls are short.
-    server = make_server(app, "127.0.0.1", 0, 2)
-    try:
-        assert isinstance(server.task_dispatcher, Dispatcher) == (ENGINE == "sqlite")
-    finally:
-        server.task_dispatcher.shutdown(timeout=5)
-        server.close()
-        server.trigger.close()
+from mdm.server import run
 
 
 def serving(app, threads=2):
-    """Start make_server's server on a free port, with its loop in a thread."""
+    """Start make_server's server on a free port, run() in a thread; return (server, stop)."""
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_CONTENT_LENGTH"] or 1024
     server = make_server(app, "127.0.0.1", 0, threads)
     stopping = threading.Event()
-
-    def loop():
-        while not stopping.is_set():
-            _poll(server, 0.05)
-
-    looping = threading.Thread(target=loop, daemon=True)
+    looping = threading.Thread(target=run, args=(server, stopping), daemon=True)
     looping.start()
 
     def stop():
         stopping.set()
-        looping.join(5)
-        server.task_dispatcher.shutdown(timeout=5)
-        for channel in list(server.active_channels.values()):
-            channel.close()
-        server.close()
-        server.trigger.close()
+        server.pull_trigger()
+        looping.join(10)
+        assert not looping.is_alive(), "the server did not stop"
 
     return server, stop
+
+
+def test_waitress_is_the_version_the_graceful_stop_was_written_for():
+    assert version("waitress") == "3.0.2", (
+        "mdm.server's graceful stop uses waitress internals checked against 3.0.2; "
+        "review INTERNALS and this file before changing the pin"
+    )
+
+
+def _parameters(function):
+    return list(inspect.signature(function).parameters)
+
+
+def test_the_waitress_internals_of_the_graceful_stop_are_there():
+    """Every attribute and signature in mdm.server.INTERNALS, by name."""
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 1024
+    server = make_server(app, "127.0.0.1", 0, 1)
+    a, b = socket.socketpair()
+    try:
+        for name in INTERNALS["server"]:
+            assert hasattr(server, name), f"waitress server lost .{name}"
+        assert isinstance(server._map, dict), "waitress server._map is no dict"
+        assert hasattr(server.adj, "asyncore_use_poll"), (
+            "waitress server.adj lost .asyncore_use_poll"
+        )
+        assert callable(server.trigger.close), "waitress server.trigger lost .close()"
+        channel = server.channel_class(server, a, ("127.0.0.1", 0), server.adj, map={})
+        assert isinstance(channel, HTTPChannel)
+        for name in INTERNALS["channel"]:
+            assert hasattr(channel, name), f"waitress HTTPChannel lost .{name}"
+        assert channel.requests == [] and channel.request is None, (
+            "waitress HTTPChannel.requests/.request changed meaning"
+        )
+        assert channel.total_outbufs_len == 0, (
+            "waitress HTTPChannel.total_outbufs_len changed meaning"
+        )
+        channel.del_channel()
+        loop = _parameters(wasyncore.loop)
+        for name in INTERNALS["wasyncore.loop"]:
+            assert name in loop, f"waitress wasyncore.loop lost its {name!r} argument"
+        assert _parameters(wasyncore.dispatcher.close) == ["self"], (
+            "waitress wasyncore.dispatcher.close changed its signature"
+        )
+        shutdown = _parameters(type(server.task_dispatcher).shutdown)
+        assert shutdown == list(INTERNALS["task_dispatcher.shutdown"]), (
+            f"waitress task_dispatcher.shutdown is now {shutdown}"
+        )
+    finally:
+        a.close()
+        b.close()
+        server.close()
+
+
+def test_stopping_closes_idle_connections_and_returns():
+    app = Flask(__name__)
+
+    @app.get("/")
+    def index():
+        return "ok"
+
+    server, stop = serving(app)
+    conn = http.client.HTTPConnection("127.0.0.1", server.effective_port, timeout=10)
+    conn.request("GET", "/")
+    assert conn.getresponse().read() == b"ok"  # the connection stays open, idle
+    stop()
+    assert not server.active_channels
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        assert sock.connect_ex(("127.0.0.1", int(server.effective_port))) != 0
+    conn.close()
 
 
 def test_served_fast_request_is_answered_while_a_slow_one_runs():
@@ -160,39 +142,6 @@ def test_served_fast_request_is_answered_while_a_slow_one_runs():
         slow_client.join(10)
         stop()
     assert answers["/slow"] == b"slow"
-
-
-def test_the_loop_leaves_a_channel_alone_while_a_worker_writes_to_it():
-    server, stop = serving(Flask(__name__))
-    a, b = socket.socketpair()
-    try:
-        channel = Channel(server, a, ("127.0.0.1", 0), server.adj, map={})
-        assert not channel.writable()  # nothing to send
-        channel.requests = [object()]
-        channel.total_outbufs_len = 10
-        assert channel.writable()  # output pending and the lock is free: flush it
-        held, release = threading.Event(), threading.Event()
-
-        def write():
-            with channel.outbuf_lock:
-                held.set()
-                release.wait(5)
-
-        writer = threading.Thread(target=write)
-        writer.start()
-        assert held.wait(5)
-        assert not channel.writable()  # the worker sends it itself
-        channel.close_when_flushed = True
-        assert channel.writable()  # closing stays the loop's business
-        release.set()
-        writer.join(5)
-        channel.close_when_flushed = False
-        assert channel.writable()
-        channel.del_channel()
-    finally:
-        a.close()
-        b.close()
-        stop()
 
 
 def test_a_streamed_answer_larger_than_the_buffers_reaches_a_slow_client():

@@ -1,0 +1,266 @@
+"""The activity and audit tables, and the background writer that fills them.
+
+SCIM requests must never wait on logging, so a request only queues its row;
+one background thread per process inserts batches and prunes by age and
+size. On SQLite the tables live in ``activity.sqlite`` (its own file, hence
+its own write lock); on PostgreSQL in the main database, through a pool of
+their own.
+"""
+
+import atexit
+import collections
+import logging
+import threading
+import time
+from datetime import timedelta
+
+from flask import current_app
+from peewee import DatabaseProxy
+from peewee import DateTimeField
+from peewee import FloatField
+from peewee import IntegerField
+from peewee import TextField
+from playhouse.pool import PooledSqliteDatabase
+
+from .db import close_pool
+from .db import connect_database
+from .db import lock_for_migration
+from .db import schema_version
+from .db import set_schema_version
+from .db import try_lock_for_pruning
+from .models import utcnow
+
+PRAGMAS = {"journal_mode": "wal", "busy_timeout": 15000, "synchronous": "normal"}
+# Unopened until ``bind``; closing it is harmless.
+activity_db = DatabaseProxy()
+activity_db.initialize(PooledSqliteDatabase(None, pragmas=PRAGMAS))
+SCHEMA_VERSION = 1
+
+
+class ActivityEntry(activity_db.Model):
+    """One SCIM request as the identity provider sent it and as it was answered."""
+
+    time = DateTimeField(default=utcnow, index=True)
+    idp = TextField(null=True, index=True)
+    token_key = TextField(null=True)
+    client_address = TextField(null=True)
+    user_agent = TextField(null=True)
+    method = TextField()
+    path = TextField()
+    query = TextField(default="")
+    resource_type = TextField(null=True, index=True)
+    resource_id = TextField(null=True, index=True)
+    target = TextField(null=True)
+    summary = TextField(default="")
+    status = IntegerField(index=True)
+    scim_type = TextField(null=True)
+    detail = TextField(null=True)
+    duration_ms = FloatField(default=0)
+    request_body = TextField(null=True)
+    response_body = TextField(null=True)
+
+    class Meta:
+        table_name = "activity"
+
+    @property
+    def outcome(self):
+        return f"{self.status // 100}xx"
+
+
+class AuditEvent(activity_db.Model):
+    """An administrative event: token changes, sign-ins, purges, settings."""
+
+    time = DateTimeField(default=utcnow, index=True)
+    event = TextField(index=True)
+    actor = TextField(default="")
+    address = TextField(null=True)
+    details = TextField(default="")
+
+    class Meta:
+        table_name = "audit_event"
+
+
+ACTIVITY_MODELS = [ActivityEntry, AuditEvent]
+
+
+# The columns of a queued ActivityEntry tuple, in the model's field order
+# (the writer binds a tuple as it stands; a test holds the two together).
+ENTRY_COLUMNS = (
+    "time",
+    "idp",
+    "token_key",
+    "client_address",
+    "user_agent",
+    "method",
+    "path",
+    "query",
+    "resource_type",
+    "resource_id",
+    "target",
+    "summary",
+    "status",
+    "scim_type",
+    "detail",
+    "duration_ms",
+    "request_body",
+    "response_body",
+)
+
+
+#
+# The buffered writer
+#
+
+
+class Writer:
+    """Insert queued rows in batches from one background thread."""
+
+    # A request only appends to a deque, and the thread is woken once per
+    # batch rather than once per row, so a request never waits on the thread.
+
+    MAX_PENDING = 50000
+    BATCH = 500
+    GATHER_SECONDS = 0.2
+
+    def __init__(self):
+        self.pending = collections.deque()
+        self.wake = threading.Event()
+        self.hurry = threading.Event()
+        self.thread = None
+        self.lock = threading.Lock()
+        self.retention_days = 30
+        self.max_rows = 500000
+        self.dropped = 0
+        self._last_prune = 0.0
+
+    def start(self):
+        with self.lock:
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(
+                    target=self._run, name="mdm-activity", daemon=True
+                )
+                self.thread.start()
+
+    def put(self, model, row):
+        """Queue ``row``: a dict of ``model``'s fields, or an ActivityEntry tuple in ENTRY_COLUMNS order."""
+        if len(self.pending) >= self.MAX_PENDING:
+            # Never block provisioning: drop the record and count it.
+            self.dropped += 1
+            return
+        self.pending.append((model, row))
+        if not self.wake.is_set():
+            self.wake.set()
+
+    def _run(self):
+        while True:
+            self.wake.wait()
+            # Let a batch gather; a flush cuts the wait short.
+            self.hurry.wait(self.GATHER_SECONDS)
+            self.hurry.clear()
+            # Cleared before draining: a row appended after the drain sets it again.
+            self.wake.clear()
+            while self.pending:
+                batch = []
+                while self.pending and len(batch) < self.BATCH:
+                    batch.append(self.pending.popleft())
+                self._write(batch)
+
+    def _write(self, batch):
+        try:
+            self._insert(batch)
+        except Exception:  # noqa: BLE001 - the writer must outlive any bad row
+            current_logger().exception("Could not record %d activity rows", len(batch))
+        finally:
+            for model, row in batch:
+                if model is None:
+                    row.set()  # a flush marker: everything before it is written
+
+    def _insert(self, batch):
+        # One INSERT takes rows of one shape: tuples, or dicts with the same keys.
+        groups = {}
+        for model, row in batch:
+            if model is None:
+                continue  # a flush marker
+            shape = None if type(row) is tuple else frozenset(row)
+            groups.setdefault((model, shape), []).append(row)
+        if not groups:
+            return
+        with activity_db.connection_context(), activity_db.atomic():
+            for (model, shape), rows in groups.items():
+                if shape is None:
+                    fields = [model._meta.fields[name] for name in ENTRY_COLUMNS]
+                    rows = [tuple(_without_nul(v) for v in row) for row in rows]
+                else:
+                    fields = None
+                    rows = [
+                        {k: _without_nul(v) for k, v in row.items()} for row in rows
+                    ]
+                for start in range(0, len(rows), ROWS_PER_INSERT):
+                    chunk = rows[start : start + ROWS_PER_INSERT]
+                    model.insert_many(chunk, fields=fields).execute()
+            if time.monotonic() - self._last_prune > 300:
+                self._last_prune = time.monotonic()
+                # Each process prunes on its own clock; one at a time is enough.
+                if try_lock_for_pruning(activity_db):
+                    prune(self.retention_days, self.max_rows)
+
+    def flush(self, timeout=10):
+        """Wait until everything queued so far is written (tests, shutdown)."""
+        if self.thread is None:
+            return
+        done = threading.Event()
+        self.pending.append((None, done))
+        self.hurry.set()
+        self.wake.set()
+        done.wait(timeout)
+
+
+def _without_nul(value):
+    if type(value) is str and "\x00" in value:
+        # PostgreSQL refuses NUL in text; one such row must not sink its batch.
+        return value.replace("\x00", "\\u0000")
+    return value
+
+
+# Rows per INSERT statement: 100 rows of ActivityEntry bind 1,800 parameters,
+# well inside SQLite's 32,766 and PostgreSQL's 65,535.
+ROWS_PER_INSERT = 100
+
+writer = Writer()
+atexit.register(writer.flush, 5)
+
+
+def current_logger():
+    try:
+        return current_app.logger
+    except RuntimeError:
+        return logging.getLogger("mdm")
+
+
+def prune(retention_days, max_rows):
+    """Delete activity older than the retention period, then the oldest beyond max_rows."""
+    cutoff = utcnow() - timedelta(days=retention_days)
+    ActivityEntry.delete().where(ActivityEntry.time < cutoff).execute()
+    AuditEvent.delete().where(AuditEvent.time < cutoff - timedelta(days=335)).execute()
+    newest_kept = (
+        ActivityEntry.select(ActivityEntry.id)
+        .order_by(ActivityEntry.id.desc())
+        .offset(max_rows)
+        .limit(1)
+        .scalar()
+    )
+    if newest_kept is not None:
+        ActivityEntry.delete().where(ActivityEntry.id <= newest_kept).execute()
+
+
+def bind(target):
+    """Point the activity database at a SQLite path or PostgreSQL URL and create its tables."""
+    close_pool(activity_db)
+    activity_db.initialize(
+        connect_database(target, pragmas=PRAGMAS, max_connections=32)
+    )
+    with activity_db.connection_context(), activity_db.atomic():
+        lock_for_migration(activity_db)
+        schema_version(activity_db, "activity")
+        activity_db.create_tables(ACTIVITY_MODELS, safe=True)
+        set_schema_version(activity_db, "activity", SCHEMA_VERSION)

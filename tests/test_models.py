@@ -1,0 +1,86 @@
+"""Model operations: saving, uniqueness, and the reads every SCIM request makes."""
+
+import pytest
+from peewee import IntegrityError
+from playhouse.test_utils import count_queries
+
+from mdm.db import database
+from mdm.models import BearerToken
+from mdm.models import CustomAttribute
+from mdm.models import Group
+from mdm.models import Membership
+from mdm.models import User
+from mdm.models import groups_of
+from mdm.models import mirror_user
+from mdm.models import touch
+
+
+@pytest.fixture
+def db(app):
+    with app.app_context(), database.connection_context():
+        yield
+
+
+def _user(name, **extra):
+    user = User(source="entra")
+    mirror_user(
+        user,
+        {"userName": name, "active": False, "emails": [{"value": name}], **extra},
+    )
+    return user
+
+
+def test_a_saved_user_reads_back_as_written(db):
+    user = _user("a@x", displayName="A")
+    user.save(force_insert=True)
+    assert not user.is_dirty()
+    mirror_user(user, {"userName": "a@x", "displayName": "D", "active": True})
+    user.password_hash = "h"
+    touch(user)
+    assert user.save() == 1
+    stored = User.get_by_id(user.id)
+    assert (stored.display_name, stored.active, stored.version) == ("D", True, 2)
+    assert stored.password_hash == "h" and stored.email is None
+    assert stored.created == user.created
+
+
+def test_live_names_are_unique_regardless_of_case(db):
+    _user("dup@x").save(force_insert=True)
+    with pytest.raises(IntegrityError), database.atomic():
+        _user("DUP@x").save(force_insert=True)
+    Group.create(display_name="G")
+    other = Group.create(display_name="H")
+    other.display_name = "g"
+    with pytest.raises(IntegrityError), database.atomic():
+        other.save()
+
+
+def test_authenticate_reads_the_token_and_definitions_in_one_statement(db):
+    CustomAttribute.create(name="costCenter", type="string")
+    CustomAttribute.create(name="badge", type="integer")
+    _, secret = BearerToken.issue("entra")
+    with count_queries() as counted:
+        token = BearerToken.authenticate(secret)
+    assert counted.count == 1
+    assert token.idp == "entra"
+    assert token.custom_attributes == (("costCenter", "string"), ("badge", "integer"))
+    assert CustomAttribute.definitions() == [
+        ("costCenter", "string"),
+        ("badge", "integer"),
+    ]
+    assert BearerToken.authenticate(secret[:-1] + "x") is None
+    assert BearerToken.authenticate("mdm_nope_secret") is None
+
+
+def test_groups_of_lists_live_groups_by_name(db):
+    users = [_user(f"u{i}@x") for i in range(2)]
+    for user in users:
+        user.save(force_insert=True)
+    b, a = Group.create(display_name="B"), Group.create(display_name="A")
+    gone = Group.create(display_name="C", deprovisioned_at=a.created)
+    for group in (b, a, gone):
+        Membership.create(group=group, user=users[0])
+    expected = [(a.scim_id, "A"), (b.scim_id, "B")]
+    assert groups_of([users[0].id]) == {users[0].id: expected}
+    assert groups_of([u.id for u in users]) == {users[0].id: expected}
+    assert groups_of([]) == {}
