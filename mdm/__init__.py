@@ -121,13 +121,11 @@ def create_app(test_config=None):
         app.config["SECRET_KEY"] = _persistent_secret_key(app.instance_path)
 
     from . import activity
-    from . import admin
     from . import auth
     from . import cli
-    from . import dashboard
+    from . import console
     from . import db
     from . import errors
-    from . import logs
     from . import security
     from .forms import csrf
     from .scim import bp as scim_bp
@@ -140,13 +138,10 @@ def create_app(test_config=None):
     auth.init_app(app)
     csrf.init_app(app)
     app.register_blueprint(auth.bp)
-    app.register_blueprint(dashboard.bp)
-    app.register_blueprint(admin.bp)
-    app.register_blueprint(logs.bp)
+    console.init_app(app)
     app.register_blueprint(scim_bp)
     csrf.exempt(scim_bp)  # bearer-token API: no cookies, so no CSRF
     console_only(app, CONSOLE_HOOKS)
-    admin.init_app(app)
     cli.init_app(app)
     errors.init_app(app)
 

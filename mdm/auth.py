@@ -184,7 +184,7 @@ def setup():
         )
         login_user(admin)
         flash(f"Administrator {admin.username} created.", "success")
-        return redirect(url_for("admin.provisioning", idp="entra"))
+        return redirect(url_for("console.provisioning", idp="entra"))
     return render_template("auth/setup.html", form=form, code=code)
 
 
@@ -210,7 +210,7 @@ def _safe_next(target):
 def login():
     """Sign an administrator in."""
     if current_user.is_authenticated:
-        return redirect(url_for("dashboard.home"))
+        return redirect(url_for("console.dashboard"))
     if not Admin.select().exists():
         return render_template("auth/no_admin.html"), 503
     form = LoginForm()
@@ -233,7 +233,7 @@ def login():
                 login_user(admin)
                 audit("Admin Signed In", "", actor=admin.username)
                 target = _safe_next(request.args.get("next"))
-                return redirect(target or url_for("dashboard.home"))
+                return redirect(target or url_for("console.dashboard"))
             account_throttle.fail(username.lower())
             address_throttle.fail(request.remote_addr or "?")
             audit("Admin Sign-in Failed", f"username {username[:150]!r}", actor="")

@@ -15,9 +15,9 @@ from datetime import timedelta
 
 from flask import session
 
-from .db import write_transaction
-from .models import Setting
-from .models import utcnow
+from ..db import write_transaction
+from ..models import Setting
+from ..models import utcnow
 
 PREFIX = "reveal:"
 # Long enough for the redirect, short enough that an unopened secret dies soon.
