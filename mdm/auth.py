@@ -23,12 +23,14 @@ from .db import write_transaction
 from .forms import LoginForm
 from .forms import LogoutForm
 from .forms import SetupForm
+from .forms import check_form_request
 from .models import Admin
 from .models import LoginFailure
 from .models import Setting
 from .models import utcnow
 
 bp = Blueprint("auth", __name__)
+bp.before_request(check_form_request)
 
 login_manager = LoginManager()
 login_manager.login_view = "auth.login"

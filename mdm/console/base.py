@@ -7,6 +7,7 @@ from flask_login import login_required
 from markupsafe import Markup
 
 from ..activity import pretty
+from ..forms import check_form_request
 from ..models import IDPS
 from .paging import sort_url
 
@@ -18,6 +19,10 @@ SCIM_DISABLED = (
     "Provisioning is disabled by the operator (SCIM_ENABLED is off): "
     "identity providers get 403 on every request."
 )
+
+# Blueprint hooks run in the order they are registered: input checks and
+# CSRF first, so a forged POST is refused before it reaches the sign-in redirect.
+bp.before_request(check_form_request)
 
 
 @bp.before_request
