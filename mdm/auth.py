@@ -56,12 +56,10 @@ def load_admin(session_id):
 #
 
 
+# Failures are rows in the database, so every server process sees the
+# same count and a restart does not reset it.
 class Throttle:
-    """Count recent failures per key and refuse once a key has too many.
-
-    Failures are rows in the database, so every server process sees the
-    same count and a restart does not reset it.
-    """
+    """Count recent failures per key and refuse once a key has too many."""
 
     def __init__(self, prefix, limit, window):
         self.prefix = prefix
@@ -133,11 +131,9 @@ def setup_code():
 
 
 def ensure_setup_code(app):
-    """Return the one-time setup code while no administrator exists, else None.
-
-    The code lives in the database, so every process prints the same one and
-    any of them accepts it.
-    """
+    """Return the one-time setup code while no administrator exists, else None."""
+    # The code lives in the database, so every process prints the same one and
+    # any of them accepts it.
     with database.connection_context():
         if Admin.select().exists():
             return None
