@@ -27,6 +27,10 @@ from .paging import Pagination
 from .paging import contains
 from .paging import page_arg
 
+#
+# Users
+#
+
 USER_SORTS = {
     "name": User.display_name,
     "username": User.user_name,
