@@ -23,12 +23,14 @@ from .db import write_transaction
 from .forms import LoginForm
 from .forms import LogoutForm
 from .forms import SetupForm
+from .forms import check_form_request
 from .models import Admin
 from .models import LoginFailure
 from .models import Setting
 from .models import utcnow
 
 bp = Blueprint("auth", __name__)
+bp.before_request(check_form_request)
 
 login_manager = LoginManager()
 login_manager.login_view = "auth.login"
@@ -54,12 +56,10 @@ def load_admin(session_id):
 #
 
 
+# Failures are rows in the database, so every server process sees the
+# same count and a restart does not reset it.
 class Throttle:
-    """Count recent failures per key and refuse once a key has too many.
-
-    Failures are rows in the database, so every server process sees the
-    same count and a restart does not reset it.
-    """
+    """Count recent failures per key and refuse once a key has too many."""
 
     def __init__(self, prefix, limit, window):
         self.prefix = prefix
@@ -131,11 +131,9 @@ def setup_code():
 
 
 def ensure_setup_code(app):
-    """Return the one-time setup code while no administrator exists, else None.
-
-    The code lives in the database, so every process prints the same one and
-    any of them accepts it.
-    """
+    """Return the one-time setup code while no administrator exists, else None."""
+    # The code lives in the database, so every process prints the same one and
+    # any of them accepts it.
     with database.connection_context():
         if Admin.select().exists():
             return None
@@ -184,7 +182,7 @@ def setup():
         )
         login_user(admin)
         flash(f"Administrator {admin.username} created.", "success")
-        return redirect(url_for("admin.provisioning", idp="entra"))
+        return redirect(url_for("console.provisioning", idp="entra"))
     return render_template("auth/setup.html", form=form, code=code)
 
 
@@ -210,7 +208,7 @@ def _safe_next(target):
 def login():
     """Sign an administrator in."""
     if current_user.is_authenticated:
-        return redirect(url_for("dashboard.home"))
+        return redirect(url_for("console.dashboard"))
     if not Admin.select().exists():
         return render_template("auth/no_admin.html"), 503
     form = LoginForm()
@@ -233,7 +231,7 @@ def login():
                 login_user(admin)
                 audit("Admin Signed In", "", actor=admin.username)
                 target = _safe_next(request.args.get("next"))
-                return redirect(target or url_for("dashboard.home"))
+                return redirect(target or url_for("console.dashboard"))
             account_throttle.fail(username.lower())
             address_throttle.fail(request.remote_addr or "?")
             audit("Admin Sign-in Failed", f"username {username[:150]!r}", actor="")

@@ -1,6 +1,5 @@
 """HTTP hardening: security headers on every response and Secure cookies over HTTPS."""
 
-from flask import abort
 from flask import has_request_context
 from flask import request
 from flask.sessions import SecureCookieSessionInterface
@@ -56,25 +55,7 @@ def _add_headers(response):
     return response
 
 
-def _refuse_nul():
-    """Answer 400 to console input with a NUL character.
-
-    Nothing stored contains NUL (SCIM refuses it), and PostgreSQL cannot
-    even take it as a query parameter. The SCIM API answers it itself, so
-    this runs for console requests only (see ``mdm.console_only``).
-    """
-    values = list(request.args.values())
-    if request.method == "POST" and request.mimetype in (
-        "application/x-www-form-urlencoded",
-        "multipart/form-data",
-    ):
-        values += list(request.form.values())
-    if any("\x00" in value for value in values) or "\x00" in request.path:
-        abort(400)
-
-
 def init_app(app):
-    """Install the session interface and the request and header hooks."""
+    """Install the session interface and the header hook."""
     app.session_interface = SessionInterface()
-    app.before_request(_refuse_nul)
     app.after_request(_add_headers)

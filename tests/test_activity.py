@@ -19,9 +19,9 @@ from mdm import activity
 from mdm.activity import ActivityEntry
 from mdm.activity import AuditEvent
 from mdm.activity import activity_db
+from mdm.console.export import csv_cell
+from mdm.console.hints import hint
 from mdm.db import database
-from mdm.logs import csv_cell
-from mdm.logs import hint
 from mdm.models import User
 from mdm.models import utcnow
 
@@ -909,7 +909,7 @@ def test_csv_export_follows_every_filter(console, sample):
 
 def test_csv_export_spans_batches(console, monkeypatch):
     """Batches follow the page order (time, then id) even across equal times."""
-    monkeypatch.setattr("mdm.logs.EXPORT_BATCH", 7)
+    monkeypatch.setattr("mdm.console.export.EXPORT_BATCH", 7)
     moment = utcnow().replace(microsecond=0)
     same = [add(time=moment, target=f"same{i}") for i in range(12)]
     later = [add(time=moment + timedelta(seconds=1), target=f"l{i}") for i in range(9)]

@@ -21,6 +21,7 @@ from mdm.models import User
 from mdm.models import mirror_user
 from mdm.models import utcnow
 
+from .conftest import ScimClient
 from .conftest import database_config
 
 PASSWORD = "correct horse battery"
@@ -783,3 +784,25 @@ def test_forms_work_with_their_rendered_csrf_token(csrf_app, world):
     token = logout.find("input", attrs={"name": "csrf_token"})["value"]
     assert client.post("/logout", data={"csrf_token": token}).status_code == 302
     assert not signed_in(client)
+
+
+def test_scim_needs_no_csrf_token_and_sets_no_cookie(csrf_app, world):
+    """With CSRF on, SCIM writes pass on the bearer token alone and get no session cookie."""
+    client = csrf_app.test_client()
+    csrf_login(client)
+    with csrf_app.app_context(), database.connection_context():
+        _, secret = BearerToken.issue("okta")
+    scim = ScimClient(client, secret)
+    user = scim.create_user("csrf-free@example.com")
+    response = scim.patch(
+        f"/Users/{user['id']}",
+        {
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "replace", "path": "active", "value": False}],
+        },
+    )
+    assert response.status_code == 200
+    assert scim.delete(f"/Users/{user['id']}").status_code == 204
+    assert response.headers.getlist("Set-Cookie") == []
+    # The console session the same client holds still works.
+    assert signed_in(client)

@@ -730,7 +730,7 @@ def test_the_stored_half_of_a_kept_secret_reveals_nothing(app, console):
 
 def test_an_unopened_secret_expires(app, console, monkeypatch):
     """A secret not shown within its lifetime is gone, and pruned by the next one kept."""
-    from mdm import reveal
+    from mdm.console import reveal
 
     generate(console, follow=False)
     now = reveal.utcnow()

@@ -1,12 +1,11 @@
-"""Show a new token secret once, on a page that a reload cannot repeat.
+"""Show a new token secret once, on a page that a reload cannot repeat."""
 
-Generate and Renew answer with a redirect (POST/redirect/GET), so reloading
-the page that shows the secret never runs the action again. Between the two
-requests the secret is split in two halves that each reveal nothing: a random
-pad in the admin's session cookie, and the secret XOR the pad in a shared
-Setting row (any server process may answer the GET). Showing the secret
-deletes the row, so it is shown once, and only to the session that made it.
-"""
+# Generate and Renew answer with a redirect (POST/redirect/GET), so reloading
+# the page that shows the secret never runs the action again. Between the two
+# requests the secret is split in two halves that each reveal nothing: a random
+# pad in the admin's session cookie, and the secret XOR the pad in a shared
+# Setting row (any server process may answer the GET). Showing the secret
+# deletes the row, so it is shown once, and only to the session that made it.
 
 import json
 import secrets
@@ -15,9 +14,9 @@ from datetime import timedelta
 
 from flask import session
 
-from .db import write_transaction
-from .models import Setting
-from .models import utcnow
+from ..db import write_transaction
+from ..models import Setting
+from ..models import utcnow
 
 PREFIX = "reveal:"
 # Long enough for the redirect, short enough that an unopened secret dies soon.

@@ -5,29 +5,25 @@ from datetime import datetime
 from datetime import timedelta
 from urllib.parse import urlencode
 
-from flask import Blueprint
 from flask import current_app
 from flask import render_template
 from flask import url_for
-from flask_login import login_required
 from peewee import Case
 from peewee import fn
 from werkzeug.routing import BuildError
 
-from .activity import ActivityEntry
-from .activity import activity_db
-from .admin import EXPIRY_WARNING
-from .admin import no_store
-from .db import hour_label
-from .models import IDPS
-from .models import BearerToken
-from .models import Group
-from .models import Membership
-from .models import User
-from .models import utcnow
-
-bp = Blueprint("dashboard", __name__, url_prefix="/admin")
-bp.after_request(no_store)
+from ..activity import ActivityEntry
+from ..activity import activity_db
+from ..db import hour_label
+from ..models import IDPS
+from ..models import BearerToken
+from ..models import Group
+from ..models import Membership
+from ..models import User
+from ..models import utcnow
+from .base import EXPIRY_WARNING
+from .base import SCIM_DISABLED
+from .base import bp
 
 # Entra runs a cycle about every 40 minutes: two missed cycles make one overdue,
 # and the banners look at what happened within that same window.
@@ -40,12 +36,6 @@ ERROR_RATE_MIN_REQUESTS = 5
 HOUR_FORMAT = "%Y-%m-%d %H"
 
 Bucket = namedtuple("Bucket", "start ok failed")
-
-
-@bp.before_request
-@login_required
-def require_admin():
-    """The dashboard needs a signed-in administrator."""
 
 
 #
@@ -356,15 +346,7 @@ def banners(cards, counts, now, scim_enabled):
     """Return the warnings an administrator should act on: (category, message, link, link text)."""
     found = []
     if not scim_enabled:
-        found.append(
-            (
-                "danger",
-                "Provisioning is disabled by the operator (SCIM_ENABLED is off): "
-                "identity providers get 403 on every request.",
-                None,
-                None,
-            )
-        )
+        found.append(("danger", SCIM_DISABLED, None, None))
     refused = sum(row[4] for row in counts.values())
     if refused:
         found.append(
@@ -379,7 +361,7 @@ def banners(cards, counts, now, scim_enabled):
             )
         )
     for card in cards:
-        link = url_for("admin.provisioning", idp=card.idp)
+        link = url_for("console.provisioning", idp=card.idp)
         total, failed = card.cycle_total, card.cycle_failed
         if total >= ERROR_RATE_MIN_REQUESTS and failed / total > ERROR_RATE_LIMIT:
             consequence = (
@@ -432,12 +414,14 @@ def _minutes(delta):
 def activity_url(**filters):
     """Link to the provisioning activity list, filtered by its query arguments."""
     fallback = "/admin/activity" + (f"?{urlencode(filters)}" if filters else "")
-    return _url("logs.activity", fallback, **filters)
+    return _url("console.activity", fallback, **filters)
 
 
 def activity_entry_url(entry_id):
     """Link to one activity row, even before its page's endpoint is registered."""
-    return _url("logs.activity_entry", f"/admin/activity/{entry_id}", entry_id=entry_id)
+    return _url(
+        "console.activity_entry", f"/admin/activity/{entry_id}", entry_id=entry_id
+    )
 
 
 def _url(endpoint, fallback, **values):
@@ -453,7 +437,7 @@ def _url(endpoint, fallback, **values):
 
 
 @bp.get("/")
-def home():
+def dashboard():
     """Show the dashboard."""
     now = utcnow()
     counts = directory_counts()

@@ -1,0 +1,27 @@
+"""The admin console: every page under /admin, in one blueprint."""
+
+# ``base`` holds the blueprint, its guards and shared template helpers; each
+# other module adds the routes of one console section to it on import.
+
+from flask import redirect
+from flask import url_for
+
+from . import activity
+from . import attributes
+from . import audit
+from . import dashboard
+from . import directory
+from . import tokens
+from .base import bp
+
+# Imported for the routes they add to bp.
+SECTIONS = (dashboard, directory, tokens, attributes, activity, audit)
+
+
+def init_app(app):
+    """Register the console and send the site root to its dashboard."""
+    app.register_blueprint(bp)
+
+    @app.get("/")
+    def root():
+        return redirect(url_for("console.dashboard"))

@@ -1,0 +1,279 @@
+"""Users and User Groups pages: search, detail, history and purging deprovisioned users."""
+
+import json
+
+from flask import abort
+from flask import flash
+from flask import redirect
+from flask import render_template
+from flask import request
+from flask import url_for
+from peewee import JOIN
+from peewee import fn
+
+from ..activity import audit
+from ..db import ordering as sort_order
+from ..db import write_transaction
+from ..forms import ConfirmForm
+from ..models import IDPS
+from ..models import Group
+from ..models import Membership
+from ..models import User
+from ..models import groups_of
+from .activity import history
+from .base import bp
+from .base import source_label
+from .paging import Pagination
+from .paging import contains
+from .paging import page_arg
+
+#
+# Users
+#
+
+USER_SORTS = {
+    "name": User.display_name,
+    "username": User.user_name,
+    "email": User.email,
+    "source": User.source,
+    "updated": User.last_modified,
+}
+
+
+@bp.get("/users")
+def users():
+    """List users with search, filters and sorting kept in the URL."""
+    q = request.args.get("q", "").strip()
+    source = request.args.get("source", "")
+    status = request.args.get("status", "")
+    group_id = request.args.get("group", "")
+    sort = request.args.get("sort", "username")
+    order = request.args.get("order", "asc")
+
+    query = User.select()
+    if q:
+        query = query.where(
+            contains(User.display_name, q)
+            | contains(User.user_name, q)
+            | contains(User.email, q)
+            | contains(User.given_name, q)
+            | contains(User.family_name, q)
+            | (User.external_id == q)
+        )
+    if source in IDPS:
+        query = query.where(User.source == source)
+    if status == "active":
+        query = query.where(User.deprovisioned_at.is_null() & User.active)
+    elif status == "disabled":
+        query = query.where(User.deprovisioned_at.is_null() & ~User.active)
+    elif status == "deprovisioned":
+        query = query.where(User.deprovisioned_at.is_null(False))
+    group = None
+    if group_id:
+        group = by_scim_id(Group, group_id)
+        # A stale link to a purged group matches nobody, not everybody.
+        group_pk = group.id if group is not None else -1
+        members = Membership.select(Membership.user).where(Membership.group == group_pk)
+        query = query.where(User.id.in_(members))
+    key = USER_SORTS.get(sort, User.user_name)
+    ordering = sort_order(key, order == "desc")
+    query = query.order_by(ordering, User.id)
+    pagination = Pagination(query, page_arg())
+    groups = groups_of([u.id for u in pagination.items])
+    deprovisioned = User.select().where(User.deprovisioned_at.is_null(False)).count()
+    return render_template(
+        "admin/users.html",
+        pagination=pagination,
+        groups=groups,
+        q=q,
+        source=source,
+        status=status,
+        group=group,
+        unknown_group=bool(group_id) and group is None,
+        group_choices=Group.live().order_by(Group.display_name).limit(500),
+        sort=sort,
+        order=order,
+        deprovisioned=deprovisioned,
+        any_users=pagination.total or User.select().exists(),
+    )
+
+
+def by_scim_id(model, scim_id):
+    """Return the user or group with ``scim_id``, deprovisioned or not, or None."""
+    # NUL is never stored, and PostgreSQL refuses it even as a parameter.
+    if "\x00" in scim_id:
+        return None
+    return model.get_or_none(model.scim_id == scim_id)
+
+
+def _user_or_404(scim_id):
+    user = by_scim_id(User, scim_id)
+    if user is None:
+        abort(404)
+    return user
+
+
+@bp.get("/users/<scim_id>")
+def user(scim_id):
+    """Show every stored attribute of one user."""
+    row = _user_or_404(scim_id)
+    data = json.loads(row.data)
+    extensions = {k: data.pop(k) for k in list(data) if k.startswith("urn:")}
+    groups = (
+        Group.select(Group.scim_id, Group.display_name, Group.deprovisioned_at)
+        .join(Membership)
+        .where(Membership.user == row.id)
+        .order_by(Group.display_name)
+    )
+    return render_template(
+        "admin/user.html",
+        user=row,
+        data=data,
+        extensions=extensions,
+        groups=list(groups),
+        managed_by=IDPS.get(row.source, row.source),
+        history=history(row.scim_id),
+    )
+
+
+@bp.route("/users/<scim_id>/purge", methods=("GET", "POST"))
+def purge_user(scim_id):
+    """Confirm, then permanently delete one deprovisioned user."""
+    row = _user_or_404(scim_id)
+    if row.deprovisioned_at is None:
+        flash(
+            "Only deprovisioned users can be purged; this user is still provisioned.",
+            "danger",
+        )
+        return redirect(url_for("console.user", scim_id=scim_id))
+    form = ConfirmForm()
+    if form.validate_on_submit():
+        with write_transaction():
+            row.delete_instance()
+        audit(
+            "User Purged",
+            f"{row.user_name} ({row.scim_id}), {source_label(row.source)}",
+        )
+        flash(f"User {row.user_name} purged.", "success")
+        return redirect(url_for("console.users"))
+    return render_template(
+        "admin/confirm.html",
+        form=form,
+        title=f"Purge {row.user_name}?",
+        message=(
+            "The record and its group memberships are deleted for good. The identity "
+            "provider already deleted this user."
+        ),
+        confirm_label="Purge user",
+        cancel_url=url_for("console.user", scim_id=scim_id),
+        danger=True,
+    )
+
+
+@bp.route("/users/purge-deprovisioned", methods=("GET", "POST"))
+def purge_deprovisioned():
+    """Confirm with a count, then delete every deprovisioned user."""
+    deprovisioned = User.select().where(User.deprovisioned_at.is_null(False))
+    count = deprovisioned.count()
+    form = ConfirmForm()
+    if form.validate_on_submit():
+        with write_transaction():
+            removed = (
+                User.delete().where(User.deprovisioned_at.is_null(False)).execute()
+            )
+        audit("Deprovisioned Users Purged", f"{removed} users")
+        flash(
+            f"Purged {removed} deprovisioned user{'s' if removed != 1 else ''}.",
+            "success",
+        )
+        return redirect(url_for("console.users"))
+    return render_template(
+        "admin/confirm.html",
+        form=form,
+        title=f"Purge {count} deprovisioned user{'s' if count != 1 else ''}?",
+        message=(
+            "These users were deleted by their identity provider. Their records and "
+            "group memberships are deleted for good."
+        ),
+        confirm_label=f"Purge {count} user{'s' if count != 1 else ''}",
+        cancel_url=url_for("console.users"),
+        danger=True,
+        disabled=count == 0,
+    )
+
+
+#
+# User Groups
+#
+
+
+@bp.get("/groups")
+def groups():
+    """List groups with member counts and search."""
+    q = request.args.get("q", "").strip()
+    sort = request.args.get("sort", "name")
+    order = request.args.get("order", "asc")
+    query = Group.live()
+    if q:
+        query = query.where(contains(Group.display_name, q) | (Group.external_id == q))
+    keys = {
+        "name": Group.display_name,
+        "source": Group.source,
+        "updated": Group.last_modified,
+    }
+    key = keys.get(sort, Group.display_name)
+    query = query.order_by(sort_order(key, order == "desc"), Group.id)
+    pagination = Pagination(query, page_arg())
+    counts = _member_counts(pagination.items)
+    return render_template(
+        "admin/groups.html",
+        pagination=pagination,
+        counts=counts,
+        q=q,
+        sort=sort,
+        order=order,
+        any_groups=pagination.total or Group.select().exists(),
+    )
+
+
+def _member_counts(groups):
+    pks = [g.id for g in groups]
+    if not pks:
+        return {}
+    rows = (
+        Membership.select(Membership.group, fn.COUNT(Membership.id))
+        .join(User)
+        .where(Membership.group.in_(pks) & User.deprovisioned_at.is_null())
+        .group_by(Membership.group)
+        .tuples()
+    )
+    return dict(rows)
+
+
+@bp.get("/groups/<scim_id>")
+def group(scim_id):
+    """Show one group and a searchable page of its members."""
+    row = by_scim_id(Group, scim_id)
+    if row is None:
+        abort(404)
+    q = request.args.get("q", "").strip()
+    members = (
+        User.select()
+        .join(Membership, JOIN.INNER)
+        .where((Membership.group == row.id) & User.deprovisioned_at.is_null())
+    )
+    if q:
+        members = members.where(
+            contains(User.display_name, q)
+            | contains(User.user_name, q)
+            | contains(User.email, q)
+        )
+    members = members.order_by(User.user_name, User.id)
+    pagination = Pagination(members, page_arg())
+    return render_template(
+        "admin/group.html",
+        group=row,
+        pagination=pagination,
+        q=q,
+        history=history(row.scim_id),
+    )

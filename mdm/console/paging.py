@@ -1,0 +1,142 @@
+"""Listing helpers for console pages: pages, sort links, search and time filters."""
+
+import math
+from datetime import UTC
+from datetime import date
+from datetime import datetime
+from datetime import time
+from datetime import timedelta
+from urllib.parse import urlencode
+
+from flask import request
+from flask import url_for
+
+from ..db import like
+from ..models import utcnow
+
+PAGE_SIZE = 50
+QUICK_RANGES = {
+    "1h": ("Last hour", timedelta(hours=1)),
+    "24h": ("Last 24 hours", timedelta(hours=24)),
+    "7d": ("Last 7 days", timedelta(days=7)),
+}
+
+
+class Pagination:
+    """One page of a query, with links that keep the rest of the query string."""
+
+    def __init__(self, query, page, per_page=PAGE_SIZE, total=None):
+        self.total = query.count() if total is None else total
+        self.per_page = per_page
+        self.pages = max(1, math.ceil(self.total / per_page))
+        self.page = min(max(1, page), self.pages)
+        self.items = list(query.paginate(self.page, per_page))
+
+    @property
+    def first_item(self):
+        return 0 if not self.total else (self.page - 1) * self.per_page + 1
+
+    @property
+    def last_item(self):
+        return min(self.total, self.page * self.per_page)
+
+    def url(self, page):
+        args = request.args.to_dict()
+        args["page"] = page
+        return f"{request.path}?{urlencode(args)}"
+
+
+def page_arg():
+    """Return the requested page number; anything but an integer means page 1."""
+    try:
+        return int(request.args.get("page", 1))
+    except ValueError:
+        return 1
+
+
+def sort_url(column):
+    """Link that sorts by ``column``, flipping the order when it is already the key."""
+    args = request.args.to_dict()
+    same = args.get("sort") == column
+    args["order"] = "desc" if same and args.get("order", "asc") == "asc" else "asc"
+    args["sort"] = column
+    args.pop("page", None)
+    return f"{request.path}?{urlencode(args)}"
+
+
+def contains(field, text):
+    """Match ``text`` anywhere in ``field``, case-insensitively, with % and _ literal."""
+    return like(field, text)
+
+
+def newest_first(model):
+    """Order rows by time, then by insertion, newest first."""
+    return model.time.desc(), model.id.desc()
+
+
+def parse_moment(text, end=False):
+    """Parse a date or ISO date-time as naive UTC; a bare ``end`` date covers its whole day."""
+    text = (text or "").strip()
+    if len(text) == 10:
+        day = date.fromisoformat(text)
+        moment = datetime.combine(day, time.min)
+        return moment + timedelta(days=1) if end else moment
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
+
+
+def time_filters(field, args):
+    """Return (conditions, form values, problems) for the from/to/range arguments."""
+    conditions = []
+    problems = []
+    values = {
+        "from": args.get("from", "").strip(),
+        "to": args.get("to", "").strip(),
+        "range": args.get("range", ""),
+    }
+    if values["range"] in QUICK_RANGES:
+        conditions.append(field >= utcnow() - QUICK_RANGES[values["range"]][1])
+    else:
+        values["range"] = ""
+    for key, label in (("from", "From"), ("to", "To")):
+        if not values[key]:
+            continue
+        try:
+            moment = parse_moment(values[key], end=key == "to")
+        except (ValueError, OverflowError):
+            problems.append(
+                f"Ignored the “{label}” date {values[key]!r}: use YYYY-MM-DD."
+            )
+            continue
+        if key == "from":
+            conditions.append(field >= moment)
+        elif len(values[key]) == 10:
+            conditions.append(field < moment)
+        else:
+            conditions.append(field <= moment)
+    return conditions, values, problems
+
+
+def filter_args():
+    """Return this page's query arguments without the page number."""
+    args = request.args.to_dict()
+    args.pop("page", None)
+    return args
+
+
+def query_url(endpoint, args):
+    """Build a URL from a query dict without letting it reach url_for's own options."""
+    base = url_for(endpoint)
+    return f"{base}?{urlencode(args)}" if args else base
+
+
+def quick_range_url(key):
+    """Link to this page with its time filter replaced by the quick range ``key``."""
+    args = filter_args()
+    for name in ("from", "to", "range"):
+        args.pop(name, None)
+    if key:
+        args["range"] = key
+    return query_url(request.endpoint, args)

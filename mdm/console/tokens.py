@@ -1,0 +1,208 @@
+"""User Provisioning pages: each IdP's Target SCIM URL and its bearer tokens."""
+
+from flask import abort
+from flask import current_app
+from flask import flash
+from flask import redirect
+from flask import render_template
+from flask import url_for
+from flask_login import current_user
+
+from ..activity import audit
+from ..forms import ConfirmForm
+from ..forms import GenerateTokenForm
+from ..forms import TokenActionForm
+from ..models import IDPS
+from ..models import MAX_TOKENS_PER_IDP
+from ..models import BearerToken
+from ..models import TokenError
+from ..scim.views import base_url as target_scim_url
+from . import reveal
+from .base import EXPIRY_WARNING
+from .base import SCIM_DISABLED
+from .base import bp
+
+
+def _idp_or_404(idp):
+    if idp not in IDPS:
+        abort(404)
+    return idp
+
+
+def _token_or_404(idp, token_id):
+    token = BearerToken.get_or_none(
+        (BearerToken.id == token_id) & (BearerToken.idp == idp)
+    )
+    if token is None:
+        abort(404)
+    return token
+
+
+def _banners(tokens):
+    """Return (category, message) warnings for a connection's token page."""
+    banners = []
+    if not current_app.config.get("SCIM_ENABLED", True):
+        banners.append(("danger", SCIM_DISABLED))
+    if not any(t.status == "Active" for t in tokens):
+        banners.append(
+            (
+                "warning",
+                "No active token: the identity provider cannot provision until you "
+                "generate a token or set one to Active.",
+            )
+        )
+    for token in tokens:
+        days = token.days_until_expiry(EXPIRY_WARNING)
+        if days is not None:
+            banners.append(
+                (
+                    "warning",
+                    f"Token {token.key} expires in {days} day{'s' if days != 1 else ''} "
+                    f"({token.expires_at:%Y-%m-%d}). Generate or renew a token and "
+                    "update the identity provider before then.",
+                )
+            )
+    return banners
+
+
+@bp.get("/provisioning")
+def provisioning_home():
+    return redirect(url_for("console.provisioning", idp="entra"))
+
+
+@bp.get("/provisioning/<idp>")
+def provisioning(idp):
+    """Show a connection's Target SCIM URL, tokens and setup steps."""
+    _idp_or_404(idp)
+    tokens = list(
+        BearerToken.select().where(BearerToken.idp == idp).order_by(BearerToken.id)
+    )
+    return render_template(
+        "admin/provisioning.html",
+        idp=idp,
+        tokens=tokens,
+        full=len(tokens) >= MAX_TOKENS_PER_IDP,
+        max_tokens=MAX_TOKENS_PER_IDP,
+        banners=_banners(tokens),
+        scim_url=target_scim_url(),
+        action_form=TokenActionForm(),
+    )
+
+
+@bp.route("/provisioning/<idp>/generate", methods=("GET", "POST"))
+def generate_token(idp):
+    """Confirm, then issue a token and show its secret once."""
+    _idp_or_404(idp)
+    form = GenerateTokenForm()
+    if form.validate_on_submit():
+        try:
+            token, secret = BearerToken.issue(
+                idp,
+                form.label.data or "",
+                current_user.username,
+                form.expires_in_days(),
+            )
+        except TokenError as error:
+            flash(str(error), "danger")
+            return redirect(url_for("console.provisioning", idp=idp))
+        audit("SCIM Token Created", _token_details(token))
+        reveal.keep(token, secret, renewed=False)
+        return redirect(url_for("console.token_secret", idp=idp, token_id=token.id))
+    full = (
+        BearerToken.select().where(BearerToken.idp == idp).count() >= MAX_TOKENS_PER_IDP
+    )
+    return render_template("admin/token_generate.html", idp=idp, form=form, full=full)
+
+
+@bp.post("/provisioning/<idp>/tokens/<int:token_id>")
+def token_action(idp, token_id):
+    """Apply the action chosen in a token row's Select drop-down."""
+    token = _token_or_404(_idp_or_404(idp), token_id)
+    form = TokenActionForm()
+    if not form.validate_on_submit():
+        flash("Choose an action.", "danger")
+        return redirect(url_for("console.provisioning", idp=idp))
+    action = form.action.data
+    if action in ("renew", "remove"):
+        return redirect(url_for(f"console.{action}_token", idp=idp, token_id=token.id))
+    token.set_active(action == "activate")
+    audit(
+        "SCIM Token Enabled" if token.active else "SCIM Token Disabled",
+        _token_details(token),
+    )
+    state = "Active" if token.active else "Inactive"
+    flash(f"Token {token.key} is now {state}.", "success")
+    return redirect(url_for("console.provisioning", idp=idp))
+
+
+@bp.route("/provisioning/<idp>/tokens/<int:token_id>/renew", methods=("GET", "POST"))
+def renew_token(idp, token_id):
+    """Confirm, then replace a token's secret and show the new one once."""
+    token = _token_or_404(_idp_or_404(idp), token_id)
+    form = ConfirmForm()
+    if form.validate_on_submit():
+        old_key = token.key
+        secret = token.renew()
+        audit("SCIM Token Renewed", f"{_token_details(token)}; replaced {old_key}")
+        reveal.keep(token, secret, renewed=True)
+        return redirect(url_for("console.token_secret", idp=idp, token_id=token.id))
+    return render_template(
+        "admin/confirm.html",
+        form=form,
+        title=f"Renew token {token.key}?",
+        message=(
+            f"A new secret replaces this token's secret. {IDPS[idp]} keeps failing "
+            "with 401 until you paste the new secret into it; the old secret stops "
+            "working at once."
+        ),
+        confirm_label="Renew token",
+        cancel_url=url_for("console.provisioning", idp=idp),
+    )
+
+
+@bp.get("/provisioning/<idp>/tokens/<int:token_id>/secret")
+def token_secret(idp, token_id):
+    """Show a token's new secret once; a reload finds it gone (410)."""
+    token = _token_or_404(_idp_or_404(idp), token_id)
+    kept = reveal.take(token)
+    if kept is None:
+        return render_template("admin/token_secret.html", idp=idp, token=token), 410
+    secret, renewed = kept
+    return render_template(
+        "admin/token_secret.html",
+        idp=idp,
+        token=token,
+        secret=secret,
+        scim_url=target_scim_url(),
+        renewed=renewed,
+    )
+
+
+@bp.route("/provisioning/<idp>/tokens/<int:token_id>/remove", methods=("GET", "POST"))
+def remove_token(idp, token_id):
+    """Confirm, then delete a token (users and groups stay)."""
+    token = _token_or_404(_idp_or_404(idp), token_id)
+    form = ConfirmForm()
+    if form.validate_on_submit():
+        token.delete_instance()
+        audit("SCIM Token Deleted", _token_details(token))
+        flash(f"Token {token.key} removed.", "success")
+        return redirect(url_for("console.provisioning", idp=idp))
+    return render_template(
+        "admin/confirm.html",
+        form=form,
+        title=f"Remove token {token.key}?",
+        message=(
+            f"{IDPS[idp]} gets 401 on its next request if it still uses this token. "
+            "Users and groups it provisioned stay in the directory."
+        ),
+        confirm_label="Remove token",
+        cancel_url=url_for("console.provisioning", idp=idp),
+        danger=True,
+    )
+
+
+def _token_details(token):
+    """Describe a token for the audit trail: IdP, public key and label, never the secret."""
+    label = f", label {token.label!r}" if token.label else ""
+    return f"IdP: {token.idp_name}; token {token.key}{label}"
