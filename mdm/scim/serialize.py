@@ -5,8 +5,8 @@ import json
 
 from flask import Response
 
-from . import CONTENT_TYPE
 from . import schema
+from .paths import CONTENT_TYPE
 
 # One encoder for every response: json.dumps given an option builds a new
 # encoder per call, a third of its time on a small body.
