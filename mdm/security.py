@@ -57,12 +57,10 @@ def _add_headers(response):
 
 
 def _refuse_nul():
-    """Answer 400 to console input with a NUL character.
-
-    Nothing stored contains NUL (SCIM refuses it), and PostgreSQL cannot
-    even take it as a query parameter. The SCIM API answers it itself, so
-    this runs for console requests only (see ``mdm.console_only``).
-    """
+    """Answer 400 to console input with a NUL character."""
+    # Nothing stored contains NUL (SCIM refuses it), and PostgreSQL cannot
+    # even take it as a query parameter. The SCIM API answers it itself, so
+    # this runs for console requests only (see ``mdm.console_only``).
     values = list(request.args.values())
     if request.method == "POST" and request.mimetype in (
         "application/x-www-form-urlencoded",

@@ -1,9 +1,8 @@
-"""The SCIM 2.0 API (RFC 7644), mounted at /scim/v2.
+"""The SCIM 2.0 API (RFC 7644), mounted at /scim/v2."""
 
-A request goes auth -> http (body, parameters) -> users / groups (the
-writes, over resources) -> serialize; views, bulk and discovery hold the
-routes that connect them.
-"""
+# A request goes auth -> http (body, parameters) -> users / groups (writes,
+# over resources) -> serialize; views, bulk and discovery hold the routes
+# that connect them.
 
 from . import bulk  # noqa: F401  (registers its route)
 from . import discovery  # noqa: F401  (registers its routes)

@@ -203,13 +203,12 @@ def _references(value, found):
 
 
 class Job:
-    """Apply a bulk request's operations in order, resolving bulkId references.
+    """Apply a bulk request's operations in order, resolving bulkId references."""
 
-    An operation that refers to a resource created later in the request runs
-    after it; a cycle of POSTs (A refers to B, B to A) is broken by creating
-    one without the circular reference and setting it once the other exists
-    (RFC 7644 §3.7.1).
-    """
+    # An operation that refers to a resource created later in the request runs
+    # after it; a cycle of POSTs (A refers to B, B to A) is broken by creating
+    # one without the circular reference and setting it once the other exists
+    # (RFC 7644 §3.7.1).
 
     def __init__(self, operations, fail_on_errors, resource_type):
         self.operations = operations
@@ -246,11 +245,9 @@ class Job:
         return [self.results[index] for index in sorted(self.results)]
 
     def _visit(self, root):
-        """Apply ``root`` after the POSTs it refers to: depth first, on an explicit stack.
-
-        A chain of forward references may be as long as the request (1,000
-        operations), deeper than Python's recursion limit.
-        """
+        """Apply ``root`` after the POSTs it refers to: depth first, on an explicit stack."""
+        # A chain of forward references may be as long as the request (1,000
+        # operations), deeper than Python's recursion limit.
         if root.index in self.state:
             return
         self.state[root.index] = ACTIVE
@@ -370,11 +367,9 @@ class Job:
         self.deferred = []
 
     def _resolve(self, value, circular):
-        """Return ``value`` with bulkId references replaced by the ids they created.
-
-        References in ``circular`` are left out, with the item that holds them
-        (a member, a manager), to be set once their resource exists.
-        """
+        """Return ``value`` with bulkId references replaced by the ids they created."""
+        # References in ``circular`` are left out, with the item that holds
+        # them (a member, a manager), to be set once their resource exists.
         try:
             resolved = self._substitute(value, circular)
         except RecursionError:

@@ -30,11 +30,10 @@ GROUP_COLUMNS = ("display_name", "external_id", "version", "last_modified")
 
 @dataclass
 class Change:
-    """A group's new attributes and member changes, prepared outside the write lock.
+    """A group's new attributes and member changes, prepared outside the write lock."""
 
-    ``members`` holds (action, argument) with user ids already resolved to
-    keys and filters already compiled, so the lock covers only the writes.
-    """
+    # ``members`` holds (action, argument) with user ids already resolved to
+    # keys and filters already compiled, so the lock covers only the writes.
 
     old_name: str
     data: dict
@@ -216,10 +215,7 @@ def _prepare_members(group, changes):
 
 
 def _apply_members(group, changes):
-    """Apply prepared member changes in order as row inserts and deletes.
-
-    Returns (rows added, rows removed).
-    """
+    """Apply prepared member changes in order; return (rows added, rows removed)."""
     added = removed = 0
     for action, argument in changes:
         if action == "add":

@@ -1,10 +1,8 @@
-"""Group membership in bulk: a request's member ids travel to the database as one JSON array.
+"""Group membership in bulk: a request's member ids go to the database as one JSON array."""
 
-A PATCH may name tens of thousands of members. Rendering that many values
-into SQL, chunk by chunk, took far longer than the database's work, and the
-inserts run under the write lock; one array parameter keeps each step to a
-single statement whatever the number of members.
-"""
+# A PATCH may name tens of thousands of members, and the inserts run under
+# the write lock. Rendering each id into SQL costs far more than the
+# database's work; one array parameter keeps every step to one statement.
 
 import json
 

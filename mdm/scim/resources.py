@@ -40,15 +40,12 @@ def kind_of(model):
 
 
 def write(read, prepare, commit):
-    """Prepare a change outside the write lock; commit it only to the row it was read from.
-
-    ``read()`` loads the row, ``prepare(row)`` computes the change (parsing,
-    PATCH on a copy, hashing, member resolution) and ``commit(row, change)``
-    writes it under the lock, raising Stale when the row's version moved
-    since ``read``. A stale change is prepared again from a fresh read; the
-    last attempt reads and prepares under the lock, so every write lands.
-    Returns (row, change).
-    """
+    """Prepare a change outside the write lock, commit it to the row it was read from."""
+    # read() loads the row; prepare(row) computes the change (parsing, PATCH
+    # on a copy, hashing, member resolution); commit(row, change) writes it
+    # under the lock, raising Stale when the row's version moved since
+    # read(). A stale change is prepared again from a fresh read; the last
+    # attempt reads and prepares under the lock, so every write lands.
     for _ in range(ATTEMPTS - 1):
         row = read()
         change = prepare(row)

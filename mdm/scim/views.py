@@ -211,11 +211,9 @@ def replace_group(group_id):
 
 @bp.patch("/Groups/<group_id>", strict_slashes=False)
 def patch_group(group_id):
-    """Apply PATCH operations to a group (RFC 7644 §3.5.2).
-
-    Answers 204 as Entra expects (docs/entra.md §4.1), or 200 with the resource
-    when the client asks for attributes or excludedAttributes.
-    """
+    """Apply PATCH operations to a group (RFC 7644 §3.5.2); 204 unless a projection is asked."""
+    # Entra expects 204 (docs/entra.md §4.1); a client that names attributes
+    # or excludedAttributes gets the resource with 200.
     group = groups.apply_patch(group_id, http.request_body(), http.if_match())
     attributes, excluded = http.projection()
     if attributes or excluded:
