@@ -227,15 +227,27 @@ def _start_timer():
     g.activity_started = time.perf_counter()
 
 
+# Where the SCIM API lives, told by mdm.scim when its blueprint is registered
+# (see serve_api), so that this module imports nothing of the API.
+_api_prefix = None
+_is_api_path = None
+
+
+def serve_api(prefix, is_api_path):
+    """Record the requests for which ``is_api_path(path)``, an API mounted at ``prefix``."""
+    global _api_prefix, _is_api_path
+    _api_prefix, _is_api_path = prefix, is_api_path
+    _known_resource.cache_clear()
+
+
 def _record(response):
     """Queue the activity row of a SCIM request as it was sent and answered."""
-    from .scim import is_api_path
-
+    is_api_path = _is_api_path
     # The request and its notes once each: every use of a context proxy
     # looks the object up again.
     req = request._get_current_object()
     path = req.path
-    if not is_api_path(path):
+    if is_api_path is None or not is_api_path(path):
         return response
     notes = g._get_current_object()
     if not current_app.config.get("ACTIVITY_LOG", True):
@@ -309,9 +321,7 @@ def _resource(path):
 
 
 def _path_resource(path):
-    from .scim import URL_PREFIX
-
-    parts = path[len(URL_PREFIX) :].strip("/").split("/")
+    parts = path[len(_api_prefix or "") :].strip("/").split("/")
     kind = {"users": "User", "groups": "Group"}.get(parts[0].lower()) if parts else None
     if kind is None:
         return ("Config" if parts and parts[0] else None), None

@@ -1,13 +1,14 @@
 """Application-wide error pages: SCIM JSON under /scim/v2, HTML everywhere else."""
 
+from flask import current_app
 from flask import render_template
 from flask import request
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import InternalServerError
 
-from .scim import is_api_path
 from .scim.errors import ScimError
-from .scim.views import scim_error_response
+from .scim.http import scim_error_response
+from .scim.paths import is_api_path
 
 
 def init_app(app):
@@ -42,8 +43,6 @@ def _http_error(error):
 def _unexpected_error(error):
     if isinstance(error, HTTPException):
         return _http_error(error)
-    from flask import current_app
-
     # Log the traceback for the operator; never send it to the client.
     current_app.logger.exception(
         "Unhandled error on %s %s", request.method, request.path

@@ -4,6 +4,8 @@ from flask import has_request_context
 from flask import request
 from flask.sessions import SecureCookieSessionInterface
 
+from .scim.paths import is_api_path
+
 # The console's scripts and styles are all same-origin files; nothing inline.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -23,8 +25,6 @@ class SessionInterface(SecureCookieSessionInterface):
     def open_session(self, app, request):
         # SCIM clients authenticate with bearer tokens only; a null session
         # keeps the console's cookie out of the API and skips its signing.
-        from .scim import is_api_path
-
         if is_api_path(request.path):
             return self.make_null_session(app)
         return super().open_session(app, request)

@@ -1,6 +1,6 @@
 """Replay of Microsoft Entra ID provisioning traffic against /scim/v2.
 
-Every flow runs in two client modes (reference: entra-wire.md §1.1):
+Every flow runs in two client modes (docs/entra.md §1):
 
 * mode A, the default "scim" job: capitalised ``Add``/``Replace``/``Remove``, booleans
   as the strings ``"True"``/``"False"``, one operation per attribute, and member removal
@@ -877,7 +877,7 @@ def test_u5_verbose_replace_attributes_request(entra):
 
 
 def test_u5_unsupported_attributes_do_not_block_the_disable(entra):
-    """entra-wire §8 item 23: an unknown attribute must not 400 the whole PATCH."""
+    """docs/entra.md §3.5: an unknown attribute must not 400 the whole PATCH."""
     user = provision(entra)
     operations = entra.update(
         {
@@ -972,7 +972,7 @@ def test_u6_manager_set_change_remove(entra, set_shape, change_shape, remove_sha
 
 
 def test_u6_legacy_manager_precheck_filter(entra):
-    """Legacy ``id eq "u" and manager eq "m"&attributes=id`` (entra-wire §2.3, §5)."""
+    """Legacy ``id eq "u" and manager eq "m"&attributes=id`` (docs/entra.md §2)."""
     boss = person(entra, "boss@contoso.com", "Boss")
     user = provision(entra)
     assert not managed_by(entra, user["id"], boss["id"])

@@ -509,7 +509,7 @@ def test_payload_above_the_limit_is_413_before_it_is_read(app, scim, monkeypatch
     assert len(raw) > 2000
     read = []
     monkeypatch.setattr(
-        "mdm.scim.views.request_body", lambda: read.append(1) or pytest.fail("read")
+        "mdm.scim.http.request_body", lambda: read.append(1) or pytest.fail("read")
     )
     response = scim.post("/Bulk", raw)
     assert response.status_code == 413

@@ -3,6 +3,7 @@
 import pytest
 
 ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
+USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 
 
 def error(status, detail, scim_type=None):
@@ -116,6 +117,47 @@ def test_trailing_slash_double_slash_and_unknown_params(scim):
         ).get_json()["totalResults"]
         == 0
     )
+
+
+@pytest.mark.parametrize("parameter", ["attributes", "excludedAttributes"])
+def test_too_many_projected_attributes_is_400_too_many(scim, parameter):
+    names = ",".join(f"x{i}" for i in range(1001))
+    response = scim.get(f"/Users?{parameter}={names}")
+    assert response.status_code == 400
+    assert response.headers["Content-Type"] == "application/scim+json"
+    assert response.get_json() == error(
+        400,
+        f"{parameter} names 1001 distinct attributes; at most 1000 are accepted.",
+        "tooMany",
+    )
+
+
+def test_too_many_projected_attributes_in_a_search_body(scim):
+    response = scim.post(
+        "/Users/.search", {"attributes": [f"x{i}" for i in range(5000)]}
+    )
+    assert response.status_code == 400
+    assert response.get_json() == error(
+        400,
+        "attributes names 5000 distinct attributes; at most 1000 are accepted.",
+        "tooMany",
+    )
+
+
+def test_repeated_projected_attributes_count_once(scim):
+    scim.post("/Users", {"schemas": [USER], "userName": "repeat@example.com"})
+    names = ",".join(["userName", "USERNAME", "username"] * 40_000)
+    response = scim.get(f"/Users?attributes={names}&count=50")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["totalResults"] == 1
+    assert body["Resources"] == [
+        {
+            "schemas": [USER],
+            "id": body["Resources"][0]["id"],
+            "userName": "repeat@example.com",
+        }
+    ]
 
 
 def test_unexpected_errors_are_scim_500_without_traceback(app, scim, monkeypatch):

@@ -80,7 +80,7 @@ def test_operations_lowercases_op_and_reads_keys_case_insensitively():
 
 
 def test_operations_empty_list_is_a_no_op():
-    """The Entra validator expects Operations: [] to succeed (entra-wire §3.5 P12)."""
+    """The Entra validator expects Operations: [] to succeed (docs/entra.md §3.6)."""
     resource = bjensen()
     assert operations({"schemas": [schema.PATCH_OP], "Operations": []}) == []
     result = patch(resource)
@@ -122,7 +122,7 @@ def test_operations_rejects_non_string_path():
 
 
 #
-# Entra user shapes (entra-wire §3.5)
+# Entra user shapes (docs/entra.md §3)
 #
 
 
@@ -180,7 +180,7 @@ def test_patch_p3_one_op_per_attribute_with_extension_urn_path():
 
 @pytest.mark.parametrize("op", ["replace", "add", "Add"])
 def test_patch_p4_no_path_value_with_dotted_and_urn_keys(op):
-    """Mode B keys are paths, never literal keys (entra-wire §8 item 3)."""
+    """Mode B keys are paths, never literal keys (docs/entra.md §3.2)."""
     resource = bjensen()
     patch(
         resource,
@@ -597,7 +597,7 @@ def test_patch_custom_extension_attributes():
 
 
 def test_patch_unknown_attributes_are_noted_and_active_still_applies():
-    """Unknown attributes must not block a disable (entra-wire §8 item 23)."""
+    """Unknown attributes must not block a disable (docs/entra.md §3.5)."""
     resource = bjensen()
     result = patch(
         resource,
@@ -897,7 +897,7 @@ def test_patch_remove_something_absent_is_a_no_op():
 
 
 #
-# Group members (entra-wire §3.9)
+# Group members (docs/entra.md §4)
 #
 
 

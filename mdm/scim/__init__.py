@@ -1,19 +1,22 @@
-"""The SCIM 2.0 blueprint (RFC 7644) mounted at /scim/v2."""
+"""The SCIM 2.0 API (RFC 7644), mounted at /scim/v2."""
 
-from flask import Blueprint
+# A request goes auth -> http (body, parameters) -> users / groups (writes,
+# over resources) -> serialize; views, bulk and discovery hold the routes
+# that connect them.
 
-URL_PREFIX = "/scim/v2"
-CONTENT_TYPE = "application/scim+json"
-_SUBPATHS = URL_PREFIX + "/"
+from . import bulk  # noqa: F401  (registers its route)
+from . import discovery  # noqa: F401  (registers its routes)
+from . import views  # noqa: F401  (registers its routes)
+from .blueprint import bp
+from .paths import CONTENT_TYPE
+from .paths import URL_PREFIX
+from .paths import is_api_path
+
+__all__ = ["CONTENT_TYPE", "URL_PREFIX", "bp", "init_app", "is_api_path"]
 
 
-def is_api_path(path):
-    """Tell whether a request path is under the SCIM API, routed or not."""
-    return path == URL_PREFIX or path.startswith(_SUBPATHS)
-
-
-bp = Blueprint("scim", __name__, url_prefix=URL_PREFIX)
-
-# Importing the view modules registers their routes on bp.
-from . import bulk  # noqa: E402,F401
-from . import views  # noqa: E402,F401
+def init_app(app, csrf=None):
+    """Mount the API on ``app``; it takes bearer tokens, no cookies, so no CSRF check."""
+    app.register_blueprint(bp)
+    if csrf is not None:
+        csrf.exempt(bp)

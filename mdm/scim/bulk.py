@@ -12,13 +12,16 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from .. import activity
 from ..models import Group
 from ..models import User
-from . import URL_PREFIX
-from . import bp
+from . import groups
+from . import http
 from . import parse
 from . import schema
 from . import serialize
-from . import views
+from . import users
+from .blueprint import bp
 from .errors import ScimError
+from .paths import URL_PREFIX
+from .resources import deprovision
 
 STATUS = {"POST": 201, "PUT": 200, "PATCH": 200, "DELETE": 204}
 REFERENCE = re.compile(r"bulkId:(.+)", re.S)
@@ -38,7 +41,7 @@ def bulk():
     job = Job(
         [Operation(index, item) for index, item in enumerate(items)],
         fail_on_errors,
-        views.user_type(),
+        http.user_type(),
     )
     results = job.run()
     failed = sum(1 for result in results if int(result["status"]) >= 400)
@@ -48,7 +51,7 @@ def bulk():
     if len(results) < len(items):
         summary += f"; stopped after {failed} errors (failOnErrors)"
     activity.note(summary, resource_type="Bulk")
-    return views.respond({"schemas": [schema.BULK_RESPONSE], "Operations": results})
+    return http.respond({"schemas": [schema.BULK_RESPONSE], "Operations": results})
 
 
 def _read_body(limit):
@@ -62,7 +65,7 @@ def _read_body(limit):
         raise too_large
     request.max_content_length = limit
     try:
-        return views.request_body()
+        return http.request_body()
     except RequestEntityTooLarge:
         raise too_large from None
 
@@ -200,13 +203,12 @@ def _references(value, found):
 
 
 class Job:
-    """Apply a bulk request's operations in order, resolving bulkId references.
+    """Apply a bulk request's operations in order, resolving bulkId references."""
 
-    An operation that refers to a resource created later in the request runs
-    after it; a cycle of POSTs (A refers to B, B to A) is broken by creating
-    one without the circular reference and setting it once the other exists
-    (RFC 7644 §3.7.1).
-    """
+    # An operation that refers to a resource created later in the request runs
+    # after it; a cycle of POSTs (A refers to B, B to A) is broken by creating
+    # one without the circular reference and setting it once the other exists
+    # (RFC 7644 §3.7.1).
 
     def __init__(self, operations, fail_on_errors, resource_type):
         self.operations = operations
@@ -243,11 +245,9 @@ class Job:
         return [self.results[index] for index in sorted(self.results)]
 
     def _visit(self, root):
-        """Apply ``root`` after the POSTs it refers to: depth first, on an explicit stack.
-
-        A chain of forward references may be as long as the request (1,000
-        operations), deeper than Python's recursion limit.
-        """
+        """Apply ``root`` after the POSTs it refers to: depth first, on an explicit stack."""
+        # A chain of forward references may be as long as the request (1,000
+        # operations), deeper than Python's recursion limit.
         if root.index in self.state:
             return
         self.state[root.index] = ACTIVE
@@ -329,21 +329,19 @@ class Job:
         resource_type = self.resource_type
         if model is User:
             if method == "POST":
-                return views.create_user_from(data, resource_type)
+                return users.create(data, resource_type, http.token_idp())
             if method == "PUT":
-                return views.replace_user_with(
-                    resource_id, data, resource_type, version
-                )
+                return users.replace(resource_id, data, resource_type, version)
             if method == "PATCH":
-                return views.patch_user_with(resource_id, data, resource_type, version)
+                return users.apply_patch(resource_id, data, resource_type, version)
         else:
             if method == "POST":
-                return views.create_group_from(data)
+                return groups.create(data, http.token_idp())
             if method == "PUT":
-                return views.replace_group_with(resource_id, data, version)
+                return groups.replace(resource_id, data, version)
             if method == "PATCH":
-                return views.patch_group_with(resource_id, data, version)
-        return views.deprovision(model, resource_id, version)
+                return groups.apply_patch(resource_id, data, version)
+        return deprovision(model, resource_id, version)
 
     def _complete_deferred(self):
         """Set the circular references left out at creation, now that all exist."""
@@ -369,11 +367,9 @@ class Job:
         self.deferred = []
 
     def _resolve(self, value, circular):
-        """Return ``value`` with bulkId references replaced by the ids they created.
-
-        References in ``circular`` are left out, with the item that holds them
-        (a member, a manager), to be set once their resource exists.
-        """
+        """Return ``value`` with bulkId references replaced by the ids they created."""
+        # References in ``circular`` are left out, with the item that holds
+        # them (a member, a manager), to be set once their resource exists.
         try:
             resolved = self._substitute(value, circular)
         except RecursionError:
@@ -424,4 +420,4 @@ class Job:
 
     @staticmethod
     def _location(operation, resource_id):
-        return f"{views.base_url()}/{operation.endpoint}/{resource_id}"
+        return f"{http.base_url()}/{operation.endpoint}/{resource_id}"

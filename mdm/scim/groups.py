@@ -1,0 +1,253 @@
+"""Creating, replacing and patching groups and their members; shared by the views and Bulk."""
+
+from dataclasses import dataclass
+from dataclasses import field
+
+from flask import current_app
+from peewee import IntegrityError
+
+from .. import activity
+from ..db import write_transaction
+from ..models import Group
+from ..models import Membership
+from ..models import User
+from ..models import clear_members
+from ..models import group_scim_ids
+from ..models import touch
+from . import filters
+from . import members as membership
+from . import parse
+from . import patch
+from . import schema
+from .errors import ScimError
+from .http import check_if_match
+from .resources import get_live
+from .resources import save_if_current
+from .resources import write
+
+GROUP_COLUMNS = ("display_name", "external_id", "version", "last_modified")
+
+
+@dataclass
+class Change:
+    """A group's new attributes and member changes, prepared outside the write lock."""
+
+    # ``members`` holds (action, argument) with user ids already resolved to
+    # keys and filters already compiled, so the lock covers only the writes.
+
+    old_name: str
+    data: dict
+    relabels: bool = False  # a new displayName or externalId
+    members: list = field(default_factory=list)
+    ignored: tuple = ()
+    added: int = 0
+    removed: int = 0
+
+    @property
+    def writes(self):
+        # Whether member changes change anything is known only once applied.
+        return self.relabels or bool(self.members)
+
+
+def uniqueness_error(data):
+    return ScimError.uniqueness(
+        f"A group with displayName {data['displayName']!r} already exists."
+    )
+
+
+def members_of(groups):
+    """Return {group pk: [(user id, displayName)]} for live members, in one query."""
+    pks = [group.id for group in groups]
+    if not pks:
+        return {}
+    query = (
+        Membership.select(Membership.group, User.scim_id, User.display_name)
+        .join(User)
+        .where(Membership.group.in_(pks) & User.deprovisioned_at.is_null())
+        .order_by(Membership.id)
+    )
+    found = {pk: [] for pk in pks}
+    for group_pk, user_id, display in query.tuples():
+        found[group_pk].append((user_id, display))
+    return found
+
+
+def create(body, source):
+    """Create a group, with any members that name known users (RFC 7644 §3.3)."""
+    data, member_ids = parse.group(body)
+    group = Group(
+        source=source,
+        display_name=data["displayName"],
+        external_id=data.get("externalId"),
+    )
+    pks = resolve_members(member_ids, group.scim_id) if member_ids else []
+    try:
+        with write_transaction():
+            group.save(force_insert=True)
+            added = membership.add(group, pks)
+    except IntegrityError:
+        activity.note(target=data["displayName"])
+        raise uniqueness_error(data) from None
+    activity.note(
+        f"created with {added} member{'s' if added != 1 else ''}",
+        "Group",
+        group.scim_id,
+        group.display_name,
+    )
+    return group
+
+
+def replace(group_id, body, if_match=None):
+    """Replace a group (RFC 7644 §3.5.1); members change only when the body lists them."""
+    data, member_ids = parse.group(body)
+    members = None
+    if member_ids is not None:
+        members = [("replace", member_ids)]
+
+    def prepare(group):
+        check_if_match(group, if_match)
+        return _change(group, data, members or [])
+
+    group, change = _write(group_id, prepare)
+    activity.note(describe_change(group, change), target=group.display_name)
+    return group
+
+
+def apply_patch(group_id, body, if_match=None):
+    """Apply a PatchOp body to a group (RFC 7644 §3.5.2)."""
+    operations = patch.operations(body)
+
+    def prepare(group):
+        check_if_match(group, if_match)
+        resource = {"displayName": group.display_name}
+        if group.external_id is not None:
+            resource["externalId"] = group.external_id
+        result = patch.apply(resource, operations, schema.GROUP_TYPE)
+        data, _ = parse.group(resource)
+        change = _change(group, data, result.members)
+        change.ignored = tuple(result.ignored)
+        return change
+
+    group, change = _write(group_id, prepare)
+    activity.note(describe_change(group, change), target=group.display_name)
+    for note in change.ignored:
+        current_app.logger.info("PATCH /Groups/%s: %s", group_id, note)
+    return group
+
+
+def _change(group, data, member_changes):
+    new = (data["displayName"], data.get("externalId"))
+    change = Change(group.display_name, data)
+    change.relabels = (group.display_name, group.external_id) != new
+    change.members = _prepare_members(group, member_changes)
+    return change
+
+
+def _write(group_id, prepare):
+    def commit(group, change):
+        expected = group.version
+        change.added, change.removed = _apply_members(group, change.members)
+        if not (change.relabels or change.added or change.removed):
+            return  # nothing changed: the version stays
+        group.display_name = change.data["displayName"]
+        group.external_id = change.data.get("externalId")
+        touch(group)
+        try:
+            save_if_current(group, GROUP_COLUMNS, expected)
+        except IntegrityError:
+            raise uniqueness_error(change.data) from None
+
+    return write(lambda: get_live(Group, group_id), prepare, commit)
+
+
+def describe_change(group, change):
+    """Summarise a group change for the activity log: renames and members +n/-m."""
+    parts = []
+    if change.old_name != group.display_name:
+        parts.append(f"renamed from {change.old_name!r}")
+    if change.added or change.removed:
+        parts.append(f"members +{change.added}/\u2212{change.removed}")
+    return "; ".join(parts) or "no change"
+
+
+#
+# Members
+#
+
+
+def resolve_members(ids, group_id):
+    """Map member ids to user keys; unknown ids and nested groups are skipped and logged."""
+    found = membership.user_keys(ids)
+    missing = [member for member in ids if member not in found]
+    if missing:
+        nested = group_scim_ids(missing)
+        for member in missing:
+            reason = (
+                "is a group (nested groups are not supported)"
+                if member in nested
+                else "is not a known user"
+            )
+            # Clip the id: it is client input and may be arbitrarily long.
+            current_app.logger.warning(
+                "Group %s: member %r %s; skipped.", group_id, member[:80], reason
+            )
+    return [found[member] for member in ids if member in found]
+
+
+def _prepare_members(group, changes):
+    """Resolve ids to user keys and compile filters, outside the write lock."""
+    prepared = []
+    for action, argument in _merge_runs(changes):
+        if action in ("add", "replace"):
+            prepared.append((action, resolve_members(argument, group.scim_id)))
+        elif action == "remove":
+            prepared.append((action, list(membership.user_keys(argument).values())))
+        elif action == "remove_where":
+            try:
+                condition = filters.member_expression(argument)
+            except ScimError as error:
+                # As for a user's emails[...]: a bad filter in a path is a bad path.
+                raise ScimError.invalid_path(error.detail) from None
+            prepared.append((action, condition))
+        else:
+            prepared.append((action, argument))
+    return prepared
+
+
+def _apply_members(group, changes):
+    """Apply prepared member changes in order; return (rows added, rows removed)."""
+    added = removed = 0
+    for action, argument in changes:
+        if action == "add":
+            added += membership.add(group, argument)
+        elif action == "remove":
+            removed += membership.remove(group, argument)
+        elif action == "remove_all":
+            removed += clear_members(group)
+        elif action == "replace":
+            removed += clear_members(group)
+            added += membership.add(group, argument)
+        elif action == "remove_where":
+            matched = User.select(User.id).where(argument)
+            removed += (
+                Membership.delete()
+                .where((Membership.group == group.id) & Membership.user.in_(matched))
+                .execute()
+            )
+    return added, removed
+
+
+def _merge_runs(changes):
+    """Merge consecutive adds (or removes) into one, so many one-member ops cost a few queries."""
+    merged = []
+    for action, argument in changes:
+        if merged and action in ("add", "remove") and merged[-1][0] == action:
+            merged[-1][1].update(dict.fromkeys(argument))
+        elif action in ("add", "remove"):
+            merged.append((action, dict.fromkeys(argument)))
+        else:
+            merged.append((action, argument))
+    return [
+        (action, list(argument) if isinstance(argument, dict) else argument)
+        for action, argument in merged
+    ]
