@@ -116,36 +116,6 @@ def _close(exc):
         database.close()
 
 
-class Prepared:
-    """A query built from keyword values on each run; kept until mdm.scim stops using it."""
-
-    def __init__(self, build):
-        self.build = build
-
-    def execute(self, **values):
-        """Run the query and return the cursor."""
-        return database.execute(self.build(**values))
-
-    def rows(self, **values):
-        """Return the model instances the query selects."""
-        return list(self.build(**values))
-
-    def first(self, **values):
-        """Return the first row as a model instance, or None."""
-        rows = self.rows(**values)
-        return rows[0] if rows else None
-
-
-def insert(obj):
-    """Insert a new model instance; kept until mdm.scim stops using it."""
-    return obj.save(force_insert=True)
-
-
-def update(obj):
-    """Save a model instance; kept until mdm.scim stops using it."""
-    return obj.save()
-
-
 #
 # Case, patterns and truth values
 #

@@ -16,7 +16,7 @@ from ..models import IDPS
 from ..models import MAX_TOKENS_PER_IDP
 from ..models import BearerToken
 from ..models import TokenError
-from ..scim.views import base_url as target_scim_url
+from ..scim.http import base_url as target_scim_url
 from . import reveal
 from .base import EXPIRY_WARNING
 from .base import SCIM_DISABLED

@@ -14,7 +14,6 @@ from . import serialize
 from . import users
 from .blueprint import bp
 from .errors import ScimError
-from .http import base_url  # noqa: F401  (mdm.admin's import until it uses mdm.scim.http)
 from .resources import deprovision
 from .resources import get_live
 from .resources import search
