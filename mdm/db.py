@@ -4,6 +4,7 @@ SQL that differs between the two engines lives here, behind small helpers,
 so the rest of the code builds one query for both.
 """
 
+import inspect
 import threading
 from contextlib import contextmanager
 from urllib.parse import urlsplit
@@ -114,6 +115,57 @@ def _close(exc):
     # Back to the pool, which rolls back a transaction left open.
     if not database.is_closed():
         database.close()
+
+
+class Prepared:
+    """A query rendered to SQL once, then run with new values."""
+
+    # ``build`` takes one marker per name (its parameters, or ``names``).
+    # Rendering a query through the ORM costs several times what SQLite takes
+    # to answer an indexed lookup, and the token check and the lookups an IdP
+    # makes run on every request. So ``build`` is rendered once per engine
+    # (Query.sql) with a marker in place of each argument, and each run binds
+    # the real values in the markers' places (Database.execute_sql,
+    # Model.raw). Values are bound as given: pass what the column stores
+    # unconverted (text, integers).
+
+    def __init__(self, build, names=None):
+        self.build = build
+        self.names = list(names or inspect.signature(build).parameters)
+        self._rendered = {}
+
+    def _render(self):
+        engine = type(database.obj)
+        found = self._rendered.get(engine)
+        if found is None:
+            # Noncharacters: no client value holds them, and no clean-up of
+            # text (NUL checks, PostgreSQL's) rewrites them while rendering.
+            markers = {f"\ufdd0{name}\ufdd0": name for name in self.names}
+            query = self.build(*markers)
+            sql, params = query.sql()
+            # Every parameter must be a marker, or a run would bind a stale
+            # value; every marker a parameter, or an argument is ignored.
+            order = [markers.get(param) for param in params]
+            if None in order or set(order) != set(self.names):
+                raise RuntimeError(f"Prepared query does not bind {self.names}: {sql}")
+            found = (getattr(query, "model", None), sql, order)
+            self._rendered[engine] = found
+        return found
+
+    def execute(self, **values):
+        """Run the query and return the cursor."""
+        _, sql, order = self._render()
+        return database.execute_sql(sql, [values[name] for name in order])
+
+    def rows(self, **values):
+        """Return the model instances a select of one model's columns finds."""
+        model, sql, order = self._render()
+        return list(model.raw(sql, *[values[name] for name in order]))
+
+    def first(self, **values):
+        """Return the first row as a model instance, or None."""
+        rows = self.rows(**values)
+        return rows[0] if rows else None
 
 
 #

@@ -17,6 +17,7 @@ from peewee import IntegerField
 from peewee import TextField
 
 from .db import NoCaseField
+from .db import Prepared
 from .db import database
 from .db import json_rows
 from .db import lock_for_migration
@@ -146,7 +147,7 @@ class BearerToken(database.Model):
         parts = secret.split("_") if secret else []
         if len(parts) < 3 or parts[0] != TOKEN_PREFIX or "\x00" in secret:
             return None
-        token = _token_by_key(parts[1])
+        token = _token_by_key.first(key=parts[1])
         if token is None:
             return None
         if not hmac.compare_digest(token.secret_hash, cls._hash(secret)):
@@ -173,18 +174,18 @@ class BearerToken(database.Model):
             )
 
 
-def _token_by_key(key):
-    """Return the token with ``key`` and, as ``custom_attributes``, the definitions' JSON."""
+def _token_query(key):
     # Every SCIM request needs its token and the custom attribute definitions
     # (which may change between any two requests); one statement reads both.
     definitions = json_rows(
         CustomAttribute.id, CustomAttribute.name, CustomAttribute.type
     )
-    return (
-        BearerToken.select(BearerToken, definitions.alias("custom_attributes"))
-        .where(BearerToken.key == key)
-        .first()
-    )
+    return BearerToken.select(
+        BearerToken, definitions.alias("custom_attributes")
+    ).where(BearerToken.key == key)
+
+
+_token_by_key = Prepared(_token_query)
 
 
 class User(database.Model):
@@ -471,12 +472,20 @@ def _groups_query(user_pks):
     )
 
 
+# One user's groups, the common case (every user rendered alone).
+_groups_of_one = Prepared(lambda pk: _groups_query([pk]))
+
+
 def groups_of(user_pks):
     """Return {user pk: [(group SCIM id, displayName)]} for live groups, in one query."""
     if not user_pks:
         return {}
+    if len(user_pks) == 1:
+        rows = _groups_of_one.execute(pk=user_pks[0]).fetchall()
+    else:
+        rows = _groups_query(user_pks).tuples()
     found = {}
-    for user_pk, group_id, display in _groups_query(user_pks).tuples():
+    for user_pk, group_id, display in rows:
         found.setdefault(user_pk, []).append((group_id, display))
     return found
 

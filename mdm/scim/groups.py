@@ -7,13 +7,13 @@ from flask import current_app
 from peewee import IntegrityError
 
 from .. import activity
+from ..db import Prepared
 from ..db import write_transaction
 from ..models import Group
 from ..models import Membership
 from ..models import User
 from ..models import clear_members
 from ..models import group_scim_ids
-from ..models import touch
 from . import filters
 from . import members as membership
 from . import parse
@@ -21,11 +21,11 @@ from . import patch
 from . import schema
 from .errors import ScimError
 from .http import check_if_match
+from .resources import Insert
+from .resources import Save
 from .resources import get_live
-from .resources import save_if_current
+from .resources import versioned
 from .resources import write
-
-GROUP_COLUMNS = ("display_name", "external_id", "version", "last_modified")
 
 
 @dataclass
@@ -42,6 +42,7 @@ class Change:
     ignored: tuple = ()
     added: int = 0
     removed: int = 0
+    save: object = None  # the UPDATE, rendered outside the lock
 
     @property
     def writes(self):
@@ -55,19 +56,30 @@ def uniqueness_error(data):
     )
 
 
+def _members_query(group_pks):
+    return (
+        Membership.select(Membership.group, User.scim_id, User.display_name)
+        .join(User)
+        .where(Membership.group.in_(group_pks) & User.deprovisioned_at.is_null())
+        .order_by(Membership.id)
+    )
+
+
+# One group's members, the common case (every group rendered alone).
+_members_of_one = Prepared(lambda pk: _members_query([pk]))
+
+
 def members_of(groups):
     """Return {group pk: [(user id, displayName)]} for live members, in one query."""
     pks = [group.id for group in groups]
     if not pks:
         return {}
-    query = (
-        Membership.select(Membership.group, User.scim_id, User.display_name)
-        .join(User)
-        .where(Membership.group.in_(pks) & User.deprovisioned_at.is_null())
-        .order_by(Membership.id)
-    )
+    if len(pks) == 1:
+        rows = _members_of_one.execute(pk=pks[0]).fetchall()
+    else:
+        rows = _members_query(pks).tuples()
     found = {pk: [] for pk in pks}
-    for group_pk, user_id, display in query.tuples():
+    for group_pk, user_id, display in rows:
         found[group_pk].append((user_id, display))
     return found
 
@@ -81,9 +93,10 @@ def create(body, source):
         external_id=data.get("externalId"),
     )
     pks = resolve_members(member_ids, group.scim_id) if member_ids else []
+    statement = Insert(group)
     try:
         with write_transaction():
-            group.save(force_insert=True)
+            statement.run()
             added = membership.add(group, pks)
     except IntegrityError:
         activity.note(target=data["displayName"])
@@ -144,20 +157,28 @@ def _change(group, data, member_changes):
 
 
 def _write(group_id, prepare):
+    def staged(group):
+        # The UPDATE is rendered here, outside the lock; it runs only if the
+        # name or the members change, which the lock alone can tell.
+        change = prepare(group)
+        values = versioned(
+            group,
+            display_name=change.data["displayName"],
+            external_id=change.data.get("externalId"),
+        )
+        change.save = Save(group, values, group.version)
+        return change
+
     def commit(group, change):
-        expected = group.version
         change.added, change.removed = _apply_members(group, change.members)
         if not (change.relabels or change.added or change.removed):
             return  # nothing changed: the version stays
-        group.display_name = change.data["displayName"]
-        group.external_id = change.data.get("externalId")
-        touch(group)
         try:
-            save_if_current(group, GROUP_COLUMNS, expected)
+            change.save.run()
         except IntegrityError:
             raise uniqueness_error(change.data) from None
 
-    return write(lambda: get_live(Group, group_id), prepare, commit)
+    return write(lambda: get_live(Group, group_id), staged, commit)
 
 
 def describe_change(group, change):

@@ -1,13 +1,15 @@
 """Reading users and groups, and the optimistic write that every SCIM change goes through."""
 
 from peewee import IntegrityError
+from peewee import Value
+from peewee import fn
 
 from .. import activity
+from ..db import Prepared
 from ..db import ordering
 from ..db import write_transaction
 from ..models import Group
 from ..models import User
-from ..models import touch
 from ..models import utcnow
 from . import filters
 from . import schema
@@ -25,14 +27,18 @@ class Stale(Exception):
 def get_live(model, scim_id):
     """Return the live user or group with ``scim_id`` or raise a SCIM 404."""
     # NUL is never stored, and PostgreSQL refuses it even as a parameter.
-    row = None
-    if "\x00" not in scim_id:
-        # scim_id is unique, so no LIMIT is needed to fetch at most one row.
-        found = list(model.live().where(model.scim_id == scim_id))
-        row = found[0] if found else None
+    row = None if "\x00" in scim_id else _LIVE_BY_ID[model].first(scim_id=scim_id)
     if row is None:
         raise ScimError.not_found(f"{kind_of(model)} {scim_id} not found.")
     return row
+
+
+def _live_by_id(model):
+    # scim_id is unique, so no LIMIT is needed to fetch at most one row.
+    return Prepared(lambda scim_id: model.live().where(model.scim_id == scim_id))
+
+
+_LIVE_BY_ID = {User: _live_by_id(User), Group: _live_by_id(Group)}
 
 
 def kind_of(model):
@@ -65,27 +71,98 @@ def write(read, prepare, commit):
     return row, change
 
 
-def save_if_current(row, names, expected_version):
-    """Write ``names`` of ``row`` if it is live and still at ``expected_version``; else Stale."""
-    model = type(row)
-    written = (
-        model.update({getattr(model, name): getattr(row, name) for name in names})
-        .where(
-            (model.id == row.id)
-            & (model.version == expected_version)
-            & model.deprovisioned_at.is_null()
-        )
-        .execute()
-    )
-    if written != 1:
-        raise Stale()
+# Writes are rendered once per model and column set, with a marker for each
+# value, and bound to values the fields convert themselves (Field.db_value);
+# rendering took longer than SQLite's write, and ran for every write.
+_statements = {}
+
+
+def _statement(model, kind, names):
+    key = (model, kind, names)
+    found = _statements.get(key)
+    if found is None:
+        fields = [getattr(model, name) for name in names]
+
+        def build(*markers):
+            # converter=False: a marker is bound as it stands, not converted.
+            values = {
+                f: Value(m, converter=False)
+                for f, m in zip(fields, markers, strict=False)
+            }
+            if kind == "insert":
+                return model.insert(values).returning(model._meta.primary_key)
+            current = [Value(m, converter=False) for m in markers[len(fields) :]]
+            return model.update(values).where(
+                (model.id == current[0])
+                & (model.version == current[1])
+                & model.deprovisioned_at.is_null()
+            )
+
+        extra = ("id", "expected_version") if kind == "update" else ()
+        found = _statements[key] = Prepared(build, names + extra)
+    return found
+
+
+def _bound(model, values):
+    return {name: getattr(model, name).db_value(v) for name, v in values.items()}
+
+
+class Save:
+    """An UPDATE of a row's ``values``, to run if the row is still at ``expected_version``."""
+
+    def __init__(self, row, values, expected_version):
+        self.row, self.values = row, values
+        self.statement = _statement(type(row), "update", tuple(values))
+        self.params = {
+            **_bound(type(row), values),
+            "id": row.id,
+            "expected_version": expected_version,
+        }
+
+    def run(self):
+        """Write under the lock if the row is live and unchanged since read; else Stale."""
+        if self.statement.execute(**self.params).rowcount != 1:
+            raise Stale()
+        for name, value in self.values.items():
+            setattr(self.row, name, value)
+
+
+def versioned(row, **values):
+    """Return ``values`` with the row's next version and lastModified."""
+    return {
+        **values,
+        "version": row.version + 1,
+        "last_modified": max(utcnow(), row.last_modified),
+    }
+
+
+class Insert:
+    """An INSERT of a new row with every column the model gives it."""
+
+    def __init__(self, row):
+        model = type(row)
+        key = model._meta.primary_key
+        values = {
+            field.name: getattr(row, field.name)
+            for field in model._meta.sorted_fields
+            if field is not key
+        }
+        self.row, self.key = row, key
+        self.statement = _statement(model, "insert", tuple(values))
+        self.params = _bound(model, values)
+
+    def run(self):
+        """Insert under the lock and give the row its new key."""
+        cursor = self.statement.execute(**self.params)
+        setattr(self.row, self.key.name, cursor.fetchone()[0])
 
 
 def insert(row, uniqueness_error):
     """Insert a new row under the write lock, answering 409 when its name is taken."""
+    statement = Insert(row)
     try:
         with write_transaction():
-            row.save(force_insert=True)
+            statement.run()
     except IntegrityError:
         raise uniqueness_error from None
 
@@ -122,12 +199,44 @@ LOOKUP_ATTRIBUTES = {
     User: ("userName", "externalId", "id"),
     Group: ("displayName", "externalId", "id"),
 }
+
+
+class _Lookup:
+    """The page and count queries of ``attribute eq "value"`` on one model, rendered once."""
+
+    def __init__(self, model, attribute):
+        resource_type = _LOOKUP_TYPES[model]
+
+        def matching(value):
+            # Compiled by the general compiler, so both paths run the same SQL.
+            node = filters.Compare(filters.Path(None, attribute), "eq", value)
+            return model.live().where(filters.to_expression(node, resource_type))
+
+        self.page = Prepared(
+            lambda value, offset, limit: (
+                matching(value).order_by(model.id).offset(offset).limit(limit)
+            )
+        )
+        self.count = Prepared(lambda value: matching(value).select(fn.COUNT(model.id)))
+
+
+_LOOKUP_TYPES = {User: schema.user_type(), Group: schema.GROUP_TYPE}
 _LOOKUPS = {
-    (model, name.lower()): name
+    (model, name.lower()): _Lookup(model, name)
     for model, names in LOOKUP_ATTRIBUTES.items()
     for name in names
 }
-_LOOKUP_TYPES = {User: schema.user_type(), Group: schema.GROUP_TYPE}
+
+
+class _Matches:
+    """What a lookup matched, counted on demand like the ORM query it stands for."""
+
+    def __init__(self, lookup, value):
+        self.lookup = lookup
+        self.value = value
+
+    def count(self):
+        return self.lookup.count.execute(value=self.value).fetchone()[0]
 
 
 def _lookup(model, params):
@@ -137,15 +246,16 @@ def _lookup(model, params):
     simple = filters.simple_eq(params.filter)
     if simple is None:
         return None
-    attribute = _LOOKUPS.get((model, simple[0].lower()))
-    if attribute is None:
+    lookup = _LOOKUPS.get((model, simple[0].lower()))
+    if lookup is None:
         return None
-    node = filters.Compare(filters.Path(None, attribute), "eq", simple[1])
-    query = model.live().where(filters.to_expression(node, _LOOKUP_TYPES[model]))
+    value = simple[1]
     if not params.count:
-        return query, []
-    page = query.order_by(model.id).offset(params.start_index - 1).limit(params.count)
-    return query, list(page)
+        return _Matches(lookup, value), []
+    page = lookup.page.rows(
+        value=value, offset=params.start_index - 1, limit=params.count
+    )
+    return _Matches(lookup, value), page
 
 
 def _total(query, page, params):
@@ -165,19 +275,19 @@ def _total(query, page, params):
 class _Deprovision:
     writes = True
 
+    def __init__(self, row):
+        self.save = Save(row, versioned(row, deprovisioned_at=utcnow()), row.version)
+
 
 def deprovision(model, scim_id, if_match=None):
     """Mark a live user or group deprovisioned (RFC 7644 §3.6); the directory keeps it."""
 
     def prepare(row):
         check_if_match(row, if_match)
-        return _Deprovision()
+        return _Deprovision(row)
 
     def commit(row, change):
-        expected = row.version
-        row.deprovisioned_at = utcnow()
-        touch(row)
-        save_if_current(row, ("deprovisioned_at", "version", "last_modified"), expected)
+        change.save.run()
 
     row, _ = write(lambda: get_live(model, scim_id), prepare, commit)
     target = row.user_name if model is User else row.display_name

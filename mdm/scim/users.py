@@ -15,9 +15,9 @@ from . import parse
 from . import patch
 from .errors import ScimError
 from .http import check_if_match
+from .resources import Save
 from .resources import get_live
 from .resources import insert
-from .resources import save_if_current
 from .resources import write
 
 # The columns mirror_user and touch set on a user.
@@ -43,6 +43,7 @@ class Change:
     data: dict
     password_hash: str | None = None
     ignored: tuple = ()
+    save: object = None  # the UPDATE, rendered outside the lock
 
     @property
     def writes(self):
@@ -127,17 +128,28 @@ def apply_patch(user_id, body, resource_type, if_match=None):
 
 
 def _write(user_id, prepare):
+    def staged(user):
+        # The row read is changed in place and its UPDATE rendered here,
+        # outside the lock; a stale attempt starts again from a fresh read.
+        change = prepare(user)
+        if change.writes:
+            expected = user.version
+            mirror_user(user, change.data, change.password_hash)
+            touch(user)
+            columns = USER_COLUMNS + (
+                ("password_hash",) if change.password_hash else ()
+            )
+            values = {name: getattr(user, name) for name in columns}
+            change.save = Save(user, values, expected)
+        return change
+
     def commit(user, change):
-        expected = user.version
-        mirror_user(user, change.data, change.password_hash)
-        touch(user)
-        columns = USER_COLUMNS + (("password_hash",) if change.password_hash else ())
         try:
-            save_if_current(user, columns, expected)
+            change.save.run()
         except IntegrityError:
             raise uniqueness_error(change.data) from None
 
-    return write(lambda: get_live(User, user_id), prepare, commit)
+    return write(lambda: get_live(User, user_id), staged, commit)
 
 
 def describe_changes(change):
