@@ -4,6 +4,7 @@ SQL that differs between the two engines lives here, behind small helpers,
 so the rest of the code builds one query for both.
 """
 
+import functools
 import inspect
 import threading
 from contextlib import contextmanager
@@ -159,13 +160,41 @@ class Prepared:
 
     def rows(self, **values):
         """Return the model instances a select of one model's columns finds."""
-        model, sql, order = self._render()
-        return list(model.raw(sql, *[values[name] for name in order]))
+        model = self._render()[0]
+        cursor = self.execute(**values)
+        rows = cursor.fetchall()
+        if not rows:
+            return []
+        plan = _load_plan(model, tuple(item[0] for item in cursor.description))
+        return [
+            model(
+                **{
+                    name: value if convert is None or value is None else convert(value)
+                    for (name, convert), value in zip(plan, row, strict=True)
+                }
+            )
+            for row in rows
+        ]
 
     def first(self, **values):
         """Return the first row as a model instance, or None."""
         rows = self.rows(**values)
         return rows[0] if rows else None
+
+
+@functools.lru_cache(maxsize=256)
+def _load_plan(model, names):
+    """Return (attribute, converter or None) for each column a select of ``model`` gave."""
+    # Resolved once per model and column list: the ORM's cursor wrapper
+    # resolves them on every query. A column that is no field (a selected
+    # subquery) becomes a plain attribute, as the ORM makes it.
+    columns = model._meta.columns
+    return tuple(
+        (columns[name].name, columns[name].python_value)
+        if name in columns
+        else (name, None)
+        for name in names
+    )
 
 
 #
