@@ -1,10 +1,11 @@
-"""Serve the app with waitress and stop gracefully on SIGTERM or Ctrl-C.
+"""Serve the app with waitress, queue requests for a running worker, and stop gracefully.
 
-waitress has no public way to stop gracefully: its own serve() dies
-mid-response on SIGTERM. The stop below is the one place mdm reaches into
-waitress's internals, written against waitress 3.0.2 (pinned in
-pyproject.toml); INTERNALS lists every one, and tests/test_server.py checks
-them, so an upgrade that changes one fails there by name.
+waitress has no public way to stop gracefully (its own serve() dies
+mid-response on SIGTERM) nor to choose how requests wake its workers. The
+stop and the dispatcher below are the one place mdm reaches into waitress's
+internals, written against waitress 3.0.2 (pinned in pyproject.toml);
+INTERNALS lists every one, and tests/test_server.py checks them, so an
+upgrade that changes one fails there by name.
 """
 
 import signal
@@ -12,7 +13,9 @@ import threading
 import time
 
 from waitress import wasyncore
+from waitress.channel import HTTPChannel
 from waitress.server import create_server
+from waitress.task import ThreadedTaskDispatcher
 
 from .db import postgres
 
@@ -30,6 +33,23 @@ INTERNALS = {
     "wasyncore.loop": ("timeout", "use_poll", "map", "count"),
     "wasyncore.dispatcher.close": ("self",),
     "task_dispatcher.shutdown": ("self", "cancel_pending", "timeout"),
+    "create_server": ("_dispatcher",),
+    "server.channel_class": ("channel_class",),
+    "HTTPChannel": (
+        "will_close",
+        "close_when_flushed",
+        "total_outbufs_len",
+        "requests",
+        "outbuf_lock",
+    ),
+    "ThreadedTaskDispatcher": (
+        "lock",
+        "queue",
+        "queue_cv",
+        "threads",
+        "active_count",
+        "stop_count",
+    ),
 }
 
 
@@ -55,9 +75,14 @@ def serve(app, host, port, threads, on_ready=None):
 
 
 def make_server(app, host, port, threads):
-    """Return a waitress server for ``app`` with mdm's limits and proxy setting."""
-    return create_server(
+    """Return a waitress server for ``app`` with mdm's limits, proxy setting and dispatcher."""
+    # A PostgreSQL query waits on the network: there waitress's own
+    # dispatcher, which wakes a worker per request, overlaps those waits.
+    dispatcher = ThreadedTaskDispatcher() if postgres() else Dispatcher()
+    dispatcher.set_thread_count(threads)
+    server = create_server(
         app,
+        _dispatcher=dispatcher,
         host=host,
         port=port,
         threads=threads,
@@ -67,6 +92,8 @@ def make_server(app, host, port, threads):
         # with PROXY_FIX set, werkzeug's ProxyFix in the app decides instead.
         clear_untrusted_proxy_headers=not trusts_proxy(app.config),
     )
+    server.channel_class = Channel
+    return server
 
 
 def default_threads():
@@ -89,7 +116,8 @@ def body_cap(config):
 
 
 #
-# The graceful stop: waitress internals from here on (see INTERNALS).
+# waitress internals from here on (see INTERNALS): the graceful stop, the
+# connection the loop leaves alone while a worker writes, the dispatcher.
 #
 
 
@@ -114,13 +142,98 @@ def run(server, stopping):
 
 
 def _poll(server, timeout):
-    """Run one turn of waitress's event loop."""
+    """Run one turn of waitress's event loop, then wake a worker for a stalled queue."""
+    dispatcher = server.task_dispatcher
+    watch = isinstance(dispatcher, Dispatcher)
+    if watch and dispatcher.queue:
+        timeout = min(timeout, Dispatcher.STALL / 2)
     wasyncore.loop(
         timeout=timeout,
         map=server._map,
         use_poll=server.adj.asyncore_use_poll,
         count=1,
     )
+    if watch:
+        dispatcher.wake_if_stalled()
+
+
+class Channel(HTTPChannel):
+    """A connection the event loop leaves alone while a worker is writing to it."""
+
+    # A worker sends its answer itself, holding the connection's output lock.
+    # Meanwhile waitress's loop saw output pending and the socket writable,
+    # could not take the lock, and went round again: several turns of select
+    # per request, each taking the interpreter lock from the worker, which
+    # nearly doubled the server's CPU per lookup. Whoever holds the lock and
+    # leaves output unsent pulls the trigger, so the loop looks again once
+    # the lock is free.
+
+    def writable(self):
+        # HTTPChannel.writable, but False for a running request whose lock is held.
+        if self.will_close or self.close_when_flushed:
+            return True
+        if not self.total_outbufs_len:
+            return False
+        if self.requests:
+            if not self.outbuf_lock.acquire(blocking=False):
+                return False
+            self.outbuf_lock.release()
+        return True
+
+
+class Dispatcher(ThreadedTaskDispatcher):
+    """Queue each request for a worker already running; wake another only for a slow one."""
+
+    # Only one thread runs Python at a time. waitress wakes an idle worker
+    # for every request, so under load the woken workers trade the
+    # interpreter lock and the CPU among themselves, and a lookup costs the
+    # server about twice the CPU. Here a request waits for the busy worker
+    # unless no worker has started or finished one for STALL seconds: then
+    # the event loop (see _poll) wakes an idle worker, so a slow request (a
+    # large page, a lock wait, a slow client) holds up the ones queued behind
+    # it for no longer than that.
+
+    STALL = 0.01
+
+    def __init__(self):
+        super().__init__()
+        # When a worker last started or finished a request: one float, which
+        # workers set without taking the dispatcher's lock.
+        self.progress = time.monotonic()
+
+    def add_task(self, task):
+        with self.lock:
+            self.queue.append(_Timed(task, self))
+            if self.active_count == 0:
+                self.queue_cv.notify()  # an idle server answers at once
+
+    def wake_if_stalled(self):
+        """Wake an idle worker if requests wait and the busy ones made no progress."""
+        with self.lock:
+            idle = len(self.threads) - self.stop_count - self.active_count
+            stalled = time.monotonic() - self.progress >= self.STALL
+            if self.queue and idle > 0 and stalled:
+                self.queue_cv.notify()
+
+
+class _Timed:
+    """A queued task that marks its dispatcher's progress when it starts and ends."""
+
+    __slots__ = ("task", "dispatcher")
+
+    def __init__(self, task, dispatcher):
+        self.task = task
+        self.dispatcher = dispatcher
+
+    def service(self):
+        self.dispatcher.progress = time.monotonic()
+        try:
+            self.task.service()
+        finally:
+            self.dispatcher.progress = time.monotonic()
+
+    def cancel(self):
+        self.task.cancel()
 
 
 def _close_idle(server):
@@ -136,6 +249,9 @@ def _close_idle(server):
 def _busy(server):
     """Tell whether any request is queued, running, or still being sent."""
     # A connection keeps its requests until a worker has answered them all.
+    dispatcher = server.task_dispatcher
+    if dispatcher.active_count or dispatcher.queue:
+        return True
     return any(
         channel.requests or channel.total_outbufs_len
         for channel in server.active_channels.values()

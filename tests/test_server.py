@@ -1,4 +1,4 @@
-"""The waitress server: requests answered side by side, and the internals the graceful stop needs."""
+"""The waitress server: requests answered side by side, and the waitress internals mdm.server uses."""
 
 import http.client
 import inspect
@@ -7,13 +7,20 @@ import threading
 import time
 from importlib.metadata import version
 
+import pytest
 from flask import Flask
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
+from waitress.server import create_server
+from waitress.task import ThreadedTaskDispatcher
 
 from mdm.server import INTERNALS
+from mdm.server import Channel
+from mdm.server import Dispatcher
 from mdm.server import make_server
 from mdm.server import run
+
+from .conftest import ENGINE
 
 
 def serving(app, threads=2):
@@ -75,6 +82,22 @@ def test_the_waitress_internals_of_the_graceful_stop_are_there():
         assert _parameters(wasyncore.dispatcher.close) == ["self"], (
             "waitress wasyncore.dispatcher.close changed its signature"
         )
+        assert "_dispatcher" in _parameters(create_server), (
+            "waitress create_server lost its _dispatcher argument"
+        )
+        assert issubclass(server.channel_class, HTTPChannel), (
+            "waitress server.channel_class is no HTTPChannel"
+        )
+        for name in INTERNALS["HTTPChannel"]:
+            assert hasattr(channel, name), f"waitress HTTPChannel lost .{name}"
+        assert hasattr(channel.outbuf_lock, "acquire"), (
+            "waitress HTTPChannel.outbuf_lock is no lock"
+        )
+        plain = ThreadedTaskDispatcher()
+        for name in INTERNALS["ThreadedTaskDispatcher"]:
+            assert hasattr(plain, name), f"waitress ThreadedTaskDispatcher lost .{name}"
+        assert plain.active_count == 0 and plain.stop_count == 0
+        assert len(plain.queue) == 0 and plain.threads is not None
         shutdown = _parameters(type(server.task_dispatcher).shutdown)
         assert shutdown == list(INTERNALS["task_dispatcher.shutdown"]), (
             f"waitress task_dispatcher.shutdown is now {shutdown}"
@@ -178,3 +201,118 @@ def test_a_streamed_answer_larger_than_the_buffers_reaches_a_slow_client():
         conn.close()
     finally:
         stop()
+
+
+def test_the_loop_leaves_a_channel_alone_while_a_worker_writes_to_it():
+    server, stop = serving(Flask(__name__))
+    a, b = socket.socketpair()
+    try:
+        channel = Channel(server, a, ("127.0.0.1", 0), server.adj, map={})
+        assert not channel.writable()  # nothing to send
+        channel.requests = [object()]
+        channel.total_outbufs_len = 10
+        assert channel.writable()  # output pending and the lock is free: flush it
+        held, release = threading.Event(), threading.Event()
+
+        def write():
+            with channel.outbuf_lock:
+                held.set()
+                release.wait(5)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert held.wait(5)
+        assert not channel.writable()  # the worker sends it itself
+        channel.close_when_flushed = True
+        assert channel.writable()  # closing stays the loop's business
+        release.set()
+        writer.join(5)
+        channel.close_when_flushed = False
+        assert channel.writable()
+        channel.del_channel()
+    finally:
+        a.close()
+        b.close()
+        stop()
+
+
+class Task:
+    """A stand-in for a waitress channel: records the thread that serviced it."""
+
+    def __init__(self, hold=None):
+        self.hold = hold
+        self.started = threading.Event()
+        self.done = threading.Event()
+        self.thread = None
+
+    def service(self):
+        self.thread = threading.current_thread().name
+        self.started.set()
+        if self.hold is not None:
+            self.hold.wait(10)
+        self.done.set()
+
+    def cancel(self):
+        self.done.set()
+
+
+@pytest.fixture
+def dispatcher():
+    dispatcher = Dispatcher()
+    dispatcher.set_thread_count(3)
+    yield dispatcher
+    dispatcher.shutdown(cancel_pending=True, timeout=5)
+
+
+def test_an_idle_dispatcher_starts_a_request_at_once(dispatcher):
+    task = Task()
+    dispatcher.add_task(task)
+    assert task.done.wait(5)
+
+
+def test_queued_requests_wait_for_the_busy_worker(dispatcher):
+    dispatcher.STALL = 60  # nothing counts as stalled in this test
+    release = threading.Event()
+    first = Task(hold=release)
+    dispatcher.add_task(first)
+    assert first.started.wait(5)
+    queued = [Task(), Task()]
+    for task in queued:
+        dispatcher.add_task(task)
+    dispatcher.wake_if_stalled()
+    time.sleep(0.1)
+    # Two idle workers were left asleep: the requests wait for the busy one.
+    assert not any(task.started.is_set() for task in queued)
+    release.set()
+    assert all(task.done.wait(5) for task in queued)
+    assert {task.thread for task in queued} == {first.thread}
+
+
+def test_a_stalled_worker_gets_help(dispatcher):
+    release = threading.Event()
+    slow = Task(hold=release)
+    dispatcher.add_task(slow)
+    assert slow.started.wait(5)
+    fast = Task()
+    dispatcher.add_task(fast)
+    time.sleep(dispatcher.STALL * 2)
+    dispatcher.wake_if_stalled()
+    try:
+        assert fast.done.wait(5), "the queued request waited for the slow one"
+        assert fast.thread != slow.thread
+        assert not slow.done.is_set()
+    finally:
+        release.set()
+
+
+def test_postgresql_keeps_waitress_dispatcher(app):
+    # A PostgreSQL query waits on the network; waitress's dispatcher, waking a
+    # worker per request, overlaps those waits. SQLite's calls are short.
+    server = make_server(app, "127.0.0.1", 0, 2)
+    try:
+        assert isinstance(server.task_dispatcher, Dispatcher) == (ENGINE == "sqlite")
+        assert server.channel_class is Channel
+    finally:
+        server.task_dispatcher.shutdown(timeout=5)
+        server.close()
+        server.trigger.close()
