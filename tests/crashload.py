@@ -16,16 +16,15 @@ import json
 import os
 import random
 import secrets
-import socket
 import sqlite3
 import subprocess
 import tempfile
 import threading
 import time
 
+from . import served
 from .served import MDM
 from .served import ROOT
-from .served import free_port
 
 PREFIX = "/scim/v2"
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -53,45 +52,14 @@ def create_token(instance):
 
 
 def start_server(instance, log_path, threads=8, timeout=30):
-    """Start ``mdm serve`` on a free port; return (process, port) once it accepts."""
+    """Start ``mdm serve`` on ``instance``; return (process, port) once it accepts."""
     env = dict(os.environ, MDM_INSTANCE_PATH=instance)
-    port = free_port()
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [*MDM, "serve", "--port", str(port), "--threads", str(threads)],
-            env=env,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-        )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"mdm serve exited with {process.returncode}; see {log_path}"
-            )
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return process, port
-        except OSError:
-            time.sleep(0.05)
-    stop_server(process, kill=True)
-    raise RuntimeError(f"mdm serve did not listen on {port} within {timeout} s")
+    return served.start(env, log_path, threads, timeout)
 
 
 def stop_server(process, kill=False, timeout=10):
     """Stop the server (SIGKILL or SIGTERM) and return its exit code."""
-    if process.poll() is None:
-        if kill:
-            process.kill()
-        else:
-            process.terminate()
-    try:
-        return process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait(timeout=timeout)
+    return served.stop(process, kill, timeout)
 
 
 class Client:

@@ -42,12 +42,13 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def start(env, log_path, timeout=30):
+def start(env, log_path, threads=None, timeout=30):
     """Start ``mdm serve`` on a free port; return (process, port) once it accepts."""
     port = free_port()
+    more = ["--threads", str(threads)] if threads else []
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [*MDM, "serve", "--port", str(port)],
+            [*MDM, "serve", "--port", str(port), *more],
             env=env,
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
@@ -57,20 +58,25 @@ def start(env, log_path, timeout=30):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"mdm serve exited with {process.returncode}")
+            raise RuntimeError(
+                f"mdm serve exited with {process.returncode}; see {log_path}"
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
                 return process, port
         except OSError:
             time.sleep(0.05)
-    stop(process)
+    stop(process, kill=True)
     raise RuntimeError(f"mdm serve did not listen on {port} within {timeout} s")
 
 
-def stop(process, timeout=10):
-    """Stop the server with SIGTERM (SIGKILL if it hangs); return its exit code."""
+def stop(process, kill=False, timeout=10):
+    """Stop the server with SIGTERM, or SIGKILL (also if it hangs); return its exit code."""
     if process.poll() is None:
-        process.terminate()
+        if kill:
+            process.kill()
+        else:
+            process.terminate()
     try:
         return process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
