@@ -13,9 +13,30 @@ ROOT = Path(__file__).resolve().parent.parent
 __version__ = "0.1.0"
 
 
+class App(Flask):
+    """Flask, deciding once per function whether a view or hook is a coroutine."""
+
+    # Flask.ensure_sync is documented as the place to change how views and
+    # hooks are called; Flask asks inspect on every call of each of them,
+    # about ten times per SCIM request, and the answer never changes.
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sync_functions = {}
+
+    def ensure_sync(self, func):
+        try:
+            return self.sync_functions[func]
+        except KeyError:
+            self.sync_functions[func] = sync = super().ensure_sync(func)
+            return sync
+        except TypeError:  # an unhashable callable
+            return super().ensure_sync(func)
+
+
 def create_app(test_config=None):
     """Create and configure the mdm application."""
-    app = Flask(
+    app = App(
         __name__,
         instance_path=os.environ.get("MDM_INSTANCE_PATH", str(ROOT / "instance")),
         instance_relative_config=True,
