@@ -113,9 +113,17 @@ def _connect():
 
 
 def _close(exc):
-    # Back to the pool, which rolls back a transaction left open.
-    if not database.is_closed():
-        database.close()
+    if database.is_closed():
+        return
+    # On SQLite a thread keeps its connection for its next request: checking
+    # it out of the pool and back in cost a served lookup a sixth of its
+    # time. Only after a clean request with no transaction open; otherwise it
+    # goes back to the pool, which rolls a transaction back. Binding another
+    # database makes a new pool, so a kept connection never reads the old one.
+    clean = exc is None and not postgres() and not database.in_transaction()
+    if clean and not database.connection().in_transaction:
+        return
+    database.close()
 
 
 class Prepared:

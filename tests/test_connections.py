@@ -1,4 +1,4 @@
-"""Request connections: each request takes one from the pool and always gives it back."""
+"""Request connections: a SQLite one stays with its thread, and never outlives its database."""
 
 import threading
 
@@ -27,24 +27,27 @@ def names(scim):
     return [r["userName"] for r in scim.get("/Users").get_json()["Resources"]]
 
 
-def test_a_request_returns_its_connection_to_the_pool(tmp_path):
+def test_a_thread_keeps_its_connection_between_requests(tmp_path):
     app = sqlite_app(tmp_path)
     _, secret = issue_token(app)
     scim = ScimClient(app.test_client(), secret)
     assert scim.get("/Users").status_code == 200
-    assert database.is_closed()
+    assert not database.is_closed()  # kept open after the request
+    first = database.connection()
     assert scim.post("/Users", user("kim@example.com")).status_code == 201
-    assert database.is_closed()
+    assert database.connection() is first
     assert names(scim) == ["kim@example.com"]
+    database.close()
 
 
-def test_binding_another_database_leaves_nothing_of_the_previous_one(tmp_path):
-    """Binding another file closes the old pool; every thread then reads the new one."""
+def test_a_kept_connection_never_reads_the_previous_database(tmp_path):
+    """Binding another file makes a new pool; each thread then opens anew."""
     first = sqlite_app(tmp_path / "a")
     _, secret = issue_token(first)
     scim = ScimClient(first.test_client(), secret)
     assert scim.post("/Users", user("first@example.com")).status_code == 201
 
+    # Another thread keeps a connection to the first file too.
     results = []
 
     def request_in_thread(app, secret):
@@ -60,10 +63,29 @@ def test_binding_another_database_leaves_nothing_of_the_previous_one(tmp_path):
     scim = ScimClient(second.test_client(), other)
     assert scim.post("/Users", user("second@example.com")).status_code == 201
     assert names(scim) == ["second@example.com"]
-    worker = threading.Thread(target=request_in_thread, args=(second, other))
+
+    # A thread that kept a connection to the second file, then a third is bound.
+    kept, bound = threading.Event(), threading.Event()
+
+    def keep_then_request():
+        with second.test_request_context("/scim/v2/Users"):
+            _connect()
+            _close(None)
+        assert not database.is_closed()
+        kept.set()
+        bound.wait(10)
+        results.append(names(ScimClient(third.test_client(), third_secret)))
+
+    worker = threading.Thread(target=keep_then_request)
     worker.start()
+    assert kept.wait(10)
+    third = sqlite_app(tmp_path / "c")
+    _, third_secret = issue_token(third)
+    ScimClient(third.test_client(), third_secret).post("/Users", user("c@example.com"))
+    bound.set()
     worker.join()
-    assert results[-1] == ["second@example.com"]
+    assert results[-1] == ["c@example.com"]
+    database.close()
 
 
 def test_a_failed_request_returns_its_connection(tmp_path):
@@ -95,3 +117,4 @@ def test_connection_context_after_a_request_still_closes(tmp_path):
         database.execute_sql("SELECT 1")
     assert database.is_closed()
     assert scim.get("/Users").status_code == 200  # opens a new one
+    database.close()
