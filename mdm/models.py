@@ -490,21 +490,6 @@ def groups_of(user_pks):
     return found
 
 
-def user_pks(scim_ids):
-    """Map SCIM ids of live users to primary keys, in chunks that fit SQLite's parameter limit."""
-    found = {}
-    # NUL is never stored, and PostgreSQL refuses it even as a parameter.
-    ids = [i for i in scim_ids if "\x00" not in i]
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        query = User.select(User.id, User.scim_id).where(
-            User.scim_id.in_(chunk) & User.deprovisioned_at.is_null()
-        )
-        for row in query.tuples():
-            found[row[1]] = row[0]
-    return found
-
-
 def group_scim_ids(scim_ids):
     """Return which of ``scim_ids`` name live groups (nesting is not supported)."""
     ids = [i for i in scim_ids if "\x00" not in i]
@@ -516,31 +501,6 @@ def group_scim_ids(scim_ids):
         )
         found.update(row[0] for row in query.tuples())
     return found
-
-
-def add_members(group, pks):
-    """Add users to a group, ignoring those already in it; return how many were added."""
-    added = 0
-    pks = list(pks)
-    for start in range(0, len(pks), 500):
-        rows = [{"group": group.id, "user": pk} for pk in pks[start : start + 500]]
-        cursor = database.execute(Membership.insert_many(rows).on_conflict_ignore())
-        added += max(cursor.rowcount, 0)
-    return added
-
-
-def remove_members(group, pks):
-    """Remove users from a group, ignoring non-members; return how many were removed."""
-    removed = 0
-    pks = list(pks)
-    for start in range(0, len(pks), 500):
-        chunk = pks[start : start + 500]
-        removed += (
-            Membership.delete()
-            .where((Membership.group == group.id) & Membership.user.in_(chunk))
-            .execute()
-        )
-    return removed
 
 
 def clear_members(group):
