@@ -40,6 +40,10 @@ def new_id():
     return str(uuid.uuid4())
 
 
+class SchemaError(RuntimeError):
+    """The database was made by a newer release of mdm than this one."""
+
+
 class TokenError(Exception):
     """A token operation that the rules refuse, with a message for the admin."""
 
@@ -375,7 +379,7 @@ def migrate():
         lock_for_migration(database)
         current = schema_version(database, "mdm")
         if current > SCHEMA_VERSION:
-            raise RuntimeError(
+            raise SchemaError(
                 f"Database schema version {current} is newer than this release "
                 f"understands ({SCHEMA_VERSION}); upgrade mdm."
             )
