@@ -3,14 +3,35 @@
 import os
 import re
 import secrets
+import sys
 from pathlib import Path
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+# The source tree, or the single binary's unpack folder (templates/ and static/).
 ROOT = Path(__file__).resolve().parent.parent
 
 __version__ = "0.1.0"
+
+
+def instance_path():
+    """Return the data folder: MDM_INSTANCE_PATH, else instance/ or the binary's default."""
+    configured = os.environ.get("MDM_INSTANCE_PATH")
+    if configured:
+        return os.path.abspath(configured)
+    if not getattr(sys, "frozen", False):
+        return str(ROOT / "instance")
+    # The single binary runs from a temporary folder that vanishes when it
+    # exits: its data goes where systemd's StateDirectory= or the XDG base
+    # directory specification puts a program's state.
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if state:
+        return os.path.abspath(state)
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
+    return os.path.join(os.path.abspath(data_home), "mdm")
 
 
 class App(Flask):
@@ -38,7 +59,7 @@ def create_app(test_config=None):
     """Create and configure the mdm application."""
     app = App(
         __name__,
-        instance_path=os.environ.get("MDM_INSTANCE_PATH", str(ROOT / "instance")),
+        instance_path=instance_path(),
         instance_relative_config=True,
         template_folder=str(ROOT / "templates"),
         static_folder=str(ROOT / "static"),
@@ -77,7 +98,8 @@ def create_app(test_config=None):
         app.config.from_prefixed_env("MDM")
     else:
         app.config.update(test_config)
-    os.makedirs(app.instance_path, exist_ok=True)
+    # Owner-only: the folder holds the secret key and the hashes of every credential.
+    os.makedirs(app.instance_path, mode=0o700, exist_ok=True)
     if not app.config.get("DATABASE"):
         app.config["DATABASE"] = os.path.join(app.instance_path, "mdm.sqlite")
     if not app.config.get("SECRET_KEY"):

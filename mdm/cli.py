@@ -8,6 +8,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from . import __version__
 from .activity import audit
 from .activity import writer
 from .auth import ensure_setup_code
@@ -53,7 +54,10 @@ def serve_command(host, port, threads):
 
     app = current_app._get_current_object()
     threads = threads or default_threads()
-    click.echo(f"mdm serving on http://{host}:{port}/", err=True)
+    click.echo(f"mdm {__version__} serving on http://{host}:{port}/", err=True)
+    click.echo(f"Data folder: {app.instance_path}", err=True)
+    if postgres():
+        click.echo("Database: PostgreSQL (MDM_DATABASE_URL)", err=True)
     click.echo(f"Target SCIM URL: {target_url(host, port)}", err=True)
 
     code = ensure_setup_code(app)

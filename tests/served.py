@@ -1,5 +1,7 @@
 """Run the real ``mdm`` command in a scratch instance: the CLI and the served stack."""
 
+import http.client
+import json
 import os
 import socket
 import subprocess
@@ -22,12 +24,12 @@ def environment(instance, **settings):
     return env
 
 
-def mdm(env, *args, input=None, check=True):
+def mdm(env, *args, input=None, check=True, command=MDM, cwd=ROOT):
     """Run one ``mdm`` command (``input`` on its stdin) and return the finished process."""
     return subprocess.run(
-        [*MDM, *args],
+        [*command, *args],
         env=env,
-        cwd=ROOT,
+        cwd=cwd,
         input=input,
         capture_output=True,
         text=True,
@@ -42,15 +44,15 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def start(env, log_path, threads=None, timeout=30):
+def start(env, log_path, threads=None, timeout=30, command=MDM, cwd=ROOT):
     """Start ``mdm serve`` on a free port; return (process, port) once it accepts."""
     port = free_port()
     more = ["--threads", str(threads)] if threads else []
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [*MDM, "serve", "--port", str(port), *more],
+            [*command, "serve", "--port", str(port), *more],
             env=env,
-            cwd=ROOT,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -82,3 +84,19 @@ def stop(process, kill=False, timeout=10):
     except subprocess.TimeoutExpired:
         process.kill()
         return process.wait(timeout=timeout)
+
+
+def request(port, method, path, body=None, headers=()):
+    """Send one HTTP request to the served stack; return (response, raw body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(
+            method,
+            path,
+            body=json.dumps(body) if body is not None else None,
+            headers=dict(headers),
+        )
+        response = conn.getresponse()
+        return response, response.read()
+    finally:
+        conn.close()

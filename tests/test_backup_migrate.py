@@ -176,23 +176,29 @@ else:
 V1_MODELS = [m for m in MODELS if m is not Admin]
 
 
-def test_upgrade_from_schema_1_keeps_data(tmp_path):
-    path = tmp_path / "old.sqlite"
+def schema_1_database(path):
+    """Make the test database at ``path`` as release 1 left it; return its token's secret."""
     bind_test_database(path)
     with database.connection_context():
         database.create_tables(V1_MODELS)
         set_schema_version(database, "mdm", 1)
-        token, secret = BearerToken.issue("okta", "old")
+        _, secret = BearerToken.issue("okta", "old")
         user = User()
         mirror_user(user, {"userName": "old@x", "displayName": "Old", "active": False})
         user.save(force_insert=True)
         group = Group.create(display_name="Old group", external_id="g1")
         Membership.create(group=group, user=user)
+    return secret
+
+
+def test_upgrade_from_schema_1_keeps_data(tmp_path):
+    path = tmp_path / "old.sqlite"
+    secret = schema_1_database(path)
     app = create_app({"TESTING": True, **database_config(path)})
     with app.app_context(), database.connection_context():
         assert schema_version(database, "mdm") == SCHEMA_VERSION == 7
         assert Admin.select().count() == 0
-        assert BearerToken.authenticate(secret).id == token.id
+        assert BearerToken.authenticate(secret).idp == "okta"
         stored = User.get(User.user_name == "old@x")
         assert (stored.display_name, stored.active) == ("Old", False)
         assert Membership.select().where(Membership.user == stored).count() == 1

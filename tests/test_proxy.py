@@ -1,6 +1,5 @@
 """Behind a reverse proxy: ``mdm serve`` honours X-Forwarded-* exactly when PROXY_FIX says."""
 
-import http.client
 import json
 
 import pytest
@@ -35,21 +34,6 @@ def serve(tmp_path):
         assert served.stop(process) == 0
 
 
-def _request(port, method, path, body=None, headers=()):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request(
-            method,
-            path,
-            body=json.dumps(body) if body is not None else None,
-            headers=dict(headers),
-        )
-        response = conn.getresponse()
-        return response, response.read()
-    finally:
-        conn.close()
-
-
 def _create_user(port, secret):
     headers = {
         "Authorization": f"Bearer {secret}",
@@ -57,7 +41,7 @@ def _create_user(port, secret):
         **FORWARDED,
     }
     body = {"userName": "proxied@example.org"}
-    response, payload = _request(port, "POST", "/scim/v2/Users", body, headers)
+    response, payload = served.request(port, "POST", "/scim/v2/Users", body, headers)
     assert response.status == 201, payload
     return response, json.loads(payload)
 
@@ -69,7 +53,7 @@ def test_served_behind_a_proxy_uses_the_forwarded_scheme_and_host(serve):
     assert response.getheader("Location") == location
     assert user["meta"]["location"] == location
 
-    response, _ = _request(port, "GET", "/login", headers=FORWARDED)
+    response, _ = served.request(port, "GET", "/login", headers=FORWARDED)
     cookie = response.getheader("Set-Cookie")
     assert cookie.startswith("session=") and "; Secure" in cookie
     assert response.getheader("Strict-Transport-Security") == (
@@ -84,6 +68,6 @@ def test_served_without_proxy_fix_ignores_forwarded_headers(serve):
     assert response.getheader("Location") == location
     assert user["meta"]["location"] == location
 
-    response, _ = _request(port, "GET", "/login", headers=FORWARDED)
+    response, _ = served.request(port, "GET", "/login", headers=FORWARDED)
     assert "Secure" not in response.getheader("Set-Cookie")
     assert response.getheader("Strict-Transport-Security") is None
