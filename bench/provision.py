@@ -64,7 +64,7 @@ def wait_for(port, timeout=30):
             with socket.create_connection(("127.0.0.1", port), timeout=1):
                 return
         except OSError:
-            time.sleep(0.1)
+            time.sleep(0.01)
     raise RuntimeError(f"server on port {port} did not start")
 
 
@@ -183,6 +183,10 @@ def scratch(database_url):
             yield instance, url
 
 
+# The mdm command to serve with: this checkout's by default, or --mdm (dist/mdm).
+MDM = [sys.executable, "-c", "from mdm.__main__ import main; main()"]
+
+
 def start_server(
     instance, activity_log=True, database_url=None, token=None, threads=None
 ):
@@ -191,7 +195,7 @@ def start_server(
     if database_url:
         env["MDM_DATABASE_URL"] = database_url
     env["MDM_ACTIVITY_LOG"] = "true" if activity_log else "false"
-    mdm = [sys.executable, "-c", "from mdm.__main__ import main; main()"]
+    mdm = MDM
     if token is None:
         token = subprocess.run(
             [*mdm, "token", "create", "--idp", "entra"],
@@ -202,6 +206,7 @@ def start_server(
             cwd=ROOT,
         ).stdout.strip()
     port = free_port()
+    started = time.monotonic()
     process = subprocess.Popen(
         [*mdm, "serve", "--port", str(port)]
         + (["--threads", str(threads)] if threads else []),
@@ -211,7 +216,26 @@ def start_server(
         stderr=subprocess.DEVNULL,
     )
     wait_for(port)
-    return process, f"http://127.0.0.1:{port}/scim/v2", token
+    url = f"http://127.0.0.1:{port}/scim/v2"
+    Client(url, token).send("GET", "/ServiceProviderConfig")
+    print(f"first request answered {time.monotonic() - started:.2f} s after start")
+    return process, url, token
+
+
+def rss_mib(pid):
+    """Return the resident memory of a process and its descendants (the binary's launcher)."""
+    total = 0
+    pids = [pid]
+    while pids:
+        pid = pids.pop()
+        with open(f"/proc/{pid}/status") as f:
+            total += next(
+                int(line.split()[1]) for line in f if line.startswith("VmRSS:")
+            )
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                pids += [int(child) for child in f.read().split()]
+    return total / 1024
 
 
 class Floor:
@@ -450,6 +474,9 @@ def main():
     parser.add_argument(
         "--rate-users", type=int, default=1000, help="users the open-loop phases add"
     )
+    parser.add_argument(
+        "--mdm", help="serve with this mdm command, such as dist/mdm (the binary)"
+    )
     parser.add_argument("--url", help="target an existing server's SCIM base URL")
     parser.add_argument("--token", help="bearer token for --url")
     parser.add_argument("--json", help="also write the rows to this file")
@@ -468,6 +495,9 @@ def main():
         help="run the cycle with the activity log off, then on, and compare",
     )
     args = parser.parse_args()
+    if args.mdm:
+        global MDM
+        MDM = [os.path.abspath(args.mdm)]
 
     if args.compare_activity_log:
         return compare_activity_log(args, floor(args.clients, max(2000, args.users)))
@@ -504,6 +534,8 @@ def main():
                 rows += offered_load(
                     url, token, args.rate_users, args.clients, args.rate, base
                 )
+            for process in processes:
+                print(f"server memory after the cycle: {rss_mib(process.pid):.0f} MiB")
         finally:
             base.close()
             for process in processes:
