@@ -319,11 +319,19 @@ def admin_create(username, password_stdin):
     click.echo(f"Administrator {username} created.", err=True)
 
 
+# Every command mdm adds; mdm.__main__ offers them without building the app,
+# which only the command that runs creates (with_appcontext).
+COMMANDS = (
+    serve_command,
+    token_group,
+    admin_group,
+    attribute_group,
+    backup_command,
+    copy_db_command,
+)
+
+
 def init_app(app):
-    """Register mdm's commands on the Flask CLI."""
-    app.cli.add_command(serve_command)
-    app.cli.add_command(admin_group)
-    app.cli.add_command(backup_command)
-    app.cli.add_command(copy_db_command)
-    app.cli.add_command(token_group)
-    app.cli.add_command(attribute_group)
+    """Register mdm's commands on the app's CLI (``app.test_cli_runner`` runs them)."""
+    for command in COMMANDS:
+        app.cli.add_command(command)

@@ -157,7 +157,8 @@ def test_version_is_the_package_version(machine):
     assert finished.stdout == f"mdm {mdm.__version__}\n"
     assert mdm.__version__ == importlib.metadata.version("mdm")
     assert finished.stderr == ""
-    # --version needs no data folder.
+    # Neither --version nor --help needs the data folder.
+    assert machine.run(machine.env(), "--help").stdout.startswith("Usage: mdm ")
     assert not machine.default_data.exists()
 
 

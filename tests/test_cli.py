@@ -6,6 +6,8 @@ from mdm.db import database
 from mdm.models import BearerToken
 from mdm.models import CustomAttribute
 
+from . import served
+
 
 def _tokens(app):
     with app.app_context(), database.connection_context():
@@ -72,3 +74,25 @@ def test_attribute_add_list_remove(app, runner):
     assert runner.invoke(args=["attribute", "remove", "costCode"]).exit_code == 0
     with app.app_context(), database.connection_context():
         assert CustomAttribute.select().count() == 0
+
+
+def test_help_and_usage_errors_touch_nothing(tmp_path):
+    instance = tmp_path / "instance"
+    env = dict(served.environment(instance))
+    calls = [
+        (["--help"], 0),
+        (["--version"], 0),
+        (["token", "--help"], 0),
+        (["token"], 2),
+        (["token", "create"], 2),  # --idp is missing
+        (["serve", "--port", "none"], 2),
+        (["no-such-command"], 2),
+    ]
+    for args, code in calls:
+        finished = served.mdm(env, *args, check=False, cwd=tmp_path)
+        assert finished.returncode == code, (args, finished.stderr)
+        assert "Traceback" not in finished.stderr
+        assert list(tmp_path.iterdir()) == [], args
+    # The first command that needs the data creates it.
+    assert served.mdm(env, "token", "list", cwd=tmp_path).stderr == "No tokens.\n"
+    assert (instance / "secret_key").exists()
