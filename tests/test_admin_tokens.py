@@ -319,10 +319,10 @@ def test_token_table_columns(app, client, console):
     assert used["Token ID"].get_text(strip=True) == token.key
     assert used["Status"].get_text(strip=True) == "Active"
     created = used["Created"].find("time")
-    assert created.get_text(strip=True) == token.created_at.strftime("%Y-%m-%d %H:%M")
+    assert created.get_text().strip() == token.created_at.strftime("%Y-%m-%d %H:%M")
     assert used["Created by"].get_text(strip=True) == "alice"
     expires = used["Expires"].find("time")
-    assert expires.get_text(strip=True) == token.expires_at.strftime("%Y-%m-%d %H:%M")
+    assert expires.get_text().strip() == token.expires_at.strftime("%Y-%m-%d %H:%M")
     assert used["Last used"].find("time") is not None
     assert used["Last client"].get_text(strip=True) == "Azure AD SCIM Client"
     assert unused["Token ID"].get_text(strip=True) == other.key

@@ -65,6 +65,16 @@ MEASURE = """() => {
       }
     }
   }
+  // A menu in a table is as wide as its longest choice, never squeezed.
+  const canvas = document.createElement('canvas').getContext('2d');
+  for (const select of document.querySelectorAll('main table select')) {
+    canvas.font = getComputedStyle(select).font;
+    const longest = Math.max(...[...select.options].map((o) => canvas.measureText(o.text).width));
+    const box = select.getBoundingClientRect().width;
+    if (box < longest + 24) {
+      problems.push(`select "${select.options[0].text}" is ${Math.round(box)}px for ${Math.round(longest)}px of text`);
+    }
+  }
   return problems;
 }"""
 
