@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 import pytest
 from bs4 import BeautifulSoup
 
+from mdm import activity
 from mdm.db import database
 from mdm.models import BearerToken
 from mdm.models import Group
@@ -380,7 +381,23 @@ def test_deactivate_then_activate(app, client, console):
     token, secret = issue_token(app, "entra")
     assert scim_status(client, secret) == 200
 
+    # The only active token: provisioning would stop, so it asks first.
     response = act(console, token, "deactivate")
+    assert response.status_code == 302
+    confirm_url = urlsplit(response.location).path
+    assert confirm_url == f"/admin/provisioning/entra/tokens/{token.id}/deactivate"
+    soup = page(console.get(confirm_url))
+    assert text_of(soup.find("h1")) == f"Set token {token.key} to Inactive?"
+    assert " ".join(soup.main.find("p").get_text().split()) == (
+        "It is the only active token for Entra ID: provisioning stops, and Entra ID "
+        "gets 401 on every request until you set a token to Active or generate a "
+        "new one."
+    )
+    assert text_of(soup.main.find("button", type="submit")) == "Set to Inactive"
+    assert soup.find("a", string="Cancel")["href"] == "/admin/provisioning/entra"
+    assert scim_status(client, secret) == 200  # GET confirms only
+
+    response = console.post(confirm_url)
     assert response.status_code == 302
     assert urlsplit(response.location).path == "/admin/provisioning/entra"
     soup = page(console.get(response.location))
@@ -574,9 +591,102 @@ def test_banner_when_only_inactive_tokens(app, console):
     token, _ = issue_token(app, "entra")
     soup = page(console.get("/admin/provisioning/entra"))
     assert not any(b.startswith("No active token") for b in banners(soup))
-    act(console, token, "deactivate")
+    console.post(f"/admin/provisioning/entra/tokens/{token.id}/deactivate")
     soup = page(console.get("/admin/provisioning/entra"))
-    assert any(b.startswith("No active token") for b in banners(soup))
+    assert (
+        "No active token: the identity provider cannot provision until you "
+        "generate a token or set one to Active."
+    ) in banners(soup)
+
+
+def test_banner_with_two_inactive_tokens_says_what_can_be_done(app, console):
+    """With no room to generate, the banner points at Set to Active or Remove."""
+    for _ in range(2):
+        token, _ = issue_token(app, "entra")
+        console.post(f"/admin/provisioning/entra/tokens/{token.id}/deactivate")
+    soup = page(console.get("/admin/provisioning/entra"))
+    assert [b for b in banners(soup) if b.startswith("No active token")] == [
+        "No active token: the identity provider cannot provision until you set a "
+        "token to Active, or remove one to make room for a new one."
+    ]
+
+
+def audit_events(app):
+    """Return the audit trail's events, oldest first, once the writer caught up."""
+    activity.writer.flush()
+    with app.app_context(), activity.activity_db.connection_context():
+        return [
+            (e.event, e.details)
+            for e in activity.AuditEvent.select().order_by(activity.AuditEvent.id)
+        ]
+
+
+def test_deactivate_with_another_active_token_needs_no_confirmation(app, console):
+    """While a second token is active, Set to Inactive applies at once."""
+    first, _ = issue_token(app, "entra")
+    second, _ = issue_token(app, "entra")
+    response = act(console, first, "deactivate")
+    assert urlsplit(response.location).path == "/admin/provisioning/entra"
+    assert [t.status for t in tokens(app)] == ["Inactive", "Active"]
+    # Now the second is the last active one.
+    response = act(console, second, "deactivate")
+    assert urlsplit(response.location).path == (
+        f"/admin/provisioning/entra/tokens/{second.id}/deactivate"
+    )
+    assert [t.status for t in tokens(app)] == ["Inactive", "Active"]
+
+
+@pytest.mark.parametrize(
+    "action, state", [("activate", "Active"), ("deactivate", "Inactive")]
+)
+def test_setting_the_state_a_token_has_changes_and_audits_nothing(
+    app, console, action, state
+):
+    token, _ = issue_token(app, "entra")
+    if state == "Inactive":
+        issue_token(app, "entra")  # so no confirmation is asked
+        act(console, token, "deactivate")
+        console.get("/admin/provisioning/entra")  # shows its message
+    before = audit_events(app)
+    soup = page(console.get(act(console, token, action).location))
+    assert flashes(soup) == [f"Token {token.key} is already {state}; nothing changed."]
+    assert audit_events(app) == before
+    assert tokens(app)[0].status == state
+
+
+@pytest.mark.parametrize(
+    "public_url, warning",
+    [
+        (
+            None,
+            "localhost cannot be reached from the internet: Entra ID and Okta need a "
+            "public HTTPS URL.",
+        ),
+        (
+            "https://10.1.2.3",
+            "10.1.2.3 cannot be reached from the internet: Entra ID and Okta need a "
+            "public HTTPS URL.",
+        ),
+        (
+            "http://mdm.example.com",
+            "This URL is not HTTPS: Entra ID and Okta refuse it.",
+        ),
+        ("https://mdm.example.com", None),
+    ],
+)
+def test_target_url_that_cannot_work_is_called_out(app, console, public_url, warning):
+    app.config["PUBLIC_URL"] = public_url
+    pages = [console.get("/admin/provisioning/entra")]
+    pages.append(generate(console))
+    for response in pages:
+        note = page(response).find(id="url-warning")
+        if warning is None:
+            assert note is None
+        else:
+            assert text_of(note) == (
+                f"{warning} Set MDM_PUBLIC_URL to the https:// address your reverse "
+                "proxy serves."
+            )
 
 
 def test_banner_for_a_token_expiring_soon(app, console):

@@ -137,8 +137,18 @@ def test_setup_sign_in_and_token_lifecycle(live, page):
     expect(page.get_by_role("row").filter(has_text="Entra production")).to_have_count(1)
     expect(page.get_by_role("row").filter(has_text=key)).to_contain_text("Active")
 
+    # The only active token: the console asks before provisioning stops.
+    expect(page.locator("#url-warning")).to_contain_text(
+        "127.0.0.1 cannot be reached from the internet"
+    )
     choose(page, key, "Set to Inactive")
+    expect(
+        page.get_by_role("heading", name=f"Set token {key} to Inactive?")
+    ).to_be_visible()
+    shot(page, "token-deactivate-confirm")
+    page.get_by_role("button", name="Set to Inactive").click()
     expect(page.get_by_role("row").filter(has_text=key)).to_contain_text("Inactive")
+    shot(page, "provisioning-inactive")
     assert scim(base, secret, "GET", "/Users")[0] == 401
     choose(page, key, "Set to Active")
     assert scim(base, secret, "GET", "/Users")[0] == 200

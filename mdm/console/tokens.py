@@ -1,5 +1,8 @@
 """User Provisioning pages: each IdP's Target SCIM URL and its bearer tokens."""
 
+import ipaddress
+from urllib.parse import urlsplit
+
 from flask import abort
 from flask import current_app
 from flask import flash
@@ -38,17 +41,42 @@ def _token_or_404(idp, token_id):
     return token
 
 
+def url_warning(url):
+    """Say why an IdP in the cloud cannot use ``url``, or return None."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        internal = host == "localhost" or host.endswith((".localhost", ".local"))
+    else:
+        internal = not address.is_global
+    fix = "Set MDM_PUBLIC_URL to the https:// address your reverse proxy serves."
+    if internal:
+        return (
+            f"{host} cannot be reached from the internet: Entra ID and Okta need a "
+            f"public HTTPS URL. {fix}"
+        )
+    if parts.scheme != "https":
+        return f"This URL is not HTTPS: Entra ID and Okta refuse it. {fix}"
+    return None
+
+
 def _banners(tokens):
     """Return (category, message) warnings for a connection's token page."""
     banners = []
     if not current_app.config.get("SCIM_ENABLED", True):
         banners.append(("danger", SCIM_DISABLED))
     if not any(t.status == "Active" for t in tokens):
+        if len(tokens) >= MAX_TOKENS_PER_IDP:
+            advice = "set a token to Active, or remove one to make room for a new one"
+        else:
+            advice = "generate a token or set one to Active"
         banners.append(
             (
                 "warning",
                 "No active token: the identity provider cannot provision until you "
-                "generate a token or set one to Active.",
+                f"{advice}.",
             )
         )
     for token in tokens:
@@ -85,6 +113,7 @@ def provisioning(idp):
         max_tokens=MAX_TOKENS_PER_IDP,
         banners=_banners(tokens),
         scim_url=target_scim_url(),
+        url_warning=url_warning(target_scim_url()),
         action_form=TokenActionForm(),
     )
 
@@ -125,14 +154,58 @@ def token_action(idp, token_id):
     action = form.action.data
     if action in ("renew", "remove"):
         return redirect(url_for(f"console.{action}_token", idp=idp, token_id=token.id))
-    token.set_active(action == "activate")
+    if action == "deactivate" and _last_active(token):
+        return redirect(url_for("console.deactivate_token", idp=idp, token_id=token.id))
+    _set_active(token, action == "activate")
+    return redirect(url_for("console.provisioning", idp=idp))
+
+
+def _last_active(token):
+    """Return True if ``token`` is the only one its connection can provision with."""
+    others = BearerToken.select().where(
+        (BearerToken.idp == token.idp) & (BearerToken.id != token.id)
+    )
+    return token.status == "Active" and not any(t.status == "Active" for t in others)
+
+
+def _set_active(token, active):
+    """Set a token Active or Inactive, audited; say so when it already is."""
+    state = "Active" if active else "Inactive"
+    if token.active == active:
+        # Nothing changes, so nothing is written to the audit trail.
+        flash(f"Token {token.key} is already {state}; nothing changed.", "info")
+        return
+    token.set_active(active)
     audit(
-        "SCIM Token Enabled" if token.active else "SCIM Token Disabled",
+        "SCIM Token Enabled" if active else "SCIM Token Disabled",
         _token_details(token),
     )
-    state = "Active" if token.active else "Inactive"
     flash(f"Token {token.key} is now {state}.", "success")
-    return redirect(url_for("console.provisioning", idp=idp))
+
+
+@bp.route(
+    "/provisioning/<idp>/tokens/<int:token_id>/deactivate", methods=("GET", "POST")
+)
+def deactivate_token(idp, token_id):
+    """Confirm, then set a connection's last active token to Inactive."""
+    token = _token_or_404(_idp_or_404(idp), token_id)
+    form = ConfirmForm()
+    if form.validate_on_submit():
+        _set_active(token, False)
+        return redirect(url_for("console.provisioning", idp=idp))
+    return render_template(
+        "admin/confirm.html",
+        form=form,
+        title=f"Set token {token.key} to Inactive?",
+        message=(
+            f"It is the only active token for {IDPS[idp]}: provisioning stops, and "
+            f"{IDPS[idp]} gets 401 on every request until you set a token to Active "
+            "or generate a new one."
+        ),
+        confirm_label="Set to Inactive",
+        cancel_url=url_for("console.provisioning", idp=idp),
+        danger=True,
+    )
 
 
 @bp.route("/provisioning/<idp>/tokens/<int:token_id>/renew", methods=("GET", "POST"))
@@ -174,6 +247,7 @@ def token_secret(idp, token_id):
         token=token,
         secret=secret,
         scim_url=target_scim_url(),
+        url_warning=url_warning(target_scim_url()),
         renewed=renewed,
     )
 
