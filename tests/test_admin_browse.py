@@ -508,6 +508,8 @@ def test_user_page_shows_every_attribute(app, console, scim, runner):
     assert text(record["Source"]) == "SCIM Entra ID"
     assert text(record["SCIM id"]) == user["id"]
     assert text(record["externalId"]) == "ext-erin"
+    (boss,) = record["Manager"].find_all("a")
+    assert (text(boss), boss["href"]) == ("The Boss", f"/admin/users/{manager['id']}")
     with app.app_context(), database.connection_context():
         row = User.get(User.scim_id == user["id"])
     created = record["Created"].find("time")
@@ -571,7 +573,21 @@ def test_user_page_okta_source(console, okta):
     }
     assert record["Source"] == "SCIM Okta"
     assert record["externalId"] == "—"
+    assert record["Manager"] == "—"
     assert text(card(soup, "Groups").find("p", class_="empty")) == "Not in any group."
+
+
+def test_user_page_names_a_manager_missing_from_the_directory(console, scim):
+    user = scim.create_user(
+        "fay@example.com",
+        schemas=[CORE, ENTERPRISE],
+        **{ENTERPRISE: {"manager": {"value": "not-provisioned-yet"}}},
+    )
+    soup = page(console.get(f"/admin/users/{user['id']}"))
+    record = {text(k): v for k, v in definitions(soup, card(soup, "Record")).items()}
+    manager = record["Manager"]
+    assert text(manager) == "not-provisioned-yet (not in the directory)"
+    assert manager.find("a") is None
 
 
 def test_unknown_user_is_404(console):

@@ -20,6 +20,7 @@ from ..models import Group
 from ..models import Membership
 from ..models import User
 from ..models import groups_of
+from ..scim.schema import ENTERPRISE_SCHEMA
 from .activity import history
 from .base import bp
 from .base import source_label
@@ -125,11 +126,19 @@ def user(scim_id):
         .where(Membership.user == row.id)
         .order_by(Group.display_name)
     )
+    manager_id = (extensions.get(ENTERPRISE_SCHEMA) or {}).get("manager")
+    if isinstance(manager_id, dict):
+        manager_id = manager_id.get("value")
+    if not isinstance(manager_id, str):
+        manager_id = None
+    manager = manager_id and User.get_or_none(User.scim_id == manager_id)
     return render_template(
         "admin/user.html",
         user=row,
         data=data,
         extensions=extensions,
+        manager_id=manager_id,
+        manager=manager,
         groups=list(groups),
         managed_by=IDPS.get(row.source, row.source),
         history=history(row.scim_id),
