@@ -222,7 +222,7 @@ def test_users_filter_form(console, people):
         "All sources",
         "SCIM Entra ID",
         "SCIM Okta",
-        "SCIM Generic SCIM",
+        "Generic SCIM",
     ]
     assert options["Status"] == ["All statuses", "Active", "Disabled", "Deprovisioned"]
     assert options["Group"] == ["All groups", "Empty", "Engineering", "Sales"]
@@ -533,8 +533,19 @@ def test_user_page_shows_every_attribute(app, console, scim, runner):
     }
     assert name == {"givenName": "Erin", "familyName": "Evans"}
 
+    # Plain headings, each with its schema URN as the detail.
+    headings = {
+        text(h3): text(h3.find_next_sibling("p")) for h3 in attributes.find_all("h3")
+    }
+    assert headings == {
+        "Enterprise attributes": ENTERPRISE,
+        "Custom attributes": CUSTOM,
+    }
     sections = {
-        text(h3): h3.find_next_sibling("dl") for h3 in attributes.find_all("h3")
+        {"Enterprise attributes": ENTERPRISE, "Custom attributes": CUSTOM}[
+            text(h3)
+        ]: h3.find_next_sibling("dl")
+        for h3 in attributes.find_all("h3")
     }
     assert set(sections) == {ENTERPRISE, CUSTOM}
     enterprise = {
@@ -898,8 +909,8 @@ def test_add_attribute(app, console, client):
     (row,) = rows
     assert text(row["Name"]) == "badgeNumber"
     assert text(row["Type"]) == "integer"
-    path = row["Attribute path for the IdP"].find("input")
-    assert path["value"] == f"{CUSTOM}:badgeNumber"
+    path = row["Attribute path for the IdP"].find("textarea")
+    assert path.string == f"{CUSTOM}:badgeNumber"
     assert path.has_attr("readonly")
     assert path["aria-label"] == "Attribute path for badgeNumber"
     copy = row["Attribute path for the IdP"].find("button")

@@ -140,7 +140,11 @@ def test_provisioning_page_shows_fixed_target_url(console, idp):
     assert field["value"] == SCIM_URL
     copy_button(soup, field)
     hints = [" ".join(p.get_text().split()) for p in soup.find_all("p")]
-    assert "The Tenant URL is fixed. Only the token keeps changing." in hints
+    # Named as each IdP's own field is named.
+    field_name = {"entra": "The Tenant URL", "okta": "The Base URL"}.get(
+        idp, "This URL"
+    )
+    assert f"{field_name} never changes; only the token does." in hints
     assert soup.find("h2", string=f"Connect {IDP_NAMES[idp]}") is not None
     current = soup.select('nav.tabs a[aria-current="page"]')
     assert [urlsplit(a["href"]).path for a in current] == [f"/admin/provisioning/{idp}"]

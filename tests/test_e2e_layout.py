@@ -65,6 +65,12 @@ MEASURE = """() => {
       }
     }
   }
+  // A read-only field in a table shows all of its value.
+  for (const field of document.querySelectorAll('main table textarea, main table input')) {
+    if (field.scrollWidth > field.clientWidth + 1 || field.scrollHeight > field.clientHeight + 1) {
+      problems.push(`field "${field.value.slice(0, 40)}" cuts its value`);
+    }
+  }
   // A menu in a table is as wide as its longest choice, never squeezed.
   const canvas = document.createElement('canvas').getContext('2d');
   for (const select of document.querySelectorAll('main table select')) {

@@ -40,7 +40,8 @@ def no_store(response):
 
 def source_label(source):
     """Name a record's source as the console shows it ("SCIM Entra ID")."""
-    return f"SCIM {IDPS.get(source, source)}"
+    name = IDPS.get(source, source)
+    return name if name.startswith("Generic SCIM") else f"SCIM {name}"
 
 
 def user_status(user):

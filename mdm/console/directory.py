@@ -3,6 +3,7 @@
 import json
 
 from flask import abort
+from flask import current_app
 from flask import flash
 from flask import redirect
 from flask import render_template
@@ -138,6 +139,10 @@ def user(scim_id):
         data=data,
         extensions=extensions,
         manager_id=manager_id,
+        extension_names={
+            ENTERPRISE_SCHEMA: "Enterprise attributes",
+            current_app.config["SCIM_CUSTOM_SCHEMA"]: "Custom attributes",
+        },
         manager=manager,
         groups=list(groups),
         managed_by=IDPS.get(row.source, row.source),
