@@ -1,5 +1,6 @@
 """Administrator sign-in: first-run setup, login, logout and failure throttling."""
 
+import functools
 import hmac
 import secrets
 from datetime import timedelta
@@ -16,6 +17,7 @@ from flask_login import LoginManager
 from flask_login import current_user
 from flask_login import login_user
 from flask_login import logout_user
+from werkzeug.security import check_password_hash
 
 from .activity import audit
 from .db import database
@@ -27,6 +29,7 @@ from .forms import check_form_request
 from .models import Admin
 from .models import LoginFailure
 from .models import Setting
+from .models import hash_password
 from .models import utcnow
 
 bp = Blueprint("auth", __name__)
@@ -204,6 +207,23 @@ def _safe_next(target):
     return target
 
 
+def _check_password(username, password):
+    """Return the administrator ``username`` if ``password`` is theirs, else None."""
+    admin = Admin.get_or_none(Admin.username == username)
+    if admin is None:
+        # Hash the password anyway, so an unknown username takes as long as
+        # a known one and the time taken does not tell which usernames exist.
+        check_password_hash(_dummy_hash(), password)
+        return None
+    return admin if admin.check_password(password) else None
+
+
+@functools.cache
+def _dummy_hash():
+    """Return a hash of a random password, made the way real passwords are hashed."""
+    return hash_password(secrets.token_urlsafe(16))
+
+
 @bp.route("/login", methods=("GET", "POST"))
 def login():
     """Sign an administrator in."""
@@ -223,8 +243,8 @@ def login():
                 f"{minutes} minute{'s' if minutes != 1 else ''}."
             )
         else:
-            admin = Admin.get_or_none(Admin.username == username)
-            if admin is not None and admin.check_password(form.password.data):
+            admin = _check_password(username, form.password.data)
+            if admin is not None:
                 account_throttle.clear(username.lower())
                 admin.last_login_at = utcnow()
                 admin.save()
