@@ -3,15 +3,18 @@
 import functools
 import hmac
 import secrets
+from datetime import datetime
 from datetime import timedelta
 from urllib.parse import urlsplit
 
 from flask import Blueprint
 from flask import abort
+from flask import current_app
 from flask import flash
 from flask import redirect
 from flask import render_template
 from flask import request
+from flask import session
 from flask import url_for
 from flask_login import LoginManager
 from flask_login import current_user
@@ -31,6 +34,7 @@ from .models import LoginFailure
 from .models import Setting
 from .models import hash_password
 from .models import utcnow
+from .scim.paths import is_api_path
 
 bp = Blueprint("auth", __name__)
 bp.before_request(check_form_request)
@@ -40,6 +44,10 @@ login_manager.login_view = "auth.login"
 login_manager.login_message = "Sign in to continue."
 
 SETUP_CODE = "setup_code"
+SETUP_CODE_AT = "setup_code_created_at"
+# Session keys: when the administrator signed in, and when last seen.
+SIGNED_IN_AT = "signed_in_at"
+SEEN_AT = "seen_at"
 
 
 @login_manager.user_loader
@@ -133,6 +141,21 @@ def setup_code():
     return Setting.select(Setting.value).where(Setting.name == SETUP_CODE).scalar()
 
 
+def _setup_code_created():
+    value = Setting.select(Setting.value).where(Setting.name == SETUP_CODE_AT).scalar()
+    return datetime.fromisoformat(value) if value else None
+
+
+def setup_code_expired(app):
+    """Tell whether the stored setup code is older than SETUP_CODE_HOURS."""
+    created = _setup_code_created()
+    # A code stored before codes had a lifetime counts as expired.
+    if created is None:
+        return True
+    lifetime = timedelta(hours=float(app.config["SETUP_CODE_HOURS"]))
+    return utcnow() - created >= lifetime
+
+
 def ensure_setup_code(app):
     """Return the one-time setup code while no administrator exists, else None."""
     # The code lives in the database, so every process prints the same one and
@@ -141,18 +164,29 @@ def ensure_setup_code(app):
         if Admin.select().exists():
             return None
         code = setup_code()
-        if code:
+        if code and not setup_code_expired(app):
             return code
-        # The first process to store a code wins; the others read it back.
-        Setting.insert(
-            name=SETUP_CODE, value=secrets.token_urlsafe(24)
-        ).on_conflict_ignore().execute()
+        with write_transaction():
+            if code:
+                # Only the expired code: another process may have replaced it.
+                Setting.delete().where(
+                    (Setting.name == SETUP_CODE) & (Setting.value == code)
+                ).execute()
+                if setup_code() is None:
+                    Setting.delete().where(Setting.name == SETUP_CODE_AT).execute()
+            # The first process to store a code wins; the others read it back.
+            Setting.insert(
+                name=SETUP_CODE, value=secrets.token_urlsafe(24)
+            ).on_conflict_ignore().execute()
+            Setting.insert(
+                name=SETUP_CODE_AT, value=utcnow().isoformat()
+            ).on_conflict_ignore().execute()
         return setup_code()
 
 
 def forget_setup_code():
     """Remove the setup code once an administrator exists."""
-    Setting.delete().where(Setting.name == SETUP_CODE).execute()
+    Setting.delete().where(Setting.name.in_((SETUP_CODE, SETUP_CODE_AT))).execute()
 
 
 def _valid_setup_code(code):
@@ -172,6 +206,9 @@ def setup():
     if not _valid_setup_code(code):
         address_throttle.fail(address)
         abort(403, "Open the setup link printed by the server when it started.")
+    if setup_code_expired(current_app):
+        hours = current_app.config["SETUP_CODE_HOURS"]
+        return render_template("auth/setup_expired.html", hours=hours), 410
     form = SetupForm()
     if form.validate_on_submit():
         admin = Admin(username=form.username.data.strip())
@@ -183,7 +220,7 @@ def setup():
             f"{admin.username} (first-run setup)",
             actor=admin.username,
         )
-        login_user(admin)
+        _sign_in(admin)
         flash(f"Administrator {admin.username} created.", "success")
         return redirect(url_for("console.provisioning", idp="entra"))
     return render_template("auth/setup.html", form=form, code=code)
@@ -248,7 +285,7 @@ def login():
                 account_throttle.clear(username.lower())
                 admin.last_login_at = utcnow()
                 admin.save()
-                login_user(admin)
+                _sign_in(admin)
                 audit("Admin Signed In", "", actor=admin.username)
                 target = _safe_next(request.args.get("next"))
                 return redirect(target or url_for("console.dashboard"))
@@ -258,6 +295,69 @@ def login():
             error = "The username or password is incorrect."
     status = 429 if error and error.startswith("Too many") else 200
     return render_template("auth/login.html", form=form, error=error), status
+
+
+#
+# Session lifetime
+#
+
+
+def _sign_in(admin):
+    """Sign ``admin`` in and start the session's clocks."""
+    login_user(admin)
+    now = int(utcnow().timestamp())
+    session[SIGNED_IN_AT] = now
+    session[SEEN_AT] = now
+
+
+def check_session_age():
+    """Sign out a session idle longer than SESSION_IDLE_MINUTES or older than SESSION_LIFETIME_HOURS."""
+    # The SCIM API has no session; static files need no sign-in.
+    if is_api_path(request.path) or request.endpoint == "static":
+        return None
+    if not current_user.is_authenticated:
+        return None
+    config = current_app.config
+    now = int(utcnow().timestamp())
+    signed_in_at = session.get(SIGNED_IN_AT)
+    seen_at = session.get(SEEN_AT)
+    idle = float(config["SESSION_IDLE_MINUTES"]) * 60
+    lifetime = float(config["SESSION_LIFETIME_HOURS"]) * 3600
+    # The timestamps are in the signed cookie, so the client cannot move them;
+    # a session without them predates the limits and is ended too.
+    if not isinstance(signed_in_at, int) or not isinstance(seen_at, int):
+        message = "Your session has expired. Sign in again."
+    elif now - signed_in_at >= lifetime:
+        message = (
+            f"Your session has expired ({_hours(lifetime)} since you signed in). "
+            "Sign in again."
+        )
+    elif now - seen_at >= idle:
+        message = (
+            f"You were signed out after {_hours(idle)} without activity. Sign in again."
+        )
+    else:
+        # Written at most once a minute, so most responses set no new cookie.
+        if now - seen_at >= 60:
+            session[SEEN_AT] = now
+        return None
+    logout_user()
+    session.pop(SIGNED_IN_AT, None)
+    session.pop(SEEN_AT, None)
+    flash(message, "warning")
+    if request.blueprint == "auth":
+        return None  # the sign-in pages go on, now signed out
+    target = request.full_path.rstrip("?") if request.method == "GET" else None
+    return redirect(url_for("auth.login", next=_safe_next(target)))
+
+
+def _hours(seconds):
+    """Return ``seconds`` as "8 hours" or "30 minutes"."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        hours = int(seconds // 3600)
+        return f"{hours} hour{'s' if hours != 1 else ''}"
+    minutes = max(1, int(seconds // 60))
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
 
 
 @bp.post("/logout")
@@ -274,5 +374,6 @@ def logout():
 
 
 def init_app(app):
-    """Attach flask-login to the app."""
+    """Attach flask-login to the app and enforce the session limits."""
     login_manager.init_app(app)
+    app.before_request(check_session_age)
