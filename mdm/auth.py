@@ -2,6 +2,8 @@
 
 import functools
 import hmac
+import ipaddress
+import math
 import secrets
 from datetime import datetime
 from datetime import timedelta
@@ -20,6 +22,7 @@ from flask_login import LoginManager
 from flask_login import current_user
 from flask_login import login_user
 from flask_login import logout_user
+from peewee import fn
 from werkzeug.security import check_password_hash
 
 from .activity import audit
@@ -70,44 +73,65 @@ def load_admin(session_id):
 # Failures are rows in the database, so every server process sees the
 # same count and a restart does not reset it.
 class Throttle:
-    """Count recent failures per key and refuse once a key has too many."""
+    """Make a key wait longer after each failure beyond its free ones."""
 
-    def __init__(self, prefix, limit, window):
+    def __init__(self, prefix, free, delay, cap, window):
         self.prefix = prefix
-        self.limit = limit
+        self.free = free
+        self.delay = delay
+        self.cap = cap
         self.window = window
 
     def _key(self, key):
         return f"{self.prefix}:{key}"
 
-    def retry_after(self, key):
-        """Return seconds until ``key`` may try again, or 0."""
-        now = utcnow()
-        times = (
-            LoginFailure.select(LoginFailure.time)
+    def failures(self, key, now):
+        """Return the number of ``key``'s failures in the window and the newest one's time."""
+        count, newest = (
+            LoginFailure.select(fn.COUNT(LoginFailure.id), fn.MAX(LoginFailure.time))
             .where(
                 (LoginFailure.key == self._key(key))
                 & (LoginFailure.time > now - timedelta(seconds=self.window))
             )
-            .order_by(LoginFailure.time.desc())
-            .limit(self.limit)
             .tuples()
+            .get()
         )
-        times = [row[0] for row in times]
-        if len(times) < self.limit:
+        return count, newest
+
+    def retry_after(self, key, free=None):
+        """Return seconds until ``key`` may try again, or 0."""
+        free = self.free if free is None else free
+        now = utcnow()
+        count, newest = self.failures(key, now)
+        if not count or count < free:
             return 0
-        oldest = times[-1]
-        return int(self.window - (now - oldest).total_seconds()) + 1
+        # Each failure beyond the free ones doubles the wait, up to the cap.
+        wait = min(self.delay * 2 ** min(count - free, 32), self.cap)
+        if isinstance(newest, str):  # SQLite's MAX() returns the stored text
+            newest = datetime.fromisoformat(newest)
+        return max(0, math.ceil(wait - (now - newest).total_seconds()))
 
     def fail(self, key):
+        """Record a failure for ``key`` and forget its failures older than the window."""
         now = utcnow()
-        with write_transaction():
-            LoginFailure.create(key=self._key(key), time=now)
-            # Forget this key's failures that no longer count.
-            LoginFailure.delete().where(
+        LoginFailure.create(key=self._key(key), time=now)
+        LoginFailure.delete().where(
+            (LoginFailure.key == self._key(key))
+            & (LoginFailure.time <= now - timedelta(seconds=self.window))
+        ).execute()
+
+    def count(self, key, limit):
+        """Return ``key``'s failures in the window, counting no further than ``limit``."""
+        now = utcnow()
+        recent = (
+            LoginFailure.select(LoginFailure.id)
+            .where(
                 (LoginFailure.key == self._key(key))
-                & (LoginFailure.time <= now - timedelta(seconds=self.window))
-            ).execute()
+                & (LoginFailure.time > now - timedelta(seconds=self.window))
+            )
+            .limit(limit)
+        )
+        return recent.count()
 
     def clear(self, key):
         LoginFailure.delete().where(LoginFailure.key == self._key(key)).execute()
@@ -118,17 +142,70 @@ class Throttle:
         LoginFailure.delete().where(LoginFailure.key.startswith(prefix)).execute()
 
 
-# Per account: 5 failures in 15 minutes. Per address: 20, so one address
-# cannot walk through many accounts either.
-account_throttle = Throttle("account", 5, 15 * 60)
-address_throttle = Throttle("address", 20, 15 * 60)
+# One account from one address: 5 free failures, then 30 s, 1 min, 2 min ...
+# up to 15 minutes between tries. Only that address waits, so an attacker
+# elsewhere never keeps the administrator out.
+pair_throttle = Throttle("pair", 5, 30, 15 * 60, 24 * 3600)
+# One address across all accounts: 20 free failures, so it cannot walk
+# through many usernames either.
+address_throttle = Throttle("address", 20, 30, 15 * 60, 24 * 3600)
+# One account from every address: past this many failures in an hour the
+# account is under distributed guessing, and an address gets no free tries:
+# it waits after its first failure. An address with no failures still signs
+# in at once, so this slows guessing to about one try per address and never
+# locks the account.
+account_throttle = Throttle("account", 0, 30, 15 * 60, 3600)
+ACCOUNT_CEILING = 50
+# Wrong setup codes from one address.
+setup_throttle = Throttle("setup", 20, 30, 15 * 60, 24 * 3600)
+
+
+def client_address():
+    """Return the key for the client's address: IPv4 as is, IPv6 by its /64 network."""
+    # One IPv6 host usually holds a whole /64, so throttling single IPv6
+    # addresses would let it pick a fresh one for every try.
+    address = request.remote_addr or "?"
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 4:
+        return str(ip)
+    if ip.ipv4_mapped:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 
 def _retry_after(username):
+    account = username.lower()
+    address = client_address()
+    pair = f"{account}|{address}"
+    free = None
+    if account_throttle.count(account, ACCOUNT_CEILING) >= ACCOUNT_CEILING:
+        free = 0
     return max(
-        account_throttle.retry_after(username.lower()),
-        address_throttle.retry_after(request.remote_addr or "?"),
+        pair_throttle.retry_after(pair, free),
+        address_throttle.retry_after(address),
     )
+
+
+def _record_failure(username):
+    account = username.lower()
+    address = client_address()
+    with write_transaction():
+        pair_throttle.fail(f"{account}|{address}")
+        address_throttle.fail(address)
+        account_throttle.fail(account)
+
+
+def _wait_message(wait):
+    """Return the sign-in form's message for a wait of ``wait`` seconds."""
+    if wait < 60:
+        amount = f"{wait} second{'s' if wait != 1 else ''}"
+    else:
+        minutes = (wait + 59) // 60
+        amount = f"{minutes} minute{'s' if minutes != 1 else ''}"
+    return f"Too many failed sign-ins from this address. Try again in {amount}."
 
 
 #
@@ -200,11 +277,11 @@ def setup():
     if Admin.select().exists():
         return redirect(url_for("auth.login"))
     code = request.values.get("code", "")
-    address = request.remote_addr or "?"
-    if address_throttle.retry_after(address):
+    address = client_address()
+    if setup_throttle.retry_after(address):
         abort(429, "Too many wrong setup codes from this address; try again later.")
     if not _valid_setup_code(code):
-        address_throttle.fail(address)
+        setup_throttle.fail(address)
         abort(403, "Open the setup link printed by the server when it started.")
     if setup_code_expired(current_app):
         hours = current_app.config["SETUP_CODE_HOURS"]
@@ -270,31 +347,29 @@ def login():
         return render_template("auth/no_admin.html"), 503
     form = LoginForm()
     error = None
+    wait = 0
     if form.validate_on_submit():
         username = form.username.data.strip()
         wait = _retry_after(username)
         if wait:
-            minutes = (wait + 59) // 60
-            error = (
-                "Too many failed sign-ins. Try again in "
-                f"{minutes} minute{'s' if minutes != 1 else ''}."
-            )
+            error = _wait_message(wait)
         else:
             admin = _check_password(username, form.password.data)
             if admin is not None:
-                account_throttle.clear(username.lower())
+                pair_throttle.clear(f"{username.lower()}|{client_address()}")
                 admin.last_login_at = utcnow()
                 admin.save()
                 _sign_in(admin)
                 audit("Admin Signed In", "", actor=admin.username)
                 target = _safe_next(request.args.get("next"))
                 return redirect(target or url_for("console.dashboard"))
-            account_throttle.fail(username.lower())
-            address_throttle.fail(request.remote_addr or "?")
+            _record_failure(username)
             audit("Admin Sign-in Failed", f"username {username[:150]!r}", actor="")
             error = "The username or password is incorrect."
-    status = 429 if error and error.startswith("Too many") else 200
-    return render_template("auth/login.html", form=form, error=error), status
+    html = render_template("auth/login.html", form=form, error=error)
+    if wait:
+        return html, 429, {"Retry-After": str(wait)}
+    return html
 
 
 #

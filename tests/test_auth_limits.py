@@ -1,20 +1,26 @@
-"""Sign-in hardening: equal work for unknown usernames, session idle and absolute
-limits, and the setup code's lifetime."""
+"""Sign-in hardening: throttling per account and address, equal work for unknown
+usernames, session idle and absolute limits, and the setup code's lifetime."""
 
 import hashlib
+import re
 from datetime import timedelta
+from http.cookies import SimpleCookie
 from urllib.parse import parse_qs
+from urllib.parse import urlencode
 from urllib.parse import urlsplit
 
 import pytest
 from bs4 import BeautifulSoup
 
 from mdm import auth
+from mdm import create_app
 from mdm.auth import ensure_setup_code
 from mdm.db import database
 from mdm.models import Admin
+from mdm.models import LoginFailure
 from mdm.models import utcnow
 
+from . import served
 from .conftest import PASSWORD
 
 ATTACKER = "203.0.113.66"
@@ -79,6 +85,191 @@ def signed_in(client):
     assert response.status_code == 302
     assert urlsplit(response.location).path == "/login"
     return False
+
+
+#
+# Throttling: an attacker elsewhere never keeps the administrator out
+#
+
+
+def test_attack_from_one_address_does_not_lock_out_another(app, clock):
+    """Five wrong passwords every 15 minutes from A never stop the right one from B."""
+    add_admin(app)
+    attacker = app.test_client()
+    for _ in range(8):
+        statuses = [
+            login(attacker, ATTACKER, password=f"guess {i}").status_code
+            for i in range(5)
+        ]
+        assert set(statuses) <= {200, 429}
+        admin = app.test_client()
+        response = login(admin, ADMIN_ADDRESS)
+        assert response.status_code == 302, alert(response)
+        assert signed_in(admin)
+        clock.advance(minutes=15)
+
+
+def test_the_failing_address_waits_longer_after_each_failure(app, clock):
+    """After 5 free failures, A waits 30 s, then 60 s, 2 min ... up to 15 minutes."""
+    add_admin(app)
+    client = app.test_client()
+    for i in range(5):
+        response = login(client, ATTACKER, password=f"guess {i}")
+        assert response.status_code == 200
+        assert alert(response) == "The username or password is incorrect."
+    waits = []
+    for i in range(8):
+        response = login(client, ATTACKER, password=f"more {i}")
+        assert response.status_code == 429
+        wait = int(response.headers["Retry-After"])
+        waits.append(wait)
+        # Even the right password waits, from this address.
+        assert login(client, ATTACKER).status_code == 429
+        clock.advance(seconds=wait - 1)
+        assert login(client, ATTACKER, password="early").status_code == 429
+        clock.advance(seconds=1)
+        response = login(client, ATTACKER, password=f"more {i}")
+        assert response.status_code == 200
+    assert waits == [30, 60, 120, 240, 480, 900, 900, 900]
+    response = login(client, ATTACKER)
+    assert response.status_code == 429
+    assert alert(response) == (
+        "Too many failed sign-ins from this address. Try again in 15 minutes."
+    )
+    clock.advance(seconds=30)
+    assert alert(login(client, ATTACKER)) == (
+        "Too many failed sign-ins from this address. Try again in 15 minutes."
+    )
+    clock.advance(seconds=14 * 60 + 15)
+    assert alert(login(client, ATTACKER)) == (
+        "Too many failed sign-ins from this address. Try again in 15 seconds."
+    )
+    clock.advance(seconds=15)
+    assert login(client, ATTACKER).status_code == 302
+    assert signed_in(client)
+
+
+def test_the_failing_address_is_slowed_for_every_account(app, clock):
+    """Twenty failures from one address across usernames slow that address only."""
+    add_admin(app)
+    client = app.test_client()
+    for i in range(20):
+        assert login(client, ATTACKER, f"user{i}", "guess").status_code == 200
+    assert login(client, ATTACKER).status_code == 429
+    assert login(client, ADMIN_ADDRESS).status_code == 302
+
+
+def test_distributed_guessing_slows_but_never_locks(app, clock):
+    """Past the ceiling an address waits after its first failure; a clean one signs in."""
+    add_admin(app)
+    client = app.test_client()
+    for i in range(auth.ACCOUNT_CEILING - 1):
+        assert login(client, f"192.0.2.{i + 1}", password="guess").status_code == 200
+    # Below the ceiling a failing address keeps its free tries.
+    assert login(client, "192.0.2.1", password="again").status_code == 200
+    # The ceiling is reached: addresses with failures now wait ...
+    response = login(client, "192.0.2.2", password="again")
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "60"
+    assert login(client, "192.0.2.3").status_code == 429
+    # ... but an address with none signs in at once,
+    fresh = app.test_client()
+    assert login(fresh, "192.0.2.200").status_code == 302
+    assert signed_in(fresh)
+    # and the slowed ones get their turn within a minute.
+    clock.advance(seconds=60)
+    late = app.test_client()
+    assert login(late, "192.0.2.3").status_code == 302
+    assert signed_in(late)
+
+
+def test_ipv6_clients_are_throttled_by_their_64_network(app, clock):
+    """An IPv6 host cannot dodge the delay by moving inside its /64."""
+    add_admin(app)
+    client = app.test_client()
+    for i in range(5):
+        login(client, f"2001:db8:1:2::{i + 1}", password="guess")
+    assert login(client, "2001:db8:1:2::ffff").status_code == 429
+    assert login(client, "2001:db8:1:3::1").status_code == 302
+
+
+def test_a_restart_does_not_reset_the_counts(app, clock, tmp_path):
+    """Failures are database rows: a new app on the same database still waits."""
+    add_admin(app)
+    client = app.test_client()
+    for i in range(5):
+        login(client, ATTACKER, password=f"guess {i}")
+    restarted = create_app(dict(app.config))
+    assert login(restarted.test_client(), ATTACKER).status_code == 429
+    with app.app_context(), database.connection_context():
+        keys = {row.key for row in LoginFailure.select()}
+    assert keys == {
+        f"pair:alice|{ATTACKER}",
+        f"address:{ATTACKER}",
+        "account:alice",
+    }
+
+
+def test_success_forgets_only_its_own_address(app, clock):
+    """Signing in clears that address's failures, not the attacker's."""
+    add_admin(app)
+    client = app.test_client()
+    for i in range(4):
+        login(client, ADMIN_ADDRESS, password=f"typo {i}")
+        login(client, ATTACKER, password=f"guess {i}")
+    assert login(client, ADMIN_ADDRESS).status_code == 302
+    client = app.test_client()
+    for i in range(4):
+        login(client, ADMIN_ADDRESS, password=f"typo {i}")
+    assert login(client, ADMIN_ADDRESS).status_code == 302
+    login(app.test_client(), ATTACKER, password="guess 5")
+    assert login(app.test_client(), ATTACKER).status_code == 429
+
+
+@pytest.fixture
+def proxied(tmp_path):
+    """Serve with PROXY_FIX=1; yield the port."""
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    env = served.environment(instance, PROXY_FIX=1)
+    served.mdm(env, "admin", "create", "alice", "--password-stdin", input=PASSWORD)
+    process, port = served.start(env, tmp_path / "serve.log")
+    yield port
+    assert served.stop(process) == 0
+
+
+def _served_sign_in(port, forwarded_for, password):
+    """Fetch the form and post it as a client at ``forwarded_for``; return (status, page)."""
+    headers = {"X-Forwarded-For": forwarded_for}
+    response, body = served.request(port, "GET", "/login", headers=headers)
+    cookie = SimpleCookie(response.getheader("Set-Cookie"))["session"].value
+    token = re.search(rb'name="csrf_token" type="hidden" value="([^"]+)"', body)
+    form = urlencode(
+        {"csrf_token": token[1].decode(), "username": "alice", "password": password}
+    )
+    headers |= {
+        "Cookie": f"session={cookie}",
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+    conn = served.http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", "/login", body=form, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def test_served_failures_from_one_forwarded_address_do_not_block_another(proxied):
+    """Behind a proxy, each X-Forwarded-For address is throttled on its own."""
+    for i in range(6):
+        status, page = _served_sign_in(proxied, ATTACKER, f"guess {i}")
+        assert status == (200 if i < 5 else 429), page
+    assert "Too many failed sign-ins from this address" in page
+    status, _ = _served_sign_in(proxied, ADMIN_ADDRESS, PASSWORD)
+    assert status == 302
+    status, _ = _served_sign_in(proxied, ATTACKER, PASSWORD)
+    assert status == 429
 
 
 #
