@@ -90,6 +90,13 @@ def create_app(test_config=None):
         # CSRF is checked by the console and sign-in pages themselves
         # (mdm.forms.check_form_request); the SCIM API uses bearer tokens.
         WTF_CSRF_CHECK_DEFAULT=False,
+        # Console sessions end after this long without a request ...
+        SESSION_IDLE_MINUTES=480,
+        # ... and this long after signing in, however active: a stolen session
+        # cookie is useful for a day at most, and a working day never hits it.
+        SESSION_LIFETIME_HOURS=24,
+        # The first-run setup link works this long; a restart prints a new one.
+        SETUP_CODE_HOURS=24,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
     )

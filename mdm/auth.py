@@ -1,21 +1,29 @@
 """Administrator sign-in: first-run setup, login, logout and failure throttling."""
 
+import functools
 import hmac
+import ipaddress
+import math
 import secrets
+from datetime import datetime
 from datetime import timedelta
 from urllib.parse import urlsplit
 
 from flask import Blueprint
 from flask import abort
+from flask import current_app
 from flask import flash
 from flask import redirect
 from flask import render_template
 from flask import request
+from flask import session
 from flask import url_for
 from flask_login import LoginManager
 from flask_login import current_user
 from flask_login import login_user
 from flask_login import logout_user
+from peewee import fn
+from werkzeug.security import check_password_hash
 
 from .activity import audit
 from .db import database
@@ -27,7 +35,9 @@ from .forms import check_form_request
 from .models import Admin
 from .models import LoginFailure
 from .models import Setting
+from .models import hash_password
 from .models import utcnow
+from .scim.paths import is_api_path
 
 bp = Blueprint("auth", __name__)
 bp.before_request(check_form_request)
@@ -37,6 +47,10 @@ login_manager.login_view = "auth.login"
 login_manager.login_message = "Sign in to continue."
 
 SETUP_CODE = "setup_code"
+SETUP_CODE_AT = "setup_code_created_at"
+# Session keys: when the administrator signed in, and when last seen.
+SIGNED_IN_AT = "signed_in_at"
+SEEN_AT = "seen_at"
 
 
 @login_manager.user_loader
@@ -59,44 +73,65 @@ def load_admin(session_id):
 # Failures are rows in the database, so every server process sees the
 # same count and a restart does not reset it.
 class Throttle:
-    """Count recent failures per key and refuse once a key has too many."""
+    """Make a key wait longer after each failure beyond its free ones."""
 
-    def __init__(self, prefix, limit, window):
+    def __init__(self, prefix, free, delay, cap, window):
         self.prefix = prefix
-        self.limit = limit
+        self.free = free
+        self.delay = delay
+        self.cap = cap
         self.window = window
 
     def _key(self, key):
         return f"{self.prefix}:{key}"
 
-    def retry_after(self, key):
-        """Return seconds until ``key`` may try again, or 0."""
-        now = utcnow()
-        times = (
-            LoginFailure.select(LoginFailure.time)
+    def failures(self, key, now):
+        """Return the number of ``key``'s failures in the window and the newest one's time."""
+        count, newest = (
+            LoginFailure.select(fn.COUNT(LoginFailure.id), fn.MAX(LoginFailure.time))
             .where(
                 (LoginFailure.key == self._key(key))
                 & (LoginFailure.time > now - timedelta(seconds=self.window))
             )
-            .order_by(LoginFailure.time.desc())
-            .limit(self.limit)
             .tuples()
+            .get()
         )
-        times = [row[0] for row in times]
-        if len(times) < self.limit:
+        return count, newest
+
+    def retry_after(self, key, free=None):
+        """Return seconds until ``key`` may try again, or 0."""
+        free = self.free if free is None else free
+        now = utcnow()
+        count, newest = self.failures(key, now)
+        if not count or count < free:
             return 0
-        oldest = times[-1]
-        return int(self.window - (now - oldest).total_seconds()) + 1
+        # Each failure beyond the free ones doubles the wait, up to the cap.
+        wait = min(self.delay * 2 ** min(count - free, 32), self.cap)
+        if isinstance(newest, str):  # SQLite's MAX() returns the stored text
+            newest = datetime.fromisoformat(newest)
+        return max(0, math.ceil(wait - (now - newest).total_seconds()))
 
     def fail(self, key):
+        """Record a failure for ``key`` and forget its failures older than the window."""
         now = utcnow()
-        with write_transaction():
-            LoginFailure.create(key=self._key(key), time=now)
-            # Forget this key's failures that no longer count.
-            LoginFailure.delete().where(
+        LoginFailure.create(key=self._key(key), time=now)
+        LoginFailure.delete().where(
+            (LoginFailure.key == self._key(key))
+            & (LoginFailure.time <= now - timedelta(seconds=self.window))
+        ).execute()
+
+    def count(self, key, limit):
+        """Return ``key``'s failures in the window, counting no further than ``limit``."""
+        now = utcnow()
+        recent = (
+            LoginFailure.select(LoginFailure.id)
+            .where(
                 (LoginFailure.key == self._key(key))
-                & (LoginFailure.time <= now - timedelta(seconds=self.window))
-            ).execute()
+                & (LoginFailure.time > now - timedelta(seconds=self.window))
+            )
+            .limit(limit)
+        )
+        return recent.count()
 
     def clear(self, key):
         LoginFailure.delete().where(LoginFailure.key == self._key(key)).execute()
@@ -107,17 +142,70 @@ class Throttle:
         LoginFailure.delete().where(LoginFailure.key.startswith(prefix)).execute()
 
 
-# Per account: 5 failures in 15 minutes. Per address: 20, so one address
-# cannot walk through many accounts either.
-account_throttle = Throttle("account", 5, 15 * 60)
-address_throttle = Throttle("address", 20, 15 * 60)
+# One account from one address: 5 free failures, then 30 s, 1 min, 2 min ...
+# up to 15 minutes between tries. Only that address waits, so an attacker
+# elsewhere never keeps the administrator out.
+pair_throttle = Throttle("pair", 5, 30, 15 * 60, 24 * 3600)
+# One address across all accounts: 20 free failures, so it cannot walk
+# through many usernames either.
+address_throttle = Throttle("address", 20, 30, 15 * 60, 24 * 3600)
+# One account from every address: past this many failures in an hour the
+# account is under distributed guessing, and an address gets no free tries:
+# it waits after its first failure. An address with no failures still signs
+# in at once, so this slows guessing to about one try per address and never
+# locks the account.
+account_throttle = Throttle("account", 0, 30, 15 * 60, 3600)
+ACCOUNT_CEILING = 50
+# Wrong setup codes from one address.
+setup_throttle = Throttle("setup", 20, 30, 15 * 60, 24 * 3600)
+
+
+def client_address():
+    """Return the key for the client's address: IPv4 as is, IPv6 by its /64 network."""
+    # One IPv6 host usually holds a whole /64, so throttling single IPv6
+    # addresses would let it pick a fresh one for every try.
+    address = request.remote_addr or "?"
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 4:
+        return str(ip)
+    if ip.ipv4_mapped:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 
 def _retry_after(username):
+    account = username.lower()
+    address = client_address()
+    pair = f"{account}|{address}"
+    free = None
+    if account_throttle.count(account, ACCOUNT_CEILING) >= ACCOUNT_CEILING:
+        free = 0
     return max(
-        account_throttle.retry_after(username.lower()),
-        address_throttle.retry_after(request.remote_addr or "?"),
+        pair_throttle.retry_after(pair, free),
+        address_throttle.retry_after(address),
     )
+
+
+def _record_failure(username):
+    account = username.lower()
+    address = client_address()
+    with write_transaction():
+        pair_throttle.fail(f"{account}|{address}")
+        address_throttle.fail(address)
+        account_throttle.fail(account)
+
+
+def _wait_message(wait):
+    """Return the sign-in form's message for a wait of ``wait`` seconds."""
+    if wait < 60:
+        amount = f"{wait} second{'s' if wait != 1 else ''}"
+    else:
+        minutes = (wait + 59) // 60
+        amount = f"{minutes} minute{'s' if minutes != 1 else ''}"
+    return f"Too many failed sign-ins from this address. Try again in {amount}."
 
 
 #
@@ -130,6 +218,21 @@ def setup_code():
     return Setting.select(Setting.value).where(Setting.name == SETUP_CODE).scalar()
 
 
+def _setup_code_created():
+    value = Setting.select(Setting.value).where(Setting.name == SETUP_CODE_AT).scalar()
+    return datetime.fromisoformat(value) if value else None
+
+
+def setup_code_expired(app):
+    """Tell whether the stored setup code is older than SETUP_CODE_HOURS."""
+    created = _setup_code_created()
+    # A code stored before codes had a lifetime counts as expired.
+    if created is None:
+        return True
+    lifetime = timedelta(hours=float(app.config["SETUP_CODE_HOURS"]))
+    return utcnow() - created >= lifetime
+
+
 def ensure_setup_code(app):
     """Return the one-time setup code while no administrator exists, else None."""
     # The code lives in the database, so every process prints the same one and
@@ -138,18 +241,29 @@ def ensure_setup_code(app):
         if Admin.select().exists():
             return None
         code = setup_code()
-        if code:
+        if code and not setup_code_expired(app):
             return code
-        # The first process to store a code wins; the others read it back.
-        Setting.insert(
-            name=SETUP_CODE, value=secrets.token_urlsafe(24)
-        ).on_conflict_ignore().execute()
+        with write_transaction():
+            if code:
+                # Only the expired code: another process may have replaced it.
+                Setting.delete().where(
+                    (Setting.name == SETUP_CODE) & (Setting.value == code)
+                ).execute()
+                if setup_code() is None:
+                    Setting.delete().where(Setting.name == SETUP_CODE_AT).execute()
+            # The first process to store a code wins; the others read it back.
+            Setting.insert(
+                name=SETUP_CODE, value=secrets.token_urlsafe(24)
+            ).on_conflict_ignore().execute()
+            Setting.insert(
+                name=SETUP_CODE_AT, value=utcnow().isoformat()
+            ).on_conflict_ignore().execute()
         return setup_code()
 
 
 def forget_setup_code():
     """Remove the setup code once an administrator exists."""
-    Setting.delete().where(Setting.name == SETUP_CODE).execute()
+    Setting.delete().where(Setting.name.in_((SETUP_CODE, SETUP_CODE_AT))).execute()
 
 
 def _valid_setup_code(code):
@@ -163,12 +277,15 @@ def setup():
     if Admin.select().exists():
         return redirect(url_for("auth.login"))
     code = request.values.get("code", "")
-    address = request.remote_addr or "?"
-    if address_throttle.retry_after(address):
+    address = client_address()
+    if setup_throttle.retry_after(address):
         abort(429, "Too many wrong setup codes from this address; try again later.")
     if not _valid_setup_code(code):
-        address_throttle.fail(address)
+        setup_throttle.fail(address)
         abort(403, "Open the setup link printed by the server when it started.")
+    if setup_code_expired(current_app):
+        hours = current_app.config["SETUP_CODE_HOURS"]
+        return render_template("auth/setup_expired.html", hours=hours), 410
     form = SetupForm()
     if form.validate_on_submit():
         admin = Admin(username=form.username.data.strip())
@@ -180,7 +297,7 @@ def setup():
             f"{admin.username} (first-run setup)",
             actor=admin.username,
         )
-        login_user(admin)
+        _sign_in(admin)
         flash(f"Administrator {admin.username} created.", "success")
         return redirect(url_for("console.provisioning", idp="entra"))
     return render_template("auth/setup.html", form=form, code=code)
@@ -204,6 +321,23 @@ def _safe_next(target):
     return target
 
 
+def _check_password(username, password):
+    """Return the administrator ``username`` if ``password`` is theirs, else None."""
+    admin = Admin.get_or_none(Admin.username == username)
+    if admin is None:
+        # Hash the password anyway, so an unknown username takes as long as
+        # a known one and the time taken does not tell which usernames exist.
+        check_password_hash(_dummy_hash(), password)
+        return None
+    return admin if admin.check_password(password) else None
+
+
+@functools.cache
+def _dummy_hash():
+    """Return a hash of a random password, made the way real passwords are hashed."""
+    return hash_password(secrets.token_urlsafe(16))
+
+
 @bp.route("/login", methods=("GET", "POST"))
 def login():
     """Sign an administrator in."""
@@ -213,31 +347,92 @@ def login():
         return render_template("auth/no_admin.html"), 503
     form = LoginForm()
     error = None
+    wait = 0
     if form.validate_on_submit():
         username = form.username.data.strip()
         wait = _retry_after(username)
         if wait:
-            minutes = (wait + 59) // 60
-            error = (
-                "Too many failed sign-ins. Try again in "
-                f"{minutes} minute{'s' if minutes != 1 else ''}."
-            )
+            error = _wait_message(wait)
         else:
-            admin = Admin.get_or_none(Admin.username == username)
-            if admin is not None and admin.check_password(form.password.data):
-                account_throttle.clear(username.lower())
+            admin = _check_password(username, form.password.data)
+            if admin is not None:
+                pair_throttle.clear(f"{username.lower()}|{client_address()}")
                 admin.last_login_at = utcnow()
                 admin.save()
-                login_user(admin)
+                _sign_in(admin)
                 audit("Admin Signed In", "", actor=admin.username)
                 target = _safe_next(request.args.get("next"))
                 return redirect(target or url_for("console.dashboard"))
-            account_throttle.fail(username.lower())
-            address_throttle.fail(request.remote_addr or "?")
+            _record_failure(username)
             audit("Admin Sign-in Failed", f"username {username[:150]!r}", actor="")
             error = "The username or password is incorrect."
-    status = 429 if error and error.startswith("Too many") else 200
-    return render_template("auth/login.html", form=form, error=error), status
+    html = render_template("auth/login.html", form=form, error=error)
+    if wait:
+        return html, 429, {"Retry-After": str(wait)}
+    return html
+
+
+#
+# Session lifetime
+#
+
+
+def _sign_in(admin):
+    """Sign ``admin`` in and start the session's clocks."""
+    login_user(admin)
+    now = int(utcnow().timestamp())
+    session[SIGNED_IN_AT] = now
+    session[SEEN_AT] = now
+
+
+def check_session_age():
+    """Sign out a session idle longer than SESSION_IDLE_MINUTES or older than SESSION_LIFETIME_HOURS."""
+    # The SCIM API has no session; static files need no sign-in.
+    if is_api_path(request.path) or request.endpoint == "static":
+        return None
+    if not current_user.is_authenticated:
+        return None
+    config = current_app.config
+    now = int(utcnow().timestamp())
+    signed_in_at = session.get(SIGNED_IN_AT)
+    seen_at = session.get(SEEN_AT)
+    idle = float(config["SESSION_IDLE_MINUTES"]) * 60
+    lifetime = float(config["SESSION_LIFETIME_HOURS"]) * 3600
+    # The timestamps are in the signed cookie, so the client cannot move them;
+    # a session without them predates the limits and is ended too.
+    if not isinstance(signed_in_at, int) or not isinstance(seen_at, int):
+        message = "Your session has expired. Sign in again."
+    elif now - signed_in_at >= lifetime:
+        message = (
+            f"Your session has expired ({_hours(lifetime)} since you signed in). "
+            "Sign in again."
+        )
+    elif now - seen_at >= idle:
+        message = (
+            f"You were signed out after {_hours(idle)} without activity. Sign in again."
+        )
+    else:
+        # Written at most once a minute, so most responses set no new cookie.
+        if now - seen_at >= 60:
+            session[SEEN_AT] = now
+        return None
+    logout_user()
+    session.pop(SIGNED_IN_AT, None)
+    session.pop(SEEN_AT, None)
+    flash(message, "warning")
+    if request.blueprint == "auth":
+        return None  # the sign-in pages go on, now signed out
+    target = request.full_path.rstrip("?") if request.method == "GET" else None
+    return redirect(url_for("auth.login", next=_safe_next(target)))
+
+
+def _hours(seconds):
+    """Return ``seconds`` as "8 hours" or "30 minutes"."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        hours = int(seconds // 3600)
+        return f"{hours} hour{'s' if hours != 1 else ''}"
+    minutes = max(1, int(seconds // 60))
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
 
 
 @bp.post("/logout")
@@ -254,5 +449,6 @@ def logout():
 
 
 def init_app(app):
-    """Attach flask-login to the app."""
+    """Attach flask-login to the app and enforce the session limits."""
     login_manager.init_app(app)
+    app.before_request(check_session_age)

@@ -426,8 +426,8 @@ def test_next_ignored_for_foreign_targets(app, client, target):
 #
 
 
-def test_five_failures_lock_the_account(app, client):
-    """After 5 failures even the right password answers 429 for that account."""
+def test_five_failures_make_the_address_wait(app, client):
+    """After 5 failures even the right password answers 429, from that address."""
     add_admin(app)
     for attempt in range(5):
         username = "ALICE" if attempt % 2 else "alice"
@@ -440,7 +440,7 @@ def test_five_failures_lock_the_account(app, client):
     assert not signed_in(client)
 
 
-def test_four_failures_do_not_lock(app, client):
+def test_four_failures_do_not_slow(app, client):
     """Fewer than 5 failures still let the right password in."""
     add_admin(app)
     for attempt in range(4):
@@ -449,8 +449,8 @@ def test_four_failures_do_not_lock(app, client):
     assert signed_in(client)
 
 
-def test_lock_is_per_account(app, client):
-    """One locked account does not lock another."""
+def test_wait_is_per_account(app, client):
+    """A wait for one account does not hold up another."""
     add_admin(app)
     add_admin(app, "bob")
     for attempt in range(5):
@@ -473,7 +473,7 @@ def test_success_clears_account_failures(app, client):
 
 
 def test_one_address_cannot_walk_through_accounts(app, client):
-    """20 failures from one address lock every account for that address."""
+    """20 failures from one address make every account wait, from that address."""
     add_admin(app)
     for attempt in range(20):
         login(client, f"user{attempt % 10}", "wrong password")
