@@ -776,6 +776,10 @@ def test_forms_work_with_their_rendered_csrf_token(csrf_app, world):
         form["action"], data={"action": "deactivate", "csrf_token": token}
     )
     assert response.status_code == 302
+    # Its only active token: the confirmation page's own form finishes it.
+    confirm = client.get(response.location)
+    response = client.post(response.location, data={"csrf_token": csrf_token(confirm)})
+    assert response.status_code == 302
     with csrf_app.app_context(), database.connection_context():
         assert not BearerToken.get_by_id(world["token"]).active
 
