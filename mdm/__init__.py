@@ -9,6 +9,8 @@ from pathlib import Path
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from . import hosts
+
 # The source tree, or the single binary's unpack folder (templates/ and static/).
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,6 +46,8 @@ class App(Flask):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.sync_functions = {}
+        # Host names from TRUSTED_HOSTS and `mdm serve --host` (see mdm.hosts).
+        self.trusted_hosts = []
 
     def ensure_sync(self, func):
         try:
@@ -77,7 +81,13 @@ def create_app(test_config=None):
         # Absolute base such as https://mdm.example.com when a proxy rewrites the host.
         PUBLIC_URL=None,
         # Number of reverse proxies whose X-Forwarded-* headers are trusted.
+        # Behind one, the host checked against TRUSTED_HOSTS is the forwarded one.
         PROXY_FIX=0,
+        # Host names besides PUBLIC_URL's and loopback's that requests may carry
+        # (a list, or names separated by commas; ".example.org" takes its
+        # subdomains). Any other Host header gets a 400, so that no link, redirect
+        # or meta.location ever points at a host an attacker chose.
+        TRUSTED_HOSTS=None,
         MAX_CONTENT_LENGTH=2 * 1024 * 1024,
         # Bulk limits, advertised in /ServiceProviderConfig (RFC 7644 §3.7.4).
         SCIM_BULK_MAX_OPERATIONS=1000,
@@ -98,6 +108,11 @@ def create_app(test_config=None):
         app.config.from_prefixed_env("MDM")
     else:
         app.config.update(test_config)
+    # mdm checks the Host header itself (mdm.hosts, the first hook of every request):
+    # Flask's own check of TRUSTED_HOSTS cannot match an IPv6 literal such as
+    # [::1], and its 400 does not say which setting to set.
+    app.trusted_hosts = hosts.setting(app.config["TRUSTED_HOSTS"])
+    app.config["TRUSTED_HOSTS"] = None
     # Owner-only: the folder holds the secret key and the hashes of every credential.
     os.makedirs(app.instance_path, mode=0o700, exist_ok=True)
     if not app.config.get("DATABASE"):
@@ -116,6 +131,7 @@ def create_app(test_config=None):
     from .forms import csrf
     from .scim import bp as scim_bp
 
+    app.before_request(hosts.check)
     db.init_app(app)
     models.init_app(app)
     activity.init_app(app)
