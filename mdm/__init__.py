@@ -9,6 +9,7 @@ from pathlib import Path
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from . import files
 from . import hosts
 
 # The source tree, or the single binary's unpack folder (templates/ and static/).
@@ -117,6 +118,17 @@ def create_app(test_config=None):
     os.makedirs(app.instance_path, mode=0o700, exist_ok=True)
     if not app.config.get("DATABASE"):
         app.config["DATABASE"] = os.path.join(app.instance_path, "mdm.sqlite")
+    # An install from before files were created owner-only is tightened, in
+    # one warning; new files are created owner-only (mdm.files).
+    activity_file = app.config.get("ACTIVITY_DATABASE") or os.path.join(
+        os.path.dirname(os.path.abspath(app.config["DATABASE"])), "activity.sqlite"
+    )
+    files.tighten(
+        app.instance_path,
+        os.path.join(app.instance_path, "secret_key"),
+        *files.sqlite_family(app.config["DATABASE"]),
+        *files.sqlite_family(activity_file),
+    )
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = _persistent_secret_key(app.instance_path)
 

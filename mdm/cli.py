@@ -257,7 +257,10 @@ def backup_command(path):
         )
     if os.path.exists(path):
         raise click.ClickException(f"{path} exists; choose a new file.")
-    pages = backup(path)
+    try:
+        pages = backup(path)
+    except FileExistsError:
+        raise click.ClickException(f"{path} exists; choose a new file.") from None
     click.echo(f"Backed up {pages} pages to {path}.", err=True)
 
 
