@@ -90,6 +90,22 @@ def create_app(test_config=None):
         # or meta.location ever points at a host an attacker chose.
         TRUSTED_HOSTS=None,
         MAX_CONTENT_LENGTH=2 * 1024 * 1024,
+        # waitress's limits (mdm.server.make_server). A connection that sends
+        # nothing for CHANNEL_TIMEOUT seconds is closed (checked every
+        # CLEANUP_INTERVAL seconds): an IdP sends a request at once and a slow
+        # upload keeps sending, so only a stalled or idle connection waits that
+        # long. A slow-loris client that trickles a byte now and then is never
+        # idle, so the defence against it is room: CONNECTION_LIMIT open
+        # connections (waitress's 100 let 110 such clients starve everyone) cost
+        # a file descriptor and a few KB each. A reverse proxy in front, which
+        # buffers whole requests before passing them on, is the defence in depth.
+        CHANNEL_TIMEOUT=30,
+        CLEANUP_INTERVAL=10,
+        CONNECTION_LIMIT=1000,
+        # A SCIM request's headers are a few hundred bytes (waitress allows 256 KB).
+        MAX_REQUEST_HEADER_SIZE=64 * 1024,
+        # None: four times the larger of MAX_CONTENT_LENGTH and SCIM_BULK_MAX_PAYLOAD.
+        MAX_REQUEST_BODY_SIZE=None,
         # Bulk limits, advertised in /ServiceProviderConfig (RFC 7644 §3.7.4).
         SCIM_BULK_MAX_OPERATIONS=1000,
         SCIM_BULK_MAX_PAYLOAD=1024 * 1024,
