@@ -70,10 +70,10 @@ def is_trusted(host, trusted):
 
 def check():
     """Refuse a request whose Host header names no trusted host, with a 400 saying what to set."""
-    # The first hook of every request, routed or not: no other hook or view
-    # has built a URL from the Host yet.
-    # A request without a Host header (HTTP/1.0) gets URLs built from the
-    # server's own address, which no client chose.
+    # The first hook of every request, routed or not, so no other hook or
+    # view has built a URL from the Host yet. A request without a Host header
+    # (HTTP/1.0) gets URLs built from the server's own address, which no
+    # client chose.
     if "HTTP_HOST" not in request.environ:
         return
     # werkzeug gives "" for a value with characters no host name has.

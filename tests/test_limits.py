@@ -116,3 +116,29 @@ def test_request_size_limits_are_settings(serve):
 
     status, _ = normal_request(port, timeout=10)
     assert status == 200
+
+
+def test_the_open_files_limit_is_raised_to_hold_the_connections(monkeypatch, caplog):
+    import resource
+
+    from mdm.server import connection_limit
+
+    limits = {"soft": 1024, "hard": 4096}
+    monkeypatch.setattr(
+        resource, "getrlimit", lambda kind: (limits["soft"], limits["hard"])
+    )
+    monkeypatch.setattr(
+        resource, "setrlimit", lambda kind, pair: limits.update(soft=pair[0])
+    )
+    assert connection_limit(1000) == 1000
+    assert limits == {"soft": 1064, "hard": 4096}
+    assert caplog.records == []
+
+    # A hard limit too low for the setting: as many as fit, and a warning.
+    limits.update(soft=256, hard=512)
+    assert connection_limit(1000) == 448
+    assert limits == {"soft": 512, "hard": 512}
+    assert [r.getMessage() for r in caplog.records] == [
+        "CONNECTION_LIMIT 1000 is more than the open-files limit (512) allows: "
+        "accepting 448 connections at once."
+    ]
