@@ -1,4 +1,4 @@
-"""Files in the data folder: created owner-only, and tightened when an older install left them open."""
+"""Files in the data folder: created owner-only, tightened where an older install left them open."""
 
 import logging
 import os
@@ -37,7 +37,7 @@ def sqlite_family(path):
 
 
 def tighten(*paths):
-    """Make those of ``paths`` that others may read owner-only (folders 700, files 600), saying so once."""
+    """Make any of ``paths`` others may read owner-only (folders 700, files 600), in one warning."""
     loose = []
     for path in paths:
         try:
