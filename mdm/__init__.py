@@ -9,6 +9,9 @@ from pathlib import Path
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from . import files
+from . import hosts
+
 # The source tree, or the single binary's unpack folder (templates/ and static/).
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,6 +47,8 @@ class App(Flask):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.sync_functions = {}
+        # Host names from TRUSTED_HOSTS and `mdm serve --host` (see mdm.hosts).
+        self.trusted_hosts = []
 
     def ensure_sync(self, func):
         try:
@@ -77,8 +82,30 @@ def create_app(test_config=None):
         # Absolute base such as https://mdm.example.com when a proxy rewrites the host.
         PUBLIC_URL=None,
         # Number of reverse proxies whose X-Forwarded-* headers are trusted.
+        # Behind one, the host checked against TRUSTED_HOSTS is the forwarded one.
         PROXY_FIX=0,
+        # Host names besides PUBLIC_URL's and loopback's that requests may carry
+        # (a list, or names separated by commas; ".example.org" takes its
+        # subdomains). Any other Host header gets a 400, so that no link, redirect
+        # or meta.location ever points at a host an attacker chose.
+        TRUSTED_HOSTS=None,
         MAX_CONTENT_LENGTH=2 * 1024 * 1024,
+        # waitress's limits (mdm.server.make_server). A connection that sends
+        # nothing for CHANNEL_TIMEOUT seconds is closed (checked every
+        # CLEANUP_INTERVAL seconds): an IdP sends a request at once and a slow
+        # upload keeps sending, so only a stalled or idle connection waits that
+        # long. A slow-loris client that trickles a byte now and then is never
+        # idle, so the defence against it is room: CONNECTION_LIMIT open
+        # connections (waitress's 100 let 110 such clients starve everyone) cost
+        # a file descriptor and a few KB each. A reverse proxy in front, which
+        # buffers whole requests before passing them on, is the defence in depth.
+        CHANNEL_TIMEOUT=30,
+        CLEANUP_INTERVAL=10,
+        CONNECTION_LIMIT=1000,
+        # A SCIM request's headers are a few hundred bytes (waitress allows 256 KB).
+        MAX_REQUEST_HEADER_SIZE=64 * 1024,
+        # None: four times the larger of MAX_CONTENT_LENGTH and SCIM_BULK_MAX_PAYLOAD.
+        MAX_REQUEST_BODY_SIZE=None,
         # Bulk limits, advertised in /ServiceProviderConfig (RFC 7644 §3.7.4).
         SCIM_BULK_MAX_OPERATIONS=1000,
         SCIM_BULK_MAX_PAYLOAD=1024 * 1024,
@@ -105,10 +132,26 @@ def create_app(test_config=None):
         app.config.from_prefixed_env("MDM")
     else:
         app.config.update(test_config)
+    # mdm checks the Host header itself (mdm.hosts, the first hook of every request):
+    # Flask's own check of TRUSTED_HOSTS cannot match an IPv6 literal such as
+    # [::1], and its 400 does not say which setting to set.
+    app.trusted_hosts = hosts.setting(app.config["TRUSTED_HOSTS"])
+    app.config["TRUSTED_HOSTS"] = None
     # Owner-only: the folder holds the secret key and the hashes of every credential.
     os.makedirs(app.instance_path, mode=0o700, exist_ok=True)
     if not app.config.get("DATABASE"):
         app.config["DATABASE"] = os.path.join(app.instance_path, "mdm.sqlite")
+    # An install from before files were created owner-only is tightened, in
+    # one warning; new files are created owner-only (mdm.files).
+    activity_file = app.config.get("ACTIVITY_DATABASE") or os.path.join(
+        os.path.dirname(os.path.abspath(app.config["DATABASE"])), "activity.sqlite"
+    )
+    files.tighten(
+        app.instance_path,
+        os.path.join(app.instance_path, "secret_key"),
+        *files.sqlite_family(app.config["DATABASE"]),
+        *files.sqlite_family(activity_file),
+    )
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = _persistent_secret_key(app.instance_path)
 
@@ -123,6 +166,7 @@ def create_app(test_config=None):
     from .forms import csrf
     from .scim import bp as scim_bp
 
+    app.before_request(hosts.check)
     db.init_app(app)
     models.init_app(app)
     activity.init_app(app)

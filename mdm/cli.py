@@ -9,6 +9,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from . import __version__
+from . import hosts
 from .activity import audit
 from .activity import writer
 from .auth import ensure_setup_code
@@ -59,6 +60,14 @@ def serve_command(host, port, threads):
     if postgres():
         click.echo("Database: PostgreSQL (MDM_DATABASE_URL)", err=True)
     click.echo(f"Target SCIM URL: {target_url(host, port)}", err=True)
+    served = hosts.served_address(host)
+    if served and served not in app.trusted_hosts:
+        app.trusted_hosts.append(served)
+    click.echo(
+        f"Trusted hosts: {', '.join(hosts.trusted_hosts(app))} (requests naming "
+        "any other host get 400; set MDM_PUBLIC_URL or MDM_TRUSTED_HOSTS).",
+        err=True,
+    )
 
     code = ensure_setup_code(app)
     if code:
@@ -248,7 +257,10 @@ def backup_command(path):
         )
     if os.path.exists(path):
         raise click.ClickException(f"{path} exists; choose a new file.")
-    pages = backup(path)
+    try:
+        pages = backup(path)
+    except FileExistsError:
+        raise click.ClickException(f"{path} exists; choose a new file.") from None
     click.echo(f"Backed up {pages} pages to {path}.", err=True)
 
 

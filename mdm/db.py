@@ -23,6 +23,8 @@ from peewee import fn
 from playhouse.pool import PooledPostgresqlDatabase
 from playhouse.pool import PooledSqliteDatabase
 
+from . import files
+
 # WAL lets readers run beside the one writer; busy_timeout makes a second
 # writer wait instead of failing with "database is locked".
 PRAGMAS = {
@@ -61,6 +63,8 @@ def is_url(target):
 def connect_database(target, pragmas=PRAGMAS, max_connections=64):
     """Return a connection pool for a SQLite path or a PostgreSQL URL."""
     if not is_url(target):
+        # Owner-only before SQLite creates it: the file holds every credential's hash.
+        files.sqlite_file(target)
         return PooledSqliteDatabase(
             str(target),
             pragmas=pragmas,
@@ -491,6 +495,8 @@ def backup(path):
             "mdm backup copies SQLite databases; back up PostgreSQL with pg_dump "
             "(see the README)."
         )
+    # Created owner-only, and never over an existing file.
+    files.create_private(path, exclusive=True)
     source = sqlite3.connect(database.database, timeout=30)
     target = sqlite3.connect(path)
     try:

@@ -8,6 +8,7 @@ INTERNALS lists every one, and tests/test_server.py checks them, so an
 upgrade that changes one fails there by name.
 """
 
+import logging
 import signal
 import threading
 import time
@@ -24,6 +25,19 @@ GRACE_SECONDS = 30
 # multiple of the app's own limits is refused at once, unread, with a plain 413.
 # Bodies between the two limits still get the app's SCIM 413 (RFC 7644 §3.12).
 BODY_CAP_FACTOR = 4
+
+# mdm's settings for waitress's limits, by the name of waitress's adjustment.
+LIMITS = {
+    "CHANNEL_TIMEOUT": "channel_timeout",
+    "CLEANUP_INTERVAL": "cleanup_interval",
+    "CONNECTION_LIMIT": "connection_limit",
+    "MAX_REQUEST_HEADER_SIZE": "max_request_header_size",
+}
+
+# File descriptors kept for other than connections (see connection_limit).
+SPARE_DESCRIPTORS = 64
+
+log = logging.getLogger("mdm")
 
 # The waitress internals the graceful stop uses: attributes of the server,
 # of each connection (channel), and the event loop's signature.
@@ -88,6 +102,9 @@ def make_server(app, host, port, threads):
         threads=threads,
         ident="mdm",
         max_request_body_size=body_cap(app.config),
+        # select() cannot watch a descriptor numbered 1024 or more; poll() can.
+        asyncore_use_poll=True,
+        **limits(app.config),
         # waitress strips X-Forwarded-* from peers it does not itself trust;
         # with PROXY_FIX set, werkzeug's ProxyFix in the app decides instead.
         clear_untrusted_proxy_headers=not trusts_proxy(app.config),
@@ -109,10 +126,51 @@ def trusts_proxy(config):
     return int(config.get("PROXY_FIX") or 0) > 0
 
 
+def limits(config):
+    """Return waitress's adjustments for the limits the app sets (see create_app)."""
+    found = {
+        adjustment: int(config[name])
+        for name, adjustment in LIMITS.items()
+        if config.get(name)
+    }
+    if "connection_limit" in found:
+        found["connection_limit"] = connection_limit(found["connection_limit"])
+    return found
+
+
 def body_cap(config):
     """Return the largest body waitress will read for the app."""
+    if config.get("MAX_REQUEST_BODY_SIZE"):
+        return int(config["MAX_REQUEST_BODY_SIZE"])
     limits = [config.get("MAX_CONTENT_LENGTH"), config.get("SCIM_BULK_MAX_PAYLOAD")]
     return BODY_CAP_FACTOR * max(int(limit) for limit in limits if limit)
+
+
+def connection_limit(wanted):
+    """Return how many connections to accept, raising the open-files limit to hold them."""
+    # Every connection is a file descriptor; the process also needs some for
+    # its database files, its listening socket and its logs. The soft limit
+    # (often 1024) is raised as far as the hard one allows.
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit to raise
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = wanted + SPARE_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return wanted
+    fitted = max(soft - SPARE_DESCRIPTORS, 1)
+    log.warning(
+        "CONNECTION_LIMIT %d is more than the open-files limit (%d) allows: "
+        "accepting %d connections at once.",
+        wanted,
+        soft,
+        fitted,
+    )
+    return fitted
 
 
 #

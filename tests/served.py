@@ -44,10 +44,12 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def start(env, log_path, threads=None, timeout=30, command=MDM, cwd=ROOT):
+def start(env, log_path, threads=None, timeout=30, command=MDM, cwd=ROOT, host=None):
     """Start ``mdm serve`` on a free port; return (process, port) once it accepts."""
     port = free_port()
     more = ["--threads", str(threads)] if threads else []
+    if host:
+        more += ["--host", host]
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [*command, "serve", "--port", str(port), *more],
@@ -64,7 +66,7 @@ def start(env, log_path, threads=None, timeout=30, command=MDM, cwd=ROOT):
                 f"mdm serve exited with {process.returncode}; see {log_path}"
             )
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
+            with socket.create_connection((host or "127.0.0.1", port), timeout=1):
                 return process, port
         except OSError:
             time.sleep(0.05)
@@ -86,9 +88,9 @@ def stop(process, kill=False, timeout=10):
         return process.wait(timeout=timeout)
 
 
-def request(port, method, path, body=None, headers=()):
+def request(port, method, path, body=None, headers=(), address="127.0.0.1"):
     """Send one HTTP request to the served stack; return (response, raw body)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn = http.client.HTTPConnection(address, port, timeout=30)
     try:
         conn.request(
             method,

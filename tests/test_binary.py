@@ -360,7 +360,7 @@ def test_binary_migrates_an_older_schema_on_start(machine):
 
 def test_binary_refuses_a_newer_database_in_one_line(machine):
     instance = machine.root / "data"
-    instance.mkdir()
+    instance.mkdir(mode=0o700)  # as mdm makes it: no warning to tighten it
     bind_test_database(instance / "mdm.sqlite")
     with database.connection_context():
         set_schema_version(database, "mdm", 99)

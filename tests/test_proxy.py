@@ -47,7 +47,7 @@ def _create_user(port, secret):
 
 
 def test_served_behind_a_proxy_uses_the_forwarded_scheme_and_host(serve):
-    port, secret = serve(PROXY_FIX=1)
+    port, secret = serve(PROXY_FIX=1, TRUSTED_HOSTS="mdm.example.org")
     response, user = _create_user(port, secret)
     location = f"https://mdm.example.org/scim/v2/Users/{user['id']}"
     assert response.getheader("Location") == location
@@ -71,3 +71,23 @@ def test_served_without_proxy_fix_ignores_forwarded_headers(serve):
     response, _ = served.request(port, "GET", "/login", headers=FORWARDED)
     assert "Secure" not in response.getheader("Set-Cookie")
     assert response.getheader("Strict-Transport-Security") is None
+
+
+def test_behind_a_proxy_the_forwarded_host_must_be_trusted(serve):
+    port, secret = serve(PROXY_FIX=1)
+    headers = {"Authorization": f"Bearer {secret}", **FORWARDED}
+    response, payload = served.request(port, "GET", "/scim/v2/Users", headers=headers)
+    assert response.status == 400
+    assert json.loads(payload) == {
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
+        "status": "400",
+        "detail": "This server does not answer to the host name 'mdm.example.org'. "
+        "If clients reach it by that name, set MDM_PUBLIC_URL to the address they "
+        "use, or add the name to MDM_TRUSTED_HOSTS.",
+    }
+
+    # PUBLIC_URL names the proxy's public host: trusted, and the base of every URL.
+    port, secret = serve(PROXY_FIX=1, PUBLIC_URL="https://mdm.example.org/")
+    response, user = _create_user(port, secret)
+    location = f"https://mdm.example.org/scim/v2/Users/{user['id']}"
+    assert response.getheader("Location") == location

@@ -113,6 +113,7 @@ def test_forwarded_headers_are_trusted_only_when_configured(tmp_path):
                 "TESTING": True,
                 **database_config(tmp_path / f"{hops}.db"),
                 "PROXY_FIX": hops,
+                "TRUSTED_HOSTS": ["mdm.example.org"],
             }
         )
         _, secret = issue_token(app)
