@@ -21,6 +21,7 @@ from .activity_store import ENTRY_COLUMNS as ENTRY_COLUMNS
 from .activity_store import SCHEMA_VERSION as SCHEMA_VERSION
 from .activity_store import ActivityEntry as ActivityEntry
 from .activity_store import AuditEvent as AuditEvent
+from .activity_store import Refusal as Refusal
 from .activity_store import activity_db as activity_db
 from .activity_store import bind
 from .activity_store import prune as prune
@@ -252,6 +253,10 @@ def _record(response):
     notes = g._get_current_object()
     if not current_app.config.get("ACTIVITY_LOG", True):
         return response
+    refused = notes.get("scim_refusal")
+    if refused is not None and response.status_code == 401:
+        _count_refusal(req, refused)
+        return response
     started = notes.get("activity_started")
     duration = round((time.perf_counter() - started) * 1000, 2) if started else 0.0
     status = response.status_code
@@ -289,6 +294,35 @@ def _record(response):
         ),
     )
     return response
+
+
+# User-Agent words of the identity providers' SCIM clients (lower case), for
+# telling a provider with a bad token from unknown clients.
+IDP_AGENTS = (("azure ad scim", "entra"), ("okta", "okta"))
+
+
+def idp_of_agent(user_agent):
+    """Return the identity provider a User-Agent names, or None."""
+    lowered = (user_agent or "")[:512].lower()
+    return next((idp for word, idp in IDP_AGENTS if word in lowered), None)
+
+
+def _count_refusal(req, refused):
+    """Count a request refused before authentication; its body is never read."""
+    # Anyone can send these: a row and a body each would let a flood fill
+    # the log and push provisioning history out under the row cap.
+    reason, token_key, idp = refused
+    user_agent = (req.environ.get("HTTP_USER_AGENT") or "")[:512] or None
+    writer.refuse(
+        utcnow(),
+        reason,
+        idp or idp_of_agent(user_agent),
+        token_key,
+        req.remote_addr,
+        user_agent,
+        req.method[:16],
+        req.path[:512],
+    )
 
 
 def _request_body(req):
