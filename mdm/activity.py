@@ -66,25 +66,33 @@ def redact(value):
 
 def body_text(raw):
     """Return a redacted, truncated text form of a request or response body."""
-    # Bodies are parsed only when they mention a secret-looking key, so most
-    # list responses are stored as sent rather than parsed and re-serialised.
+    # Redaction works on the parsed body. Parsing is skipped only for text that
+    # can hold no secret-looking name: none spelled out and no \u escape, which
+    # could spell one ("pass\u0077ord"); most list responses are such text.
     if not raw:
         return None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return f"[{len(raw)} bytes, not UTF-8]"
-    if not mentions_secret(text):
+    if "\\u" not in text and not mentions_secret(text):
         return _truncate(text)
     try:
         parsed = json.loads(text)
     except (ValueError, RecursionError):
-        # Not JSON, yet it mentions a secret: keep nothing of it.
+        # Not JSON, yet it may name a secret: keep nothing of it.
         return "[unparsed body withheld: it may contain a secret]"
     try:
-        return _truncate(json.dumps(redact(parsed), ensure_ascii=False))
+        cleaned = json.dumps(redact(parsed), ensure_ascii=False)
     except RecursionError:
         return "[body nested too deeply to redact: withheld]"
+    if not cleaned.isascii():
+        try:
+            cleaned.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate ("\ud800") cannot be stored as text; keep it escaped.
+            cleaned = json.dumps(redact(parsed))
+    return _truncate(cleaned)
 
 
 def mentions_secret(text):
@@ -210,7 +218,10 @@ def record_operation(method, path, status, noted, body, response, duration):
 def _json_text(value):
     if value is None:
         return None
-    return body_text(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+    # surrogatepass: a lone surrogate from a \u escape must not raise here.
+    return body_text(
+        json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    )
 
 
 def _client(req, notes):
