@@ -243,12 +243,17 @@ def _start_timer():
 # (see serve_api), so that this module imports nothing of the API.
 _api_prefix = None
 _is_api_path = None
+_identify = None
 
 
-def serve_api(prefix, is_api_path):
-    """Record the requests for which ``is_api_path(path)``, an API mounted at ``prefix``."""
-    global _api_prefix, _is_api_path
-    _api_prefix, _is_api_path = prefix, is_api_path
+def serve_api(prefix, is_api_path, identify=None):
+    """Record the requests for which ``is_api_path(path)``, an API mounted at ``prefix``.
+
+    ``identify(request)`` returns (token, None) for a valid bearer token, else
+    (None, (reason, token key, connection)).
+    """
+    global _api_prefix, _is_api_path, _identify
+    _api_prefix, _is_api_path, _identify = prefix, is_api_path, identify
     _known_resource.cache_clear()
 
 
@@ -264,10 +269,17 @@ def _record(response):
     notes = g._get_current_object()
     if not current_app.config.get("ACTIVITY_LOG", True):
         return response
-    refused = notes.get("scim_refusal")
-    if refused is not None and response.status_code == 401:
-        _count_refusal(req, refused)
-        return response
+    if notes.get("scim_token") is None:
+        # Only a valid token earns a row: anything else (refused, unrouted,
+        # discovery without a token) anyone can send, so it is counted.
+        refused = notes.get("scim_refusal")
+        if refused is None and _identify is not None:
+            token, refused = _identify(req)
+            if token is not None:
+                notes.scim_token = token
+        if refused is not None:
+            _count_refusal(req, refused, response.status_code)
+            return response
     started = notes.get("activity_started")
     duration = round((time.perf_counter() - started) * 1000, 2) if started else 0.0
     status = response.status_code
@@ -318,14 +330,15 @@ def idp_of_agent(user_agent):
     return next((idp for word, idp in IDP_AGENTS if word in lowered), None)
 
 
-def _count_refusal(req, refused):
-    """Count a request refused before authentication; its body is never read."""
+def _count_refusal(req, refused, status):
+    """Count a request sent without a valid token; its body is never read."""
     # Anyone can send these: a row and a body each would let a flood fill
     # the log and push provisioning history out under the row cap.
     reason, token_key, idp = refused
     user_agent = (req.environ.get("HTTP_USER_AGENT") or "")[:512] or None
     writer.refuse(
         utcnow(),
+        status,
         reason,
         idp or idp_of_agent(user_agent),
         token_key,

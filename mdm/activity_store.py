@@ -37,7 +37,7 @@ PRAGMAS = {"journal_mode": "wal", "busy_timeout": 15000, "synchronous": "normal"
 # Unopened until ``bind``; closing it is harmless.
 activity_db = DatabaseProxy()
 activity_db.initialize(PooledSqliteDatabase(None, pragmas=PRAGMAS))
-# 2: the refusal table (requests refused before authentication, counted).
+# 2: the refusal table (requests without a valid token, counted).
 SCHEMA_VERSION = 2
 
 
@@ -85,12 +85,14 @@ class AuditEvent(activity_db.Model):
 
 
 class Refusal(activity_db.Model):
-    """Requests refused before authentication (401), counted per bucket, never logged one by one."""
+    """SCIM requests without a valid token, counted per bucket, never logged one by one."""
 
-    # Anyone on the internet can send these, so they get a bounded number of
-    # small rows of their own and can never push provisioning history out.
+    # Anyone on the internet can send these (most are refused with 401), so
+    # they get a bounded number of small rows of their own and can never push
+    # provisioning history out.
 
     bucket = DateTimeField(index=True)
+    status = IntegerField()
     reason = TextField()
     idp = TextField(default="")
     token_key = TextField(default="")
@@ -103,14 +105,20 @@ class Refusal(activity_db.Model):
 
     class Meta:
         table_name = "refusal"
-        indexes = ((("bucket", "reason", "idp", "token_key", "client_address"), True),)
+        indexes = (
+            (
+                ("bucket", "status", "reason", "idp", "token_key", "client_address"),
+                True,
+            ),
+        )
 
 
 ACTIVITY_MODELS = [ActivityEntry, AuditEvent, Refusal]
 
 # Refusals are counted per ten minutes; within one bucket, at most this many
-# (reason, connection, token key, address) rows are kept apart, and the rest are
-# folded into one row per reason and connection with the address "*".
+# (status, reason, connection, token key, address) rows are kept apart, and the
+# rest are folded into one row per status, reason and connection with the
+# address "*".
 REFUSAL_BUCKET_MINUTES = 10
 REFUSAL_ROWS_PER_BUCKET = 20
 # Distinct refusals held in memory between two writes, folded beyond that.
@@ -192,14 +200,16 @@ class Writer:
         if not self.wake.is_set():
             self.wake.set()
 
-    def refuse(self, when, reason, idp, token_key, address, user_agent, method, path):
-        """Count one request refused before authentication; no row of its own."""
+    def refuse(
+        self, when, status, reason, idp, token_key, address, user_agent, method, path
+    ):
+        """Count one request sent without a valid token; no row of its own."""
         bucket = when.replace(
             minute=when.minute - when.minute % REFUSAL_BUCKET_MINUTES,
             second=0,
             microsecond=0,
         )
-        key = (bucket, reason, idp or "", token_key or "", address or "")
+        key = (bucket, status, reason, idp or "", token_key or "", address or "")
         with self.lock:
             counted = self.refusals.get(key)
             if counted is None and len(self.refusals) >= REFUSAL_PENDING:
@@ -318,10 +328,11 @@ def _entries_sql(engine, model, count):
 
 def fold(key):
     """Return the row a refusal is counted in once its bucket has no room left."""
-    bucket, reason, idp, token_key, _ = key
+    bucket, status, reason, idp, token_key, _ = key
     # A key of a token this server holds stays apart: there are few of them,
     # and they are what tells an administrator which connection is failing.
-    return (bucket, reason, idp, token_key if reason in HELD_TOKEN else "", FOLDED)
+    held = token_key if reason in HELD_TOKEN else ""
+    return (bucket, status, reason, idp, held, FOLDED)
 
 
 def _count_refusals(refusals):
@@ -329,7 +340,7 @@ def _count_refusals(refusals):
     room = {}
     merged = {}
     for key, counted in refusals.items():
-        if key[4] != FOLDED and not _has_row(key):
+        if key[-1] != FOLDED and not _has_row(key):
             bucket = key[0]
             if bucket not in room:
                 room[bucket] = REFUSAL_ROWS_PER_BUCKET - (
@@ -349,10 +360,11 @@ def _count_refusals(refusals):
         else:
             merged[key] = list(counted)
     for key, (count, last, user_agent, method, path) in merged.items():
-        bucket, reason, idp, token_key, address = key
+        bucket, status, reason, idp, token_key, address = key
         (
             Refusal.insert(
                 bucket=bucket,
+                status=status,
                 reason=reason,
                 idp=idp,
                 token_key=token_key,
@@ -366,6 +378,7 @@ def _count_refusals(refusals):
             .on_conflict(
                 conflict_target=[
                     Refusal.bucket,
+                    Refusal.status,
                     Refusal.reason,
                     Refusal.idp,
                     Refusal.token_key,
@@ -384,11 +397,12 @@ def _count_refusals(refusals):
 
 
 def _has_row(key):
-    bucket, reason, idp, token_key, address = key
+    bucket, status, reason, idp, token_key, address = key
     return (
         Refusal.select(Refusal.id)
         .where(
             (Refusal.bucket == bucket)
+            & (Refusal.status == status)
             & (Refusal.reason == reason)
             & (Refusal.idp == idp)
             & (Refusal.token_key == token_key)

@@ -176,9 +176,10 @@ def test_success_is_recorded(app, client):
 
 
 def test_discovery_requests_are_config(app, scim):
+    """Discovery needs no token, but one sent names the connection."""
     scim.get("/ServiceProviderConfig")
     entry = last_entry()
-    assert (entry.resource_type, entry.status, entry.idp) == ("Config", 200, None)
+    assert (entry.resource_type, entry.status, entry.idp) == ("Config", 200, "entra")
 
 
 def test_401_without_token(app, client):

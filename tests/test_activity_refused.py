@@ -207,6 +207,28 @@ def test_a_known_token_keeps_its_own_row_in_a_flood(app, client):
     ]
 
 
+def test_requests_no_view_authenticates_are_counted_unless_their_token_is_valid(
+    app, client, scim
+):
+    """Unrouted paths, wrong methods and discovery: only a valid token earns a row."""
+    body = b'{"password": "' + b"x" * 20000 + b'"}'
+    assert client.post("/scim/v2/Nope", data=body).status_code == 404
+    assert client.post("/scim/v2/Schemas/x", data=body).status_code == 405
+    assert client.get("/scim/v2/ServiceProviderConfig").status_code == 200
+    headers = {"Authorization": "Bearer mdm_00ff_x"}
+    assert client.get("/scim/v2/Nope", headers=headers).status_code == 404
+    assert scim.get("/Nope").status_code == 404
+    counted = sorted((r.status, r.reason, r.method, r.path) for r in refusals())
+    assert counted == [
+        (200, "no token", "GET", "/scim/v2/ServiceProviderConfig"),
+        (404, "no token", "POST", "/scim/v2/Nope"),
+        (404, "unknown token", "GET", "/scim/v2/Nope"),
+        (405, "no token", "POST", "/scim/v2/Schemas/x"),
+    ]
+    (entry,) = entries()
+    assert (entry.idp, entry.status, entry.path) == ("entra", 404, "/scim/v2/Nope")
+
+
 def test_valid_requests_are_logged_as_before(app, scim):
     scim.get("/Users")
     (entry,) = entries()
@@ -228,6 +250,7 @@ def test_the_refused_page_lists_counts(app, client, console):
     ]
     assert [row[1:] for row in rows] == [
         [
+            "401",
             "unknown token 000000000002",
             "Entra ID",
             "198.51.0.2",
@@ -235,7 +258,15 @@ def test_the_refused_page_lists_counts(app, client, console):
             "POST /scim/v2/Users",
             ENTRA_AGENT,
         ],
-        ["no token", "Unknown", "198.51.0.0", "3", "POST /scim/v2/Users", "curl/8.5.0"],
+        [
+            "401",
+            "no token",
+            "Unknown",
+            "198.51.0.0",
+            "3",
+            "POST /scim/v2/Users",
+            "curl/8.5.0",
+        ],
     ]
     assert "never-kept" not in response.get_data(as_text=True)
 

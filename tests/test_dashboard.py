@@ -407,6 +407,7 @@ def refusal(minutes, **fields):
     writer.flush()
     values = {
         "bucket": ago(minutes=minutes).replace(second=0),
+        "status": 401,
         "reason": "inactive token",
         "idp": "entra",
         "token_key": "abc123",
@@ -421,6 +422,7 @@ def refusal(minutes, **fields):
 
 def test_401_banner_only_within_the_cycle(console):
     refusal(81)
+    refusal(5, status=404, client_address="10.0.0.4")
     assert banners(console) == []
     refusal(79, client_address="10.0.0.2")
     refusal(2, client_address="10.0.0.3")

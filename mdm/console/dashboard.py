@@ -10,7 +10,6 @@ from flask import current_app
 from flask import render_template
 from flask import url_for
 from peewee import Case
-from peewee import Value
 from peewee import fn
 from werkzeug.routing import BuildError
 
@@ -108,10 +107,15 @@ def hourly_rows(since):
         .group_by(hour)
         .tuples()
     )
-    # Requests refused before authentication are counted apart; every one failed.
+    # Requests without a valid token are counted apart.
     refused_hour = hour_label(Refusal.bucket)
+    refused_failed = Refusal.status >= 400
     refused = (
-        Refusal.select(refused_hour, Value(0), fn.SUM(Refusal.requests))
+        Refusal.select(
+            refused_hour,
+            fn.SUM(Case(None, [(~refused_failed, Refusal.requests)], 0)),
+            fn.SUM(Case(None, [(refused_failed, Refusal.requests)], 0)),
+        )
         .where(Refusal.bucket >= since)
         .group_by(refused_hour)
         .tuples()
@@ -392,7 +396,7 @@ def refused_requests(now):
     with activity_db.connection_context():
         rows = list(
             Refusal.select(Refusal.idp, Refusal.token_key, fn.SUM(Refusal.requests))
-            .where(Refusal.last_time >= now - CYCLE)
+            .where((Refusal.last_time >= now - CYCLE) & (Refusal.status == 401))
             .group_by(Refusal.idp, Refusal.token_key)
             .tuples()
         )

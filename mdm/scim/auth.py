@@ -35,18 +35,17 @@ def authenticate():
     req = request._get_current_object()  # one context lookup, not one per use
     if req.endpoint in PUBLIC_ENDPOINTS:
         return
-    credentials = req.authorization
-    if credentials is None or credentials.type != "bearer" or not credentials.token:
-        g.scim_refusal = ("no token", None, None)
+    token, refused = identify(req)
+    if refused is not None:
+        g.scim_refusal = refused
+    if refused == NO_TOKEN:
         raise ScimError(
             401,
             None,
             "Authentication required: send Authorization: Bearer <token>.",
             {"WWW-Authenticate": 'Bearer realm="SCIM"'},
         )
-    token = BearerToken.authenticate(credentials.token)
     if token is None:
-        g.scim_refusal = refusal(credentials.token)
         raise ScimError(
             401,
             None,
@@ -55,6 +54,22 @@ def authenticate():
         )
     token.touch(req.environ.get("HTTP_USER_AGENT"))
     g.scim_token = token
+
+
+NO_TOKEN = ("no token", None, None)
+
+
+def identify(req):
+    """Return (token, None) for a request's live bearer token, else (None, why not)."""
+    # Also asked by the activity log about requests this module never saw
+    # (unrouted paths, discovery), so that only a valid token earns a row.
+    credentials = req.authorization
+    if credentials is None or credentials.type != "bearer" or not credentials.token:
+        return None, NO_TOKEN
+    token = BearerToken.authenticate(credentials.token)
+    if token is None:
+        return None, refusal(credentials.token)
+    return token, None
 
 
 # The public part of a token: mdm_<key>_<secret>, the key as BearerToken issues it.
