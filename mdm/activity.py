@@ -21,6 +21,7 @@ from .activity_store import ENTRY_COLUMNS as ENTRY_COLUMNS
 from .activity_store import SCHEMA_VERSION as SCHEMA_VERSION
 from .activity_store import ActivityEntry as ActivityEntry
 from .activity_store import AuditEvent as AuditEvent
+from .activity_store import Refusal as Refusal
 from .activity_store import activity_db as activity_db
 from .activity_store import bind
 from .activity_store import prune as prune
@@ -65,25 +66,33 @@ def redact(value):
 
 def body_text(raw):
     """Return a redacted, truncated text form of a request or response body."""
-    # Bodies are parsed only when they mention a secret-looking key, so most
-    # list responses are stored as sent rather than parsed and re-serialised.
+    # Redaction works on the parsed body. Parsing is skipped only for text that
+    # can hold no secret-looking name: none spelled out and no \u escape, which
+    # could spell one ("pass\u0077ord"); most list responses are such text.
     if not raw:
         return None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return f"[{len(raw)} bytes, not UTF-8]"
-    if not mentions_secret(text):
+    if "\\u" not in text and not mentions_secret(text):
         return _truncate(text)
     try:
         parsed = json.loads(text)
     except (ValueError, RecursionError):
-        # Not JSON, yet it mentions a secret: keep nothing of it.
+        # Not JSON, yet it may name a secret: keep nothing of it.
         return "[unparsed body withheld: it may contain a secret]"
     try:
-        return _truncate(json.dumps(redact(parsed), ensure_ascii=False))
+        cleaned = json.dumps(redact(parsed), ensure_ascii=False)
     except RecursionError:
         return "[body nested too deeply to redact: withheld]"
+    if not cleaned.isascii():
+        try:
+            cleaned.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate ("\ud800") cannot be stored as text; keep it escaped.
+            cleaned = json.dumps(redact(parsed))
+    return _truncate(cleaned)
 
 
 def mentions_secret(text):
@@ -209,7 +218,10 @@ def record_operation(method, path, status, noted, body, response, duration):
 def _json_text(value):
     if value is None:
         return None
-    return body_text(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+    # surrogatepass: a lone surrogate from a \u escape must not raise here.
+    return body_text(
+        json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    )
 
 
 def _client(req, notes):
@@ -231,12 +243,17 @@ def _start_timer():
 # (see serve_api), so that this module imports nothing of the API.
 _api_prefix = None
 _is_api_path = None
+_identify = None
 
 
-def serve_api(prefix, is_api_path):
-    """Record the requests for which ``is_api_path(path)``, an API mounted at ``prefix``."""
-    global _api_prefix, _is_api_path
-    _api_prefix, _is_api_path = prefix, is_api_path
+def serve_api(prefix, is_api_path, identify=None):
+    """Record the requests for which ``is_api_path(path)``, an API mounted at ``prefix``.
+
+    ``identify(request)`` returns (token, None) for a valid bearer token, else
+    (None, (reason, token key, connection)).
+    """
+    global _api_prefix, _is_api_path, _identify
+    _api_prefix, _is_api_path, _identify = prefix, is_api_path, identify
     _known_resource.cache_clear()
 
 
@@ -252,6 +269,17 @@ def _record(response):
     notes = g._get_current_object()
     if not current_app.config.get("ACTIVITY_LOG", True):
         return response
+    if notes.get("scim_token") is None:
+        # Only a valid token earns a row: anything else (refused, unrouted,
+        # discovery without a token) anyone can send, so it is counted.
+        refused = notes.get("scim_refusal")
+        if refused is None and _identify is not None:
+            token, refused = _identify(req)
+            if token is not None:
+                notes.scim_token = token
+        if refused is not None:
+            _count_refusal(req, refused, response.status_code)
+            return response
     started = notes.get("activity_started")
     duration = round((time.perf_counter() - started) * 1000, 2) if started else 0.0
     status = response.status_code
@@ -289,6 +317,36 @@ def _record(response):
         ),
     )
     return response
+
+
+# User-Agent words of the identity providers' SCIM clients (lower case), for
+# telling a provider with a bad token from unknown clients.
+IDP_AGENTS = (("azure ad scim", "entra"), ("okta", "okta"))
+
+
+def idp_of_agent(user_agent):
+    """Return the identity provider a User-Agent names, or None."""
+    lowered = (user_agent or "")[:512].lower()
+    return next((idp for word, idp in IDP_AGENTS if word in lowered), None)
+
+
+def _count_refusal(req, refused, status):
+    """Count a request sent without a valid token; its body is never read."""
+    # Anyone can send these: a row and a body each would let a flood fill
+    # the log and push provisioning history out under the row cap.
+    reason, token_key, idp = refused
+    user_agent = (req.environ.get("HTTP_USER_AGENT") or "")[:512] or None
+    writer.refuse(
+        utcnow(),
+        status,
+        reason,
+        idp or idp_of_agent(user_agent),
+        token_key,
+        req.remote_addr,
+        user_agent,
+        req.method[:16],
+        req.path[:512],
+    )
 
 
 def _request_body(req):

@@ -16,6 +16,7 @@ import time
 from datetime import timedelta
 
 from flask import current_app
+from peewee import EXCLUDED
 from peewee import DatabaseProxy
 from peewee import DateTimeField
 from peewee import FloatField
@@ -36,7 +37,8 @@ PRAGMAS = {"journal_mode": "wal", "busy_timeout": 15000, "synchronous": "normal"
 # Unopened until ``bind``; closing it is harmless.
 activity_db = DatabaseProxy()
 activity_db.initialize(PooledSqliteDatabase(None, pragmas=PRAGMAS))
-SCHEMA_VERSION = 1
+# 2: the refusal table (requests without a valid token, counted).
+SCHEMA_VERSION = 2
 
 
 class ActivityEntry(activity_db.Model):
@@ -82,7 +84,51 @@ class AuditEvent(activity_db.Model):
         table_name = "audit_event"
 
 
-ACTIVITY_MODELS = [ActivityEntry, AuditEvent]
+class Refusal(activity_db.Model):
+    """SCIM requests without a valid token, counted per bucket, never logged one by one."""
+
+    # Anyone on the internet can send these (most are refused with 401), so
+    # they get a bounded number of small rows of their own and can never push
+    # provisioning history out.
+
+    bucket = DateTimeField(index=True)
+    status = IntegerField()
+    reason = TextField()
+    idp = TextField(default="")
+    token_key = TextField(default="")
+    client_address = TextField(default="")
+    requests = IntegerField(default=0)
+    last_time = DateTimeField(index=True)
+    user_agent = TextField(null=True)
+    method = TextField(default="")
+    path = TextField(default="")
+
+    class Meta:
+        table_name = "refusal"
+        indexes = (
+            (
+                ("bucket", "status", "reason", "idp", "token_key", "client_address"),
+                True,
+            ),
+        )
+
+
+ACTIVITY_MODELS = [ActivityEntry, AuditEvent, Refusal]
+
+# Refusals are counted per ten minutes; within one bucket, at most this many
+# (status, reason, connection, token key, address) rows are kept apart, and the
+# rest are folded into one row per status, reason and connection with the
+# address "*".
+REFUSAL_BUCKET_MINUTES = 10
+REFUSAL_ROWS_PER_BUCKET = 20
+# Distinct refusals held in memory between two writes, folded beyond that.
+REFUSAL_PENDING = 1000
+FOLDED = "*"
+# The reasons (mdm.scim.auth.refusal) under which the token key is one this
+# server holds.
+HELD_TOKEN = ("expired token", "inactive token", "wrong secret")
+# Refusal rows kept at most, newest first, whatever their age.
+REFUSAL_MAX_ROWS = 10000
 
 
 # The columns of a queued ActivityEntry tuple, in the model's field order
@@ -133,6 +179,7 @@ class Writer:
         self.retention_days = 30
         self.max_rows = 500000
         self.dropped = 0
+        self.refusals = {}
         self._last_prune = 0.0
 
     def start(self):
@@ -153,6 +200,34 @@ class Writer:
         if not self.wake.is_set():
             self.wake.set()
 
+    def refuse(
+        self, when, status, reason, idp, token_key, address, user_agent, method, path
+    ):
+        """Count one request sent without a valid token; no row of its own."""
+        bucket = when.replace(
+            minute=when.minute - when.minute % REFUSAL_BUCKET_MINUTES,
+            second=0,
+            microsecond=0,
+        )
+        key = (bucket, status, reason, idp or "", token_key or "", address or "")
+        with self.lock:
+            counted = self.refusals.get(key)
+            if counted is None and len(self.refusals) >= REFUSAL_PENDING:
+                key = fold(key)
+                counted = self.refusals.get(key)
+            if counted is None:
+                self.refusals[key] = [1, when, user_agent, method, path]
+            else:
+                counted[0] += 1
+                counted[1:] = when, user_agent, method, path
+        if not self.wake.is_set():
+            self.wake.set()
+
+    def _take_refusals(self):
+        with self.lock:
+            taken, self.refusals = self.refusals, {}
+        return taken
+
     def _run(self):
         while True:
             self.wake.wait()
@@ -161,7 +236,7 @@ class Writer:
             self.hurry.clear()
             # Cleared before draining: a row appended after the drain sets it again.
             self.wake.clear()
-            while self.pending:
+            while self.pending or self.refusals:
                 batch = []
                 while self.pending and len(batch) < self.BATCH:
                     batch.append(self.pending.popleft())
@@ -178,6 +253,9 @@ class Writer:
                     row.set()  # a flush marker: everything before it is written
 
     def _insert(self, batch):
+        # Taken after the batch: a flush marker then follows every refusal
+        # counted before it.
+        refusals = self._take_refusals()
         # One INSERT takes rows of one shape: tuples, or dicts with the same keys.
         groups = {}
         for model, row in batch:
@@ -185,9 +263,11 @@ class Writer:
                 continue  # a flush marker
             shape = None if type(row) is tuple else frozenset(row)
             groups.setdefault((model, shape), []).append(row)
-        if not groups:
+        if not groups and not refusals:
             return
         with activity_db.connection_context(), activity_db.atomic():
+            if refusals:
+                _count_refusals(refusals)
             for (model, shape), rows in groups.items():
                 if shape is None:
                     fields = [model._meta.fields[name] for name in ENTRY_COLUMNS]
@@ -246,6 +326,92 @@ def _entries_sql(engine, model, count):
     return sql
 
 
+def fold(key):
+    """Return the row a refusal is counted in once its bucket has no room left."""
+    bucket, status, reason, idp, token_key, _ = key
+    # A key of a token this server holds stays apart: there are few of them,
+    # and they are what tells an administrator which connection is failing.
+    held = token_key if reason in HELD_TOKEN else ""
+    return (bucket, status, reason, idp, held, FOLDED)
+
+
+def _count_refusals(refusals):
+    """Add counted refusals to their rows, at most REFUSAL_ROWS_PER_BUCKET apart per bucket."""
+    room = {}
+    merged = {}
+    for key, counted in refusals.items():
+        if key[-1] != FOLDED and not _has_row(key):
+            bucket = key[0]
+            if bucket not in room:
+                room[bucket] = REFUSAL_ROWS_PER_BUCKET - (
+                    Refusal.select()
+                    .where(
+                        (Refusal.bucket == bucket) & (Refusal.client_address != FOLDED)
+                    )
+                    .count()
+                )
+            if room[bucket] > 0:
+                room[bucket] -= 1
+            else:
+                key = fold(key)
+        if key in merged:
+            merged[key][0] += counted[0]
+            merged[key][1:] = counted[1:]
+        else:
+            merged[key] = list(counted)
+    for key, (count, last, user_agent, method, path) in merged.items():
+        bucket, status, reason, idp, token_key, address = key
+        (
+            Refusal.insert(
+                bucket=bucket,
+                status=status,
+                reason=reason,
+                idp=idp,
+                token_key=token_key,
+                client_address=address,
+                requests=count,
+                last_time=last,
+                user_agent=_without_nul((user_agent or "")[:512] or None),
+                method=_without_nul(method[:16]),
+                path=_without_nul(path[:512]),
+            )
+            .on_conflict(
+                conflict_target=[
+                    Refusal.bucket,
+                    Refusal.status,
+                    Refusal.reason,
+                    Refusal.idp,
+                    Refusal.token_key,
+                    Refusal.client_address,
+                ],
+                update={
+                    Refusal.requests: Refusal.requests + EXCLUDED.requests,
+                    Refusal.last_time: EXCLUDED.last_time,
+                    Refusal.user_agent: EXCLUDED.user_agent,
+                    Refusal.method: EXCLUDED.method,
+                    Refusal.path: EXCLUDED.path,
+                },
+            )
+            .execute()
+        )
+
+
+def _has_row(key):
+    bucket, status, reason, idp, token_key, address = key
+    return (
+        Refusal.select(Refusal.id)
+        .where(
+            (Refusal.bucket == bucket)
+            & (Refusal.status == status)
+            & (Refusal.reason == reason)
+            & (Refusal.idp == idp)
+            & (Refusal.token_key == token_key)
+            & (Refusal.client_address == address)
+        )
+        .exists()
+    )
+
+
 def _without_nul(value):
     if type(value) is str and "\x00" in value:
         # PostgreSQL refuses NUL in text; one such row must not sink its batch.
@@ -282,6 +448,16 @@ def prune(retention_days, max_rows):
     )
     if newest_kept is not None:
         ActivityEntry.delete().where(ActivityEntry.id <= newest_kept).execute()
+    Refusal.delete().where(Refusal.last_time < cutoff).execute()
+    newest_kept = (
+        Refusal.select(Refusal.id)
+        .order_by(Refusal.id.desc())
+        .offset(REFUSAL_MAX_ROWS)
+        .limit(1)
+        .scalar()
+    )
+    if newest_kept is not None:
+        Refusal.delete().where(Refusal.id <= newest_kept).execute()
 
 
 def bind(target):

@@ -18,6 +18,7 @@ from playhouse.test_utils import count_queries
 from mdm import activity
 from mdm.activity import ActivityEntry
 from mdm.activity import AuditEvent
+from mdm.activity import Refusal
 from mdm.activity import activity_db
 from mdm.console.export import csv_cell
 from mdm.console.hints import hint
@@ -127,6 +128,7 @@ def file_bytes(app):
         with activity_db.connection_context():
             rows = activity_db.execute_sql(
                 "SELECT a::text FROM activity a UNION ALL SELECT e::text FROM audit_event e"
+                " UNION ALL SELECT r::text FROM refusal r"
             ).fetchall()
         return "\n".join(row[0] for row in rows).encode()
     with activity_db.connection_context():
@@ -174,19 +176,25 @@ def test_success_is_recorded(app, client):
 
 
 def test_discovery_requests_are_config(app, scim):
+    """Discovery needs no token, but one sent names the connection."""
     scim.get("/ServiceProviderConfig")
     entry = last_entry()
-    assert (entry.resource_type, entry.status, entry.idp) == ("Config", 200, None)
+    assert (entry.resource_type, entry.status, entry.idp) == ("Config", 200, "entra")
 
 
 def test_401_without_token(app, client):
-    """A request without a token is recorded with no connection."""
+    """A request without a token is counted, not logged as a row of its own."""
     assert client.get("/scim/v2/Users").status_code == 401
-    entry = last_entry()
-    assert entry.idp is None and entry.token_key is None
-    assert entry.status == 401
-    assert "Authorization: Bearer" in entry.detail
-    assert "inactive, removed or expired" in hint(entry)
+    assert entries() == []
+    with activity_db.connection_context():
+        (refusal,) = Refusal.select()
+    assert (refusal.reason, refusal.idp, refusal.token_key, refusal.requests) == (
+        "no token",
+        "",
+        "",
+        1,
+    )
+    assert (refusal.method, refusal.path) == ("GET", "/scim/v2/Users")
 
 
 def test_401_with_a_wrong_token_keeps_no_secret(app, client):
@@ -195,8 +203,10 @@ def test_401_with_a_wrong_token_keeps_no_secret(app, client):
         "/scim/v2/Users", headers={"Authorization": f"Bearer {wrong}"}
     )
     assert response.status_code == 401
-    entry = last_entry()
-    assert entry.idp is None and entry.status == 401
+    assert entries() == []
+    with activity_db.connection_context():
+        (refusal,) = Refusal.select()
+    assert (refusal.reason, refusal.token_key) == ("not an mdm token", "")
     assert wrong.encode() not in file_bytes(app)
 
 

@@ -9,6 +9,7 @@ from playhouse.test_utils import count_queries
 from werkzeug.routing import BuildError
 
 from mdm.activity import ActivityEntry
+from mdm.activity import Refusal
 from mdm.activity import activity_db
 from mdm.activity import writer
 from mdm.console import dashboard
@@ -386,52 +387,47 @@ def test_healthy_connection_shows_no_banner(app, console):
 
 
 def test_recent_401_banner(app, client, console):
-    assert ScimClient(client, "mdm_nope_secret").get("/Users").status_code == 401
+    """A token of this server that no longer works raises the bad-token alarm."""
+    token, secret = issue_token(app, "entra")
+    with database.connection_context():
+        BearerToken.get_by_id(token.id).set_active(False)
+    assert ScimClient(client, secret).get("/Users").status_code == 401
     writer.flush()
     shown = banners(console)
     assert len(shown) == 1
     assert "1 request in the last 80 minutes was refused with 401" in shown[0]
     assert shown[0].endswith(
-        "inactive, removed or expired; Entra will quarantine provisioning. "
-        "See refused requests"
+        "Entra ID is using a token that is inactive, removed or expired; "
+        "Entra will quarantine provisioning. See refused requests"
     )
+
+
+def refusal(minutes, **fields):
+    """Insert one refusal count whose last request was ``minutes`` before NOW."""
+    writer.flush()
+    values = {
+        "bucket": ago(minutes=minutes).replace(second=0),
+        "status": 401,
+        "reason": "inactive token",
+        "idp": "entra",
+        "token_key": "abc123",
+        "client_address": "10.0.0.1",
+        "requests": 1,
+        "last_time": ago(minutes=minutes),
+    }
+    values.update(fields)
+    with activity_db.connection_context():
+        Refusal.create(**values)
 
 
 def test_401_banner_only_within_the_cycle(console):
-    add({"time": ago(minutes=81), "status": 401})
+    refusal(81)
+    refusal(5, status=404, client_address="10.0.0.4")
     assert banners(console) == []
-    add(
-        {"time": ago(minutes=79), "status": 401},
-        {"time": ago(minutes=2), "status": 401},
-    )
+    refusal(79, client_address="10.0.0.2")
+    refusal(2, client_address="10.0.0.3")
     (shown,) = banners(console)
     assert "2 requests in the last 80 minutes were refused with 401" in shown
-
-
-@pytest.mark.parametrize(
-    ("ok", "failed", "minutes", "expected"),
-    [
-        (2, 3, 30, True),  # 60 % of 5
-        (0, 4, 30, False),  # fewer than 5 requests
-        (6, 4, 30, False),  # exactly 40 % is not above it
-        (5, 4, 30, True),  # 44 %
-        (2, 3, 90, False),  # outside the cycle
-    ],
-)
-def test_error_rate_banner(app, console, ok, failed, minutes, expected):
-    issue_token(app, "entra")
-    rows = [{"time": ago(minutes=minutes), "idp": "entra"} for _ in range(ok)]
-    rows += [
-        {"time": ago(minutes=minutes), "idp": "entra", "status": 500}
-        for _ in range(failed)
-    ]
-    add(*rows)
-    total = ok + failed
-    shown = [b for b in banners(console) if "failed in the last" in b]
-    assert bool(shown) == expected
-    if expected:
-        assert shown[0].startswith(f"Entra ID: {failed} of {total} requests")
-        assert "more than 40%" in shown[0]
 
 
 def test_expiring_token_banner(app, console):
@@ -494,3 +490,78 @@ def test_activity_links_work_before_the_log_pages_exist(app, console, monkeypatc
     assert link["href"] == f"/admin/activity/{entry_id}"
     day = card(soup, "entra").select_one(".dash-day a")
     assert day["href"] == "/admin/activity?idp=entra&range=24h"
+
+
+def banner_classes(console):
+    return [
+        (b["class"][-1], " ".join(b.get_text().split()))
+        for b in page(console).select("div.banner")
+    ]
+
+
+def test_unknown_clients_knocking_raise_no_bad_token_alarm(client, console):
+    """No token, someone else's token or a guessed key: counted, told apart, no alarm."""
+    for authorization in (None, "Bearer eyJhbGciOi.x.y", "Bearer mdm_0123abcd_guess"):
+        headers = {"User-Agent": "python-requests/2.32"}
+        if authorization:
+            headers["Authorization"] = authorization
+        assert client.get("/scim/v2/Users", headers=headers).status_code == 401
+    writer.flush()
+    assert banner_classes(console) == [
+        (
+            "info",
+            "Unknown clients are knocking: 3 requests in the last 80 minutes were "
+            "refused with 401, with no token or one this server never issued. They "
+            "are counted, not logged; no identity provider is affected. "
+            "See refused requests",
+        )
+    ]
+
+
+def test_a_removed_token_in_use_raises_the_bad_token_alarm(app, client, console):
+    token, secret = issue_token(app, "entra")
+    response = console.post(f"/admin/provisioning/entra/tokens/{token.id}/remove")
+    assert response.status_code == 302
+    with database.connection_context():
+        assert BearerToken.select().count() == 0
+    assert ScimClient(client, secret).get("/Users").status_code == 401
+    writer.flush()
+    (shown,) = banner_classes(console)
+    assert shown == (
+        "danger",
+        "1 request in the last 80 minutes was refused with 401. Entra ID is using "
+        "a token that is inactive, removed or expired; Entra will quarantine "
+        "provisioning. See refused requests",
+    )
+
+
+def test_a_renewed_tokens_old_secret_raises_the_bad_token_alarm(app, client, console):
+    token, secret = issue_token(app, "okta")
+    response = console.post(f"/admin/provisioning/okta/tokens/{token.id}/renew")
+    assert response.status_code == 302
+    assert ScimClient(client, secret).get("/Users").status_code == 401
+    writer.flush()
+    ((category, message),) = banner_classes(console)
+    assert category == "danger"
+    assert message.startswith(
+        "1 request in the last 80 minutes was refused with 401. Okta is using a token"
+    )
+
+
+def test_an_idp_user_agent_raises_the_bad_token_alarm(client, console):
+    response = client.get(
+        "/scim/v2/Users",
+        headers={
+            "Authorization": "Bearer some-token-from-an-old-server",
+            "User-Agent": "Azure AD SCIM Provisioning",
+        },
+    )
+    assert response.status_code == 401
+    assert client.get("/scim/v2/Users").status_code == 401
+    writer.flush()
+    shown = banner_classes(console)
+    assert [category for category, _ in shown] == ["danger", "info"]
+    assert "was refused with 401. Entra ID is using a token" in shown[0][1]
+    assert shown[1][1].startswith("Unknown clients are knocking: 1 request in")
+    soup = page(console)
+    assert soup.select("div.banner a")[0]["href"] == "/admin/activity/refused"

@@ -8,8 +8,10 @@ from flask import url_for
 from peewee import Value
 
 from ..activity import ActivityEntry
+from ..activity import Refusal
 from ..activity import activity_db
 from ..activity import writer
+from ..activity_store import REFUSAL_ROWS_PER_BUCKET
 from ..models import IDPS
 from ..models import Group
 from ..models import User
@@ -192,6 +194,27 @@ def activity_entry(entry_id):
         entry=entry,
         hint=hint(entry),
         resource_link=resource_url(entry.resource_type, entry.resource_id, existing),
+    )
+
+
+REFUSED_SHOWN = 200
+
+
+@bp.get("/activity/refused")
+def refused():
+    """List the counts of requests refused before authentication, newest first."""
+    with activity_db.connection_context():
+        rows = list(
+            Refusal.select()
+            .order_by(Refusal.last_time.desc(), Refusal.id.desc())
+            .limit(REFUSED_SHOWN)
+        )
+    return render_template(
+        "admin/refused.html",
+        rows=rows,
+        shown=REFUSED_SHOWN,
+        per_bucket=REFUSAL_ROWS_PER_BUCKET,
+        retention_days=writer.retention_days,
     )
 
 

@@ -1,5 +1,6 @@
 """The console's home page: directory counts, connection health and request charts."""
 
+import re
 from collections import namedtuple
 from datetime import datetime
 from datetime import timedelta
@@ -13,6 +14,8 @@ from peewee import fn
 from werkzeug.routing import BuildError
 
 from ..activity import ActivityEntry
+from ..activity import AuditEvent
+from ..activity import Refusal
 from ..activity import activity_db
 from ..db import hour_label
 from ..models import IDPS
@@ -104,8 +107,21 @@ def hourly_rows(since):
         .group_by(hour)
         .tuples()
     )
+    # Requests without a valid token are counted apart.
+    refused_hour = hour_label(Refusal.bucket)
+    refused_failed = Refusal.status >= 400
+    refused = (
+        Refusal.select(
+            refused_hour,
+            fn.SUM(Case(None, [(~refused_failed, Refusal.requests)], 0)),
+            fn.SUM(Case(None, [(refused_failed, Refusal.requests)], 0)),
+        )
+        .where(Refusal.bucket >= since)
+        .group_by(refused_hour)
+        .tuples()
+    )
     with activity_db.connection_context():
-        return list(query)
+        return list(query) + list(refused)
 
 
 def hourly_series(rows, now, hours):
@@ -247,8 +263,7 @@ def _latest(idp, condition):
 
 
 def window_counts(now):
-    """Return {idp: (24 h total, 24 h failed, cycle total, cycle failed, cycle 401s)}."""
-    # Requests refused before a token was recognised have no IdP: they count under None.
+    """Return {idp: (24 h total, 24 h failed, cycle total, cycle failed)}."""
     failed = ActivityEntry.status >= 400
     recent = ActivityEntry.time >= now - CYCLE
     # Grouping on an expression, not the bare column, keeps SQLite on the time
@@ -261,7 +276,6 @@ def window_counts(now):
             fn.COUNT(Case(None, [(failed, 1)])),
             fn.COUNT(Case(None, [(recent, 1)])),
             fn.COUNT(Case(None, [(recent & failed, 1)])),
-            fn.COUNT(Case(None, [(recent & (ActivityEntry.status == 401), 1)])),
         )
         .where(ActivityEntry.time >= now - timedelta(hours=24))
         .group_by(idp)
@@ -312,8 +326,8 @@ def connections(now, counts):
             error = _latest(idp, ActivityEntry.status >= 400)
             times = [e.time for e in (success, error) if e is not None]
             last = max(times) if times else None
-            day_total, day_failed, cycle_total, cycle_failed, _ = counts.get(
-                idp, (0, 0, 0, 0, 0)
+            day_total, day_failed, cycle_total, cycle_failed = counts.get(
+                idp, (0, 0, 0, 0)
             )
             state, state_class = connection_state(idp, own, active, last, now)
             cards.append(
@@ -338,25 +352,102 @@ def connections(now, counts):
 
 
 #
+# Refused requests
+#
+
+
+Refused = namedtuple("Refused", "bad_token bad_token_names unknown")
+
+# Audit details name the keys of tokens this server issued, removed or renewed.
+AUDITED_KEY = re.compile(r"\b(?:token|replaced) ([0-9a-f]{1,32})\b")
+
+
+def issued_keys(keys):
+    """Return {key: connection name} for those of ``keys`` this server issued, now or before."""
+    if not keys:
+        return {}
+    found = {
+        key: IDPS.get(idp, idp)
+        for key, idp in BearerToken.select(BearerToken.key, BearerToken.idp)
+        .where(BearerToken.key.in_(sorted(keys)))
+        .tuples()
+    }
+    # Removed and renewed tokens live on only in the audit trail.
+    events = (
+        AuditEvent.select(AuditEvent.details)
+        .where(AuditEvent.event.startswith("SCIM Token"))
+        .tuples()
+    )
+    names = {name.lower(): name for name in IDPS.values()}
+    with activity_db.connection_context():
+        for (details,) in events:
+            connection = details.partition(";")[0].removeprefix("IdP: ")
+            for key in AUDITED_KEY.findall(details):
+                if key in keys and key not in found:
+                    found[key] = names.get(connection.lower(), "")
+    return found
+
+
+def refused_requests(now):
+    """Count the 401s of the last cycle: from a bad token of an IdP, and from anyone else."""
+    # A bad token is one this server issued (inactive, expired, removed or
+    # renewed), or a request an IdP's SCIM client sent (its User-Agent); the
+    # rest is the internet knocking, which needs no action.
+    with activity_db.connection_context():
+        rows = list(
+            Refusal.select(Refusal.idp, Refusal.token_key, fn.SUM(Refusal.requests))
+            .where((Refusal.last_time >= now - CYCLE) & (Refusal.status == 401))
+            .group_by(Refusal.idp, Refusal.token_key)
+            .tuples()
+        )
+    known = issued_keys({key for _, key, _ in rows if key})
+    bad = unknown = 0
+    names = set()
+    for idp, key, count in rows:
+        if idp or key in known:
+            bad += count
+            names.add(IDPS.get(idp, idp) if idp else known[key])
+        else:
+            unknown += count
+    names.discard("")
+    return Refused(bad, sorted(names), unknown)
+
+
+#
 # Banners
 #
 
 
-def banners(cards, counts, now, scim_enabled):
+def banners(cards, refused, now, scim_enabled):
     """Return the warnings an administrator should act on: (category, message, link, link text)."""
     found = []
     if not scim_enabled:
         found.append(("danger", SCIM_DISABLED, None, None))
-    refused = sum(row[4] for row in counts.values())
-    if refused:
+    if refused.bad_token:
+        count = refused.bad_token
+        who = " and ".join(refused.bad_token_names) or "An identity provider"
         found.append(
             (
                 "danger",
-                f"{refused} request{'s' if refused != 1 else ''} in the last "
-                f"{_minutes(CYCLE)} minutes {'were' if refused != 1 else 'was'} "
-                "refused with 401. The identity provider is using a token that is "
+                f"{count} request{'s' if count != 1 else ''} in the last "
+                f"{_minutes(CYCLE)} minutes {'were' if count != 1 else 'was'} "
+                f"refused with 401. {who} is using a token that is "
                 "inactive, removed or expired; Entra will quarantine provisioning.",
-                activity_url(outcome="4xx", range="1h"),
+                refused_url(),
+                "See refused requests",
+            )
+        )
+    if refused.unknown:
+        count = refused.unknown
+        found.append(
+            (
+                "info",
+                f"Unknown clients are knocking: {count} request"
+                f"{'s' if count != 1 else ''} in the last {_minutes(CYCLE)} minutes "
+                f"{'were' if count != 1 else 'was'} refused with 401, with no token "
+                "or one this server never issued. They are counted, not logged; "
+                "no identity provider is affected.",
+                refused_url(),
                 "See refused requests",
             )
         )
@@ -417,6 +508,11 @@ def activity_url(**filters):
     return _url("console.activity", fallback, **filters)
 
 
+def refused_url():
+    """Link to the counts of requests refused before authentication."""
+    return _url("console.refused", "/admin/activity/refused")
+
+
 def activity_entry_url(entry_id):
     """Link to one activity row, even before its page's endpoint is registered."""
     return _url(
@@ -452,7 +548,10 @@ def dashboard():
         counts=counts,
         cards=cards,
         banners=banners(
-            cards, window, now, current_app.config.get("SCIM_ENABLED", True)
+            cards,
+            refused_requests(now),
+            now,
+            current_app.config.get("SCIM_ENABLED", True),
         ),
         day=day,
         week=week,

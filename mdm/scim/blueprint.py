@@ -5,6 +5,7 @@ from werkzeug.exceptions import HTTPException
 
 from .. import activity
 from .auth import authenticate
+from .auth import identify
 from .errors import ScimError
 from .http import scim_error_response
 from .paths import CONTENT_TYPE
@@ -19,7 +20,7 @@ bp.before_request(authenticate)
 def _log_activity(state):
     # The activity log records every request under the API's prefix, routed
     # or not; it learns the layout here rather than importing this package.
-    activity.serve_api(URL_PREFIX, is_api_path)
+    activity.serve_api(URL_PREFIX, is_api_path, identify)
 
 
 @bp.after_request
