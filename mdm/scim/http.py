@@ -20,8 +20,8 @@ from .paths import URL_PREFIX
 
 JSON_TYPES = ("application/scim+json", "application/json", "text/json")
 
-# Distinct names accepted in attributes or excludedAttributes. Every name is
-# resolved for every resource of a page; a schema has far fewer attributes.
+# Distinct names accepted in attributes or excludedAttributes. Each is resolved
+# once per request; a schema has far fewer attributes.
 MAX_PROJECTED_NAMES = 1000
 
 
@@ -125,13 +125,11 @@ def _distinct(names, parameter):
         first.setdefault(name.lower(), name)
     unique = list(first.values())
     if len(unique) > MAX_PROJECTED_NAMES:
-        # RFC 7644 §3.12 defines tooMany for results; a projection this long
-        # is the same kind of request for more than the server will do.
-        raise ScimError(
-            400,
-            "tooMany",
+        # RFC 7644 §3.12 keeps tooMany for a filter's results on GET;
+        # invalidValue applies to every method that takes these parameters.
+        raise ScimError.invalid_value(
             f"{parameter} names {len(unique)} distinct attributes; "
-            f"at most {MAX_PROJECTED_NAMES} are accepted.",
+            f"at most {MAX_PROJECTED_NAMES} are accepted."
         )
     return unique
 
