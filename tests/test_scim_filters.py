@@ -761,7 +761,8 @@ def test_long_filters_compile_and_run(db):
     with pytest.raises(ScimError):
         parse(" or ".join(["id pr"] * (filters.MAX_TERMS + 1)))
     deep = filters.MAX_DEPTH
-    nested = "(" * deep + " or ".join(['userName eq "a_b"'] * 200) + ")" * deep
+    terms = ['userName eq "a_b"'] * filters.MAX_TERMS
+    nested = "(" * deep + " or ".join(terms) + ")" * deep
     assert users(nested) == {"a_b"}
 
 

@@ -1,6 +1,7 @@
 """Requests whose cost grows with their length or with the directory are refused early."""
 
 import time
+from urllib.parse import quote
 
 import pytest
 
@@ -8,6 +9,7 @@ from mdm.db import database
 from mdm.models import Group
 from mdm.models import Membership
 from mdm.models import User
+from mdm.scim import filters
 from mdm.scim.http import MAX_PROJECTED_NAMES
 
 ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
@@ -175,3 +177,98 @@ def test_the_most_names_allowed_on_the_largest_page_is_quick(app, scim):
     assert resource["emails"] == [{"type": "work"}]
     assert "userName" not in resource
     assert seconds < PAGE_LIMIT
+
+
+#
+# Filters whose cost grows with the directory
+#
+
+
+def find(scim, text):
+    return scim.get("/Users?count=500&filter=" + quote(text))
+
+
+def test_hundreds_of_value_path_terms_are_refused_quickly(scim):
+    # 400 of these cost ~1.2 ms for each user in the directory.
+    add_users(scim, 200)
+    for count, detail in [
+        (
+            400,
+            f"The filter has more than {filters.MAX_TERMS} comparisons; "
+            f"at most {filters.MAX_TERMS} are accepted.",
+        ),
+        (
+            filters.MAX_TERMS,
+            f"The filter has more than {filters.MAX_VALUE_PATHS} conditions on "
+            "multi-valued attributes (such as emails[...] or members eq); "
+            f"at most {filters.MAX_VALUE_PATHS} are accepted.",
+        ),
+    ]:
+        text = " or ".join(['emails[value co "zz"]'] * count)
+        response, seconds = timed(find, scim, text)
+        assert response.status_code == 400
+        assert response.get_json() == error(400, detail, "invalidFilter")
+        assert seconds < LIMIT
+
+
+@pytest.mark.parametrize(
+    "term",
+    [
+        'emails[value co "zz"]',
+        'emails.value co "zz"',
+        'emails co "zz"',
+        'emails[type eq "work"].value eq "zz"',
+        "groups pr",
+    ],
+)
+def test_every_kind_of_multi_valued_term_counts(scim, term):
+    add_users(scim, 3)
+    allowed = " or ".join([term] * filters.MAX_VALUE_PATHS)
+    assert find(scim, allowed).status_code == 200
+    response = find(scim, allowed + " or " + term)
+    assert response.status_code == 400
+    assert response.get_json()["scimType"] == "invalidFilter"
+    assert str(filters.MAX_VALUE_PATHS) in response.get_json()["detail"]
+
+
+def test_members_terms_on_groups_count(scim):
+    user = scim.create_user("m@example.com")
+    scim.create_group("Sales", [user["id"]])
+    allowed = " or ".join([f'members eq "{user["id"]}"'] * filters.MAX_VALUE_PATHS)
+    found = scim.get("/Groups?filter=" + quote(allowed)).get_json()
+    assert found["totalResults"] == 1
+    response = scim.get("/Groups?filter=" + quote(allowed + " or members pr"))
+    assert response.status_code == 400
+    assert response.get_json()["scimType"] == "invalidFilter"
+
+
+def test_the_largest_allowed_filter_works(scim):
+    add_users(scim, 30)
+    value_paths = [f'emails[value eq "user{i}@example.com"]' for i in range(9)]
+    plain = [f'userName eq "user{i}"' for i in range(9, 30)]
+    # The last term holds two comparisons; the padding matches nobody.
+    padding = [f'title eq "t{i}"' for i in range(filters.MAX_TERMS - 30 - 2)]
+    last = ['emails[type eq "work"].value eq "user29@example.com"']
+    terms = value_paths + plain + padding + last
+    response = find(scim, " or ".join(terms))
+    assert response.status_code == 200
+    found = {user["userName"] for user in response.get_json()["Resources"]}
+    assert found == {f"user{i}" for i in range(30)}
+    response = find(scim, " or ".join(terms + ['title eq "one more"']))
+    assert response.status_code == 400
+    assert response.get_json() == error(
+        400,
+        f"The filter has more than {filters.MAX_TERMS} comparisons; "
+        f"at most {filters.MAX_TERMS} are accepted.",
+        "invalidFilter",
+    )
+
+
+def test_search_bodies_and_all_types_search_are_capped_too(scim):
+    add_users(scim, 3)
+    text = " or ".join(['emails[value co "zz"]'] * (filters.MAX_VALUE_PATHS + 1))
+    for path in ("/Users/.search", "/.search"):
+        response = scim.post(path, {"filter": text})
+        assert response.status_code == 400, path
+        assert response.get_json()["scimType"] == "invalidFilter", path
+        assert "multi-valued" in response.get_json()["detail"], path

@@ -14,7 +14,15 @@ MAX_LENGTH = 10_000
 # alternating), and it refuses expression trees deeper than 1000, which a flat
 # chain of comparisons approaches.
 MAX_DEPTH = 16
-MAX_TERMS = 500
+# Every comparison is evaluated for every candidate row, so the terms of one
+# filter multiply with the size of the directory. Identity providers send one
+# or two (Entra: userName eq "x"; its membership check: id eq "g" and
+# members eq "u").
+MAX_TERMS = 100
+# A comparison on a multi-valued attribute (emails[value co "x"], emails.value
+# eq "x", members eq "u") is a subquery over the elements of every candidate
+# row, several times the cost of a plain comparison.
+MAX_VALUE_PATHS = 10
 
 COMPARE_OPS = ("eq", "ne", "co", "sw", "ew", "gt", "ge", "lt", "le")
 SUBSTRING_OPS = ("co", "sw", "ew")
@@ -308,7 +316,10 @@ class _Parser:
     def comparison(self, path):
         self.terms += 1
         if self.terms > MAX_TERMS:
-            self.fail(f"more than {MAX_TERMS} comparisons")
+            raise self.error(
+                f"The {self.what} has more than {MAX_TERMS} comparisons; "
+                f"at most {MAX_TERMS} are accepted."
+            )
         self.skip()
         op = self.word()
         if op is None:
