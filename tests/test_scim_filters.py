@@ -162,7 +162,6 @@ PARSE_CASES = [
     ('members[$ref eq "x"]', ValuePath(p("members"), eq("$ref", "x"))),
     ("user_name-2 pr", Present(p("user_name-2"))),
     ('userName eq "a"and title pr', And(eq("userName", "a"), Present(p("title")))),
-    ("emails[value eq bare]", ValuePath(p("emails"), eq("value", "bare"))),
 ]
 
 
@@ -218,6 +217,13 @@ INVALID_FILTERS = [
     "(" * 60 + "title pr" + ")" * 60,
     "not (" * 60 + "title pr" + ")" * 60,
     "id pr or " * 1000 + "id pr",
+    # Unquoted words are strings only in the legacy externalId eq lookup.
+    "userName eq abc",
+    "externalId ne abc",
+    "externalId co abc",
+    "emails[value eq bare]",
+    'emails[type eq work].value eq "x"',
+    "title eq x and userName pr",
     "(" * 17 + "title pr" + ")" * 17,
     None,
     42,

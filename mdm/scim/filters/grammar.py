@@ -161,6 +161,18 @@ def _path(word):
     return Path(urn, match.group("attr"), match.group("sub"))
 
 
+def _legacy_bare_word(path, op):
+    """Tell whether an unquoted word is read as a string: ``externalId eq jyoung``."""
+    # Microsoft's 2017 provisioning docs, still published, show this one
+    # unquoted lookup; Entra itself quotes every value.
+    return (
+        op == "eq"
+        and path.urn is None
+        and path.sub is None
+        and path.attr.lower() == "externalid"
+    )
+
+
 def _balance(kind, terms):
     # A long and/or chain becomes a balanced tree so that evaluating or
     # compiling it recurses log(n) deep rather than n deep.
@@ -330,9 +342,9 @@ class _Parser:
         if op not in COMPARE_OPS:
             self.pos -= len(op)
             self.fail(f"unknown operator {op!r}")
-        return Compare(path, op, self.value())
+        return Compare(path, op, self.value(path, op))
 
-    def value(self):
+    def value(self, path, op):
         self.skip()
         if self.peek() == '"':
             try:
@@ -344,6 +356,7 @@ class _Parser:
             except UnicodeEncodeError:
                 self.fail("string contains an unpaired surrogate escape")
             return value
+        start = self.pos
         word = self.word()
         if word is None:
             self.fail("expected a value")
@@ -352,8 +365,12 @@ class _Parser:
             return _KEYWORDS[lowered]
         match = _NUMBER.fullmatch(word)
         if match is None:
-            # Legacy Entra sends externalId eq jyoung: a bare word is a string.
-            return word
+            if _legacy_bare_word(path, op):
+                return word
+            # RFC 7644 §3.4.2.2 admits strings only in quotes; reading a bare
+            # word as one would hide a client's mistake behind "no match".
+            self.pos = start
+            self.fail(f"unquoted {word[:40]!r}: a string must be in double quotes")
         if match.group("frac") is None and match.group("exp") is None:
             try:
                 return int(word)
