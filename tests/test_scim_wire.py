@@ -106,3 +106,148 @@ def test_an_unquoted_word_in_a_patch_path_is_invalid_path(app, scim):
         "invalidPath",
     )
     assert stored(app, user["id"]) == before
+
+
+#
+# A schema URN joined by a dot: urn:...:User.manager
+#
+
+ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+CUSTOM = "urn:ietf:params:scim:schemas:extension:ivanti:2.0:User"
+
+
+def patch(scim, user, *operations):
+    response = scim.patch(
+        f"/Users/{user['id']}", {"schemas": [PATCH_OP], "Operations": list(operations)}
+    )
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+@pytest.fixture
+def people(scim):
+    boss = scim.create_user("boss@contoso.com")
+    chief = scim.create_user("chief@contoso.com")
+    user = scim.create_user(
+        "alice@contoso.com", **{ENTERPRISE: {"employeeNumber": "7"}}
+    )
+    return boss["id"], chief["id"], user
+
+
+def manager_of(scim, user):
+    return scim.get(f"/Users/{user['id']}").get_json().get(ENTERPRISE)
+
+
+@pytest.mark.parametrize("urn", [ENTERPRISE, ENTERPRISE.upper()])
+def test_dotted_manager_paths_in_every_entra_shape(scim, people, urn):
+    # It used to be ignored: 200 and no manager, so Entra sent it every cycle.
+    boss, chief, user = people
+    dotted = f"{urn}.manager"
+    ref = f"http://localhost/scim/v2/Users/{boss}"
+    sets = [
+        {"op": "Add", "path": dotted, "value": boss},
+        {"op": "add", "path": dotted, "value": {"value": boss}},
+        {"op": "Add", "path": dotted, "value": [{"$ref": ref, "value": boss}]},
+        {"op": "replace", "path": f"{urn}.manager.value", "value": boss},
+        {"op": "replace", "value": {dotted: boss}},
+        {"op": "replace", "value": {f"{urn}.manager.value": boss}},
+    ]
+    removals = [
+        {"op": "replace", "path": dotted, "value": ""},
+        {"op": "replace", "path": dotted, "value": {"value": ""}},
+        {"op": "remove", "path": dotted},
+    ]
+    for operation in sets:
+        patch(scim, user, {"op": "replace", "path": dotted, "value": chief})
+        assert manager_of(scim, user) == {
+            "employeeNumber": "7",
+            "manager": {"value": chief},
+        }
+        body = patch(scim, user, operation)
+        manager = {"value": boss}
+        if isinstance(operation["value"], list):
+            manager["$ref"] = ref  # kept as sent
+        expected = {"employeeNumber": "7", "manager": manager}
+        assert body[ENTERPRISE] == expected, operation
+        assert manager_of(scim, user) == expected, operation
+    for operation in removals:
+        patch(scim, user, {"op": "add", "path": dotted, "value": boss})
+        body = patch(scim, user, operation)
+        assert body[ENTERPRISE] == {"employeeNumber": "7"}, operation
+        assert manager_of(scim, user) == {"employeeNumber": "7"}, operation
+
+
+def test_dotted_paths_in_filters_and_projections(scim, people):
+    boss, _, user = people
+    patch(scim, user, {"op": "add", "path": f"{ENTERPRISE}:manager", "value": boss})
+    for text in [
+        f'{ENTERPRISE}.manager eq "{boss}"',
+        f'{ENTERPRISE}.manager.value eq "{boss}"',
+        f'id eq "{user["id"]}" and {ENTERPRISE}.manager eq "{boss}"',
+        f'{ENTERPRISE}.employeeNumber eq "7"',
+    ]:
+        found = scim.get("/Users?attributes=id&filter=" + quote(text)).get_json()
+        assert found["Resources"] == [{"schemas": [USER], "id": user["id"]}], text
+    projected = scim.get(
+        f"/Users/{user['id']}?attributes={ENTERPRISE}.manager"
+    ).get_json()
+    assert projected == {
+        "schemas": [USER, ENTERPRISE],
+        "id": user["id"],
+        ENTERPRISE: {"manager": {"value": boss}},
+    }
+    excluded = scim.get(
+        f"/Users/{user['id']}?excludedAttributes={ENTERPRISE}.manager"
+    ).get_json()
+    assert excluded[ENTERPRISE] == {"employeeNumber": "7"}
+    listed = scim.post(
+        "/Users/.search",
+        {
+            "filter": 'userName eq "alice@contoso.com"',
+            "attributes": [f"{ENTERPRISE}.manager"],
+        },
+    ).get_json()
+    assert listed["Resources"][0][ENTERPRISE] == {"manager": {"value": boss}}
+
+
+def test_dotted_keys_in_a_created_user(scim, people):
+    boss, _, _ = people
+    user = scim.create_user(
+        "bob@contoso.com",
+        **{
+            f"{ENTERPRISE}.employeeNumber": "8",
+            f"{ENTERPRISE}.manager": {"value": boss},
+        },
+    )
+    assert user[ENTERPRISE] == {"employeeNumber": "8", "manager": {"value": boss}}
+    assert manager_of(scim, user) == user[ENTERPRISE]
+
+
+def test_dotted_paths_of_a_custom_extension(scim, runner):
+    runner.invoke(args=["attribute", "add", "badge", "--type", "integer"])
+    user = scim.create_user("jo@example.com", **{CUSTOM: {"badge": 1}})
+    body = patch(scim, user, {"op": "replace", "path": f"{CUSTOM}.badge", "value": 2})
+    assert body[CUSTOM] == {"badge": 2}
+    body = patch(scim, user, {"op": "replace", "value": {f"{CUSTOM}.badge": 3}})
+    assert body[CUSTOM] == {"badge": 3}
+    found = scim.get("/Users?filter=" + quote(f"{CUSTOM}.badge eq 3")).get_json()
+    assert [found_user["id"] for found_user in found["Resources"]] == [user["id"]]
+    projected = scim.get(f"/Users/{user['id']}?attributes={CUSTOM}.badge").get_json()
+    assert projected[CUSTOM] == {"badge": 3}
+
+
+def test_dotted_names_without_a_urn_keep_their_meaning(scim):
+    user = scim.create_user("n@example.com", name={"givenName": "Ann"})
+    body = patch(
+        scim,
+        user,
+        {"op": "replace", "path": "name.givenName", "value": "Anna"},
+        {"op": "replace", "value": {"name.familyName": "Lee"}},
+    )
+    assert body["name"] == {"givenName": "Anna", "familyName": "Lee"}
+    found = scim.get("/Users?filter=" + quote('name.givenName eq "Anna"')).get_json()
+    assert found["totalResults"] == 1
+    # Three names after a plain attribute are still no path.
+    response = scim.get("/Users?filter=" + quote('name.givenName.x eq "Anna"'))
+    assert response.status_code == 400
+    assert response.get_json()["scimType"] == "invalidFilter"

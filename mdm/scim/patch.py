@@ -140,6 +140,7 @@ class _Patch:
 
     def target(self, text, strict):
         """Resolve ``text`` to a _Target; note it and return None if unknown."""
+        text = self.type.with_colon(text)
         schema, rest = self.type.split_urn(text)
         if schema is not None and not rest:
             return _Target(schema)

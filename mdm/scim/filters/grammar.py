@@ -33,7 +33,9 @@ ORDER_OPS = ("gt", "ge", "lt", "le")
 _WORD = re.compile(r'[^\s()\[\]"]+')
 _SPACE = re.compile(r"\s*")
 _NAME = r"(?:\$ref|[A-Za-z][A-Za-z0-9_-]*)"
-_PATH = re.compile(rf"(?:(?P<urn>.+):)?(?P<attr>{_NAME})(?:\.(?P<sub>{_NAME}))?")
+_PATH = re.compile(
+    rf"(?:(?P<urn>.+):)?(?P<attr>{_NAME})(?:\.(?P<sub>{_NAME}))?(?:\.(?P<leaf>{_NAME}))?"
+)
 _SUB = re.compile(rf"\.(?P<sub>{_NAME})")
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?P<frac>\.[0-9]+)?(?P<exp>[eE][+-]?[0-9]+)?")
 _KEYWORDS = {"true": True, "false": False, "null": None}
@@ -158,6 +160,13 @@ def _path(word):
     urn = match.group("urn")
     if urn is not None and not urn.lower().startswith("urn:"):
         return None
+    leaf = match.group("leaf")
+    if leaf is not None:
+        if urn is None:
+            return None
+        # urn:...:User.manager.value: a schema URN joined by a dot, as older
+        # Entra sends it; the resource type reads urn:...:User.manager alike.
+        return Path(f"{urn}:{match.group('attr')}", match.group("sub"), leaf)
     return Path(urn, match.group("attr"), match.group("sub"))
 
 
