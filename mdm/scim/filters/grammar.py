@@ -23,6 +23,8 @@ MAX_TERMS = 100
 # eq "x", members eq "u") is a subquery over the elements of every candidate
 # row, several times the cost of a plain comparison.
 MAX_VALUE_PATHS = 10
+# A PATCH path's filter is tested against the values of one resource only.
+MAX_PATH_TERMS = 500
 
 COMPARE_OPS = ("eq", "ne", "co", "sw", "ew", "gt", "ge", "lt", "le")
 SUBSTRING_OPS = ("co", "sw", "ew")
@@ -112,7 +114,7 @@ class PatchPath(NamedTuple):
 
 def parse(text):
     """Parse a filter expression into an AST, or raise invalidFilter."""
-    parser = _Parser(text, ScimError.invalid_filter, "filter")
+    parser = _Parser(text, ScimError.invalid_filter, "filter", MAX_TERMS)
     node = parser.filter()
     parser.end()
     return node
@@ -137,7 +139,7 @@ def simple_eq(text):
 
 def parse_path(text):
     """Parse a PATCH operation path into a PatchPath, or raise invalidPath."""
-    parser = _Parser(text, ScimError.invalid_path, "path")
+    parser = _Parser(text, ScimError.invalid_path, "path", MAX_PATH_TERMS)
     result = parser.patch_path()
     parser.end()
     return result
@@ -194,9 +196,10 @@ def _balance(kind, terms):
 class _Parser:
     """A recursive-descent parser over the raw text (no separate token stream)."""
 
-    def __init__(self, text, error, what):
+    def __init__(self, text, error, what, max_terms):
         self.error = error
         self.what = what
+        self.max_terms = max_terms
         if not isinstance(text, str):
             raise error(f"The {what} must be a string.")
         if len(text) > MAX_LENGTH:
@@ -336,10 +339,10 @@ class _Parser:
 
     def comparison(self, path):
         self.terms += 1
-        if self.terms > MAX_TERMS:
+        if self.terms > self.max_terms:
             raise self.error(
-                f"The {self.what} has more than {MAX_TERMS} comparisons; "
-                f"at most {MAX_TERMS} are accepted."
+                f"The {self.what} has more than {self.max_terms} comparisons; "
+                f"at most {self.max_terms} are accepted."
             )
         self.skip()
         op = self.word()
