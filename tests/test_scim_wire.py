@@ -251,3 +251,94 @@ def test_dotted_names_without_a_urn_keep_their_meaning(scim):
     response = scim.get("/Users?filter=" + quote('name.givenName.x eq "Anna"'))
     assert response.status_code == 400
     assert response.get_json()["scimType"] == "invalidFilter"
+
+
+#
+# Wrong JSON types in complex multi-valued attributes
+#
+
+ADDRESS = "1 Main St, Springfield"
+
+
+def test_an_address_sent_as_a_string_is_kept_as_its_formatted_text(app, scim):
+    # It used to be answered 201 and dropped.
+    user = scim.create_user("a@example.com", addresses=ADDRESS)
+    assert user["addresses"] == [{"formatted": ADDRESS}]
+    assert stored(app, user["id"])["addresses"] == [{"formatted": ADDRESS}]
+    user = scim.create_user(
+        "b@example.com", addresses=[ADDRESS, {"locality": "Paris", "type": "work"}]
+    )
+    assert user["addresses"] == [
+        {"formatted": ADDRESS},
+        {"locality": "Paris", "type": "work"},
+    ]
+    response = scim.put(
+        f"/Users/{user['id']}",
+        {"schemas": [USER], "userName": "b@example.com", "addresses": ["2 Side St"]},
+    )
+    assert response.status_code == 200
+    assert response.get_json()["addresses"] == [{"formatted": "2 Side St"}]
+    assert stored(app, user["id"])["addresses"] == [{"formatted": "2 Side St"}]
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        {"op": "add", "path": "addresses", "value": ADDRESS},
+        {"op": "Add", "path": "addresses", "value": [ADDRESS]},
+        {"op": "replace", "path": "addresses", "value": ADDRESS},
+        {"op": "replace", "value": {"addresses": ADDRESS}},
+        {"op": "add", "value": {"addresses": [ADDRESS]}},
+    ],
+)
+def test_an_address_string_in_a_patch_is_kept(app, scim, operation):
+    user = scim.create_user("p@example.com")
+    body = patch(scim, user, operation)
+    assert body["addresses"] == [{"formatted": ADDRESS}]
+    assert stored(app, user["id"])["addresses"] == [{"formatted": ADDRESS}]
+
+
+def test_emails_as_strings_still_become_values(scim):
+    user = scim.create_user("e@example.com", emails="e@example.com")
+    assert user["emails"] == [{"value": "e@example.com"}]
+    body = patch(scim, user, {"op": "add", "path": "emails", "value": "f@example.com"})
+    assert body["emails"] == [{"value": "e@example.com"}, {"value": "f@example.com"}]
+
+
+@pytest.mark.parametrize(
+    ("value", "detail"),
+    [
+        (42, "addresses must be an array, not a number."),
+        ([42], "addresses must be an object, not a number."),
+        ([[ADDRESS]], "addresses must be an object, not an array."),
+        ([True], "addresses must be an object, not a boolean."),
+        (
+            [{"streetAddress": {"line": ADDRESS}}],
+            "addresses.streetAddress must be a string, not an object.",
+        ),
+    ],
+)
+def test_other_wrong_types_are_invalid_value_and_change_nothing(
+    app, scim, value, detail
+):
+    user = scim.create_user("w@example.com", addresses=[{"locality": "Paris"}])
+    before = stored(app, user["id"])
+    response = scim.post(
+        "/Users", {"schemas": [USER], "userName": "x@y", "addresses": value}
+    )
+    assert response.status_code == 400
+    assert response.get_json() == error(400, detail, "invalidValue")
+    response = scim.put(
+        f"/Users/{user['id']}",
+        {"schemas": [USER], "userName": "w@example.com", "addresses": value},
+    )
+    assert response.status_code == 400
+    assert response.get_json()["scimType"] == "invalidValue"
+    operation = {"op": "replace", "path": "addresses", "value": value}
+    response = scim.patch(
+        f"/Users/{user['id']}", {"schemas": [PATCH_OP], "Operations": [operation]}
+    )
+    assert response.status_code == 400
+    assert response.get_json()["scimType"] == "invalidValue"
+    assert stored(app, user["id"]) == before
+    assert scim.get("/Users").get_json()["totalResults"] == 1

@@ -200,8 +200,7 @@ def _multi_valued(attribute, value, name):
     for item in value:
         if attribute.complex:
             if isinstance(item, str):
-                # A bare string in a complex multi-valued attribute is its value.
-                item = {"value": item}
+                item = bare_element(attribute, item)
             cleaned = _complex(attribute, item, name)
         else:
             cleaned = _scalar(attribute, item, name)
@@ -214,6 +213,19 @@ def _multi_valued(attribute, value, name):
     if attribute.complex:
         _one_primary(items)
     return items or None
+
+
+def bare_element(attribute, text):
+    """Return the element a bare string stands for in a complex multi-valued attribute."""
+    # "emails": ["a@example.com"] is common; an address sent as one string is
+    # its formatted text (RFC 7643 §4.1.2), the sub-attribute that holds all
+    # of it. Dropping it instead would acknowledge data that is then lost.
+    sub = attribute.sub("value") or attribute.sub("formatted")
+    if sub is None:
+        raise ScimError.invalid_value(
+            f"{attribute.name} must be an object, not a string."
+        )
+    return {sub.name: text}
 
 
 def _one_primary(items):
