@@ -839,8 +839,8 @@ def test_ten_thousand_character_filter_is_accepted(server):
 
 
 def test_long_or_chain_runs(server):
-    """A 500-term or chain compiles without hitting SQLite's depth limits."""
-    text = " or ".join(f'id eq "{i}"' for i in range(499))
+    """The longest or chain a filter may have (100 terms) compiles and runs."""
+    text = " or ".join(f'id eq "{i}"' for i in range(99))
     text += ' or userName eq "bjensen@example.com"'
     response = search(server, "POST", "/Users/.search", filter=text)
     assert response.status_code == 200
@@ -1037,7 +1037,7 @@ def test_odd_but_valid_sorting_is_accepted(server, params):
         ),
         ({"attributes": "USERNAME"}, {"schemas", "id", "userName"}),
         ({"attributes": "\x00"}, {"schemas", "id"}),
-        ({"attributes": "a," * 5000}, {"schemas", "id"}),
+        ({"attributes": "a," * 999}, {"schemas", "id"}),
         ({"attributes": "password"}, {"schemas", "id"}),
         ({"attributes": 'emails[type eq "work"]'}, {"schemas", "id"}),
         ({"attributes": "urn:example:x:y"}, {"schemas", "id"}),

@@ -12,6 +12,9 @@ MAX_START_INDEX = 2**53
 # Values per multi-valued attribute (emails, roles, ...); group members are
 # rows of their own and not limited by this.
 MAX_VALUES = 1000
+# Names accepted in attributes or excludedAttributes, repeats included; a
+# schema has far fewer attributes, and each name is resolved once per request.
+MAX_PROJECTED_NAMES = 1000
 TRUE_STRINGS = {"true": True, "false": False}
 READ_ONLY = {"id", "meta", "schemas", "groups"}
 
@@ -200,8 +203,7 @@ def _multi_valued(attribute, value, name):
     for item in value:
         if attribute.complex:
             if isinstance(item, str):
-                # A bare string in a complex multi-valued attribute is its value.
-                item = {"value": item}
+                item = bare_element(attribute, item)
             cleaned = _complex(attribute, item, name)
         else:
             cleaned = _scalar(attribute, item, name)
@@ -214,6 +216,19 @@ def _multi_valued(attribute, value, name):
     if attribute.complex:
         _one_primary(items)
     return items or None
+
+
+def bare_element(attribute, text):
+    """Return the element a bare string stands for in a complex multi-valued attribute."""
+    # "emails": ["a@example.com"] is common; an address sent as one string is
+    # its formatted text (RFC 7643 §4.1.2), the sub-attribute that holds all
+    # of it. Dropping it instead would acknowledge data that is then lost.
+    sub = attribute.sub("value") or attribute.sub("formatted")
+    if sub is None:
+        raise ScimError.invalid_value(
+            f"{attribute.name} must be an object, not a string."
+        )
+    return {sub.name: text}
 
 
 def _one_primary(items):
@@ -378,6 +393,16 @@ class ListParams:
 def _names(value, name):
     if value is None:
         return None
+    if isinstance(value, str):
+        count = value.count(",") + 1
+    else:
+        count = len(value) if isinstance(value, list) else 0
+    if count > MAX_PROJECTED_NAMES:
+        # Refused before any work per name; RFC 7644 §3.12 keeps tooMany for
+        # a filter's results on GET, invalidValue applies to every method.
+        raise ScimError.invalid_value(
+            f"{name} lists {count} names; at most {MAX_PROJECTED_NAMES} are accepted."
+        )
     if isinstance(value, str):
         value = value.split(",")
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

@@ -140,6 +140,7 @@ class _Patch:
 
     def target(self, text, strict):
         """Resolve ``text`` to a _Target; note it and return None if unknown."""
+        text = self.type.with_colon(text)
         schema, rest = self.type.split_urn(text)
         if schema is not None and not rest:
             return _Target(schema)
@@ -356,8 +357,10 @@ class _Patch:
 
     def element(self, attribute, item):
         """Return an element of a complex attribute under canonical names."""
-        if isinstance(item, str) and attribute.sub("value") is not None:
-            item = {"value": item}
+        if isinstance(item, str) and (
+            attribute.multi_valued or attribute.sub("value") is not None
+        ):
+            item = parse.bare_element(attribute, item)
         element = {}
         for key, value in _object(item, attribute.name).items():
             sub = attribute.sub(key)

@@ -351,14 +351,24 @@ class ResourceType:
 
     def split_urn(self, path):
         """Split ``urn:...:User:attr.sub`` into (schema, "attr.sub"), or (None, path)."""
+        # Older Entra and Microsoft's samples join the URN with a dot,
+        # urn:...:User.manager. No schema URN of ours ends where another
+        # one's attribute would begin, so the dot can only mean this.
         lowered = path.lower()
         for schema in self.schemas:
             prefix = schema.id.lower()
             if lowered == prefix:
                 return schema, ""
-            if lowered.startswith(prefix + ":"):
+            if lowered.startswith(prefix) and lowered[len(prefix)] in ":.":
                 return schema, path[len(prefix) + 1 :]
         return None, path
+
+    def with_colon(self, path):
+        """Return ``path`` with a schema URN joined by a dot written with a colon."""
+        schema, rest = self.split_urn(path)
+        if schema is None or not rest:
+            return path
+        return f"{path[: len(schema.id)]}:{rest}"
 
     def resolve(self, path):
         """Resolve ``attr[.sub]`` or ``urn:attr[.sub]`` to (schema, attr, sub), or None."""

@@ -112,33 +112,52 @@ def list_response(resources, total, start_index):
 
 def wants(resource_type, name, attributes, excluded):
     """Tell whether the projection keeps top-level attribute ``name`` (e.g. "members")."""
-    if attributes:
-        for path in attributes:
-            resolved = resource_type.resolve(path)
-            if resolved and resolved[1].name == name:
-                return True
-        return False
-    if excluded:
-        for path in excluded:
-            resolved = resource_type.resolve(path)
-            if resolved and resolved[1].name == name and resolved[2] is None:
+    attributes = locate(resource_type, attributes)
+    if attributes is not None:
+        return any(found[1] and found[1].name == name for found in attributes)
+    excluded = locate(resource_type, excluded)
+    if excluded is not None:
+        for _, attribute, sub in excluded:
+            if attribute and attribute.name == name and sub is None:
                 return False
     return True
+
+
+class Located(tuple):
+    """Projection names resolved once: distinct (container key, attribute, sub) triples."""
+
+
+def locate(resource_type, names):
+    """Resolve attributes or excludedAttributes names; None when none were given."""
+    # Resolving is the costly step, so a page resolves its names once and
+    # each resource then does work only for the distinct attributes named.
+    if names is None or isinstance(names, Located):
+        return names
+    if not names:
+        return None
+    found = {}
+    for path in names:
+        key, attribute, sub = _locate(resource_type, path)
+        if attribute is not False:
+            found.setdefault((key, id(attribute), id(sub)), (key, attribute, sub))
+    return Located(found.values())
 
 
 def project(resource, resource_type, attributes=None, excluded=None):
     """Apply ``attributes`` or ``excludedAttributes``; ``id`` and ``schemas`` always stay."""
     # Unknown names are ignored (RFC 7644 §3.4.2.5 leaves them to the server).
-    if attributes:
+    attributes = locate(resource_type, attributes)
+    if attributes is not None:
         result = {"schemas": resource["schemas"], "id": resource["id"]}
-        for path in attributes:
-            _copy_path(resource, result, resource_type, path)
+        for found in attributes:
+            _copy_path(resource, result, found)
         _fix_schemas(result, resource_type)
         return result
-    if excluded:
+    excluded = locate(resource_type, excluded)
+    if excluded is not None:
         result = copy.deepcopy(resource)
-        for path in excluded:
-            _drop_path(result, resource_type, path)
+        for found in excluded:
+            _drop_path(result, found)
         _fix_schemas(result, resource_type)
         return result
     return resource
@@ -157,10 +176,8 @@ def _locate(resource_type, path):
     return key, attribute, sub
 
 
-def _copy_path(source, target, resource_type, path):
-    key, attribute, sub = _locate(resource_type, path)
-    if attribute is False:
-        return
+def _copy_path(source, target, found):
+    key, attribute, sub = found
     if attribute is None:
         # A whole schema: an extension URN, or the core URN meaning everything.
         if key is None:
@@ -191,10 +208,8 @@ def _copy_path(source, target, resource_type, path):
         dst.setdefault(attribute.name, {})[sub.name] = value[sub.name]
 
 
-def _drop_path(resource, resource_type, path):
-    key, attribute, sub = _locate(resource_type, path)
-    if attribute is False:
-        return
+def _drop_path(resource, found):
+    key, attribute, sub = found
     if attribute is None:
         if key is not None:
             resource.pop(key, None)

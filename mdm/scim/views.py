@@ -43,17 +43,13 @@ def render_group(group, attributes=None, excluded=None, members=None):
 def search_users(params, resource_type):
     """Run a filtered, sorted, paged user query and render the page."""
     page, total = search(User, resource_type, params)
-    wanted = serialize.wants(
-        resource_type, "groups", params.attributes, params.excluded
-    )
+    attributes = serialize.locate(resource_type, params.attributes)
+    excluded = serialize.locate(resource_type, params.excluded)
+    wanted = serialize.wants(resource_type, "groups", attributes, excluded)
     member_of = groups_of([user.id for user in page]) if wanted else {}
     resources = [
         render_user(
-            user,
-            resource_type,
-            params.attributes,
-            params.excluded,
-            member_of.get(user.id, ()),
+            user, resource_type, attributes, excluded, member_of.get(user.id, ())
         )
         for user in page
     ]
@@ -63,14 +59,12 @@ def search_users(params, resource_type):
 def search_groups(params):
     """Run a filtered, sorted, paged group query and render the page."""
     page, total = search(Group, schema.GROUP_TYPE, params)
-    wanted = serialize.wants(
-        schema.GROUP_TYPE, "members", params.attributes, params.excluded
-    )
+    attributes = serialize.locate(schema.GROUP_TYPE, params.attributes)
+    excluded = serialize.locate(schema.GROUP_TYPE, params.excluded)
+    wanted = serialize.wants(schema.GROUP_TYPE, "members", attributes, excluded)
     members = groups.members_of(page) if wanted else {}
     resources = [
-        render_group(
-            group, params.attributes, params.excluded, members.get(group.id, [])
-        )
+        render_group(group, attributes, excluded, members.get(group.id, []))
         for group in page
     ]
     return resources, total
@@ -123,8 +117,9 @@ def query_user(user_id):
 def create_user():
     """Create a user (RFC 7644 §3.3)."""
     resource_type = http.user_type()
-    user = users.create(http.request_body(), resource_type, http.token_idp())
+    # Read before writing: a refused parameter must not follow a write.
     attributes, excluded = http.projection()
+    user = users.create(http.request_body(), resource_type, http.token_idp())
     resource = render_user(user, resource_type, attributes, excluded, member_of=())
     location = f"{http.base_url()}/Users/{user.scim_id}"
     return http.respond(resource, 201, {"Location": location})
@@ -134,8 +129,8 @@ def create_user():
 def replace_user(user_id):
     """Replace a user's attributes (RFC 7644 §3.5.1); an omitted password is kept."""
     resource_type = http.user_type()
-    user = users.replace(user_id, http.request_body(), resource_type, http.if_match())
     attributes, excluded = http.projection()
+    user = users.replace(user_id, http.request_body(), resource_type, http.if_match())
     return http.respond(render_user(user, resource_type, attributes, excluded))
 
 
@@ -143,10 +138,10 @@ def replace_user(user_id):
 def patch_user(user_id):
     """Apply PATCH operations to a user (RFC 7644 §3.5.2) and return it."""
     resource_type = http.user_type()
+    attributes, excluded = http.projection()
     user = users.apply_patch(
         user_id, http.request_body(), resource_type, http.if_match()
     )
-    attributes, excluded = http.projection()
     return http.respond(render_user(user, resource_type, attributes, excluded))
 
 
@@ -193,8 +188,8 @@ def query_group(group_id):
 @bp.post("/Groups", strict_slashes=False)
 def create_group():
     """Create a group, with any members that name known users (RFC 7644 §3.3)."""
-    group = groups.create(http.request_body(), http.token_idp())
     attributes, excluded = http.projection()
+    group = groups.create(http.request_body(), http.token_idp())
     resource = render_group(group, attributes, excluded)
     location = f"{http.base_url()}/Groups/{group.scim_id}"
     return http.respond(resource, 201, {"Location": location})
@@ -203,8 +198,8 @@ def create_group():
 @bp.put("/Groups/<group_id>", strict_slashes=False)
 def replace_group(group_id):
     """Replace a group (RFC 7644 §3.5.1); members change only when the body lists them."""
-    group = groups.replace(group_id, http.request_body(), http.if_match())
     attributes, excluded = http.projection()
+    group = groups.replace(group_id, http.request_body(), http.if_match())
     return http.respond(render_group(group, attributes, excluded))
 
 
@@ -213,8 +208,8 @@ def patch_group(group_id):
     """Apply PATCH operations to a group (RFC 7644 §3.5.2); 204 unless a projection is asked."""
     # Entra expects 204 (docs/entra.md §4.1); a client that names attributes
     # or excludedAttributes gets the resource with 200.
-    group = groups.apply_patch(group_id, http.request_body(), http.if_match())
     attributes, excluded = http.projection()
+    group = groups.apply_patch(group_id, http.request_body(), http.if_match())
     if attributes or excluded:
         return http.respond(render_group(group, attributes, excluded))
     return http.no_content(group)

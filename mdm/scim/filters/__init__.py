@@ -8,6 +8,7 @@ from .evaluate import matches
 from .grammar import MAX_DEPTH
 from .grammar import MAX_LENGTH
 from .grammar import MAX_TERMS
+from .grammar import MAX_VALUE_PATHS
 from .grammar import And
 from .grammar import Compare
 from .grammar import Not
@@ -28,6 +29,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_LENGTH",
     "MAX_TERMS",
+    "MAX_VALUE_PATHS",
     "And",
     "Compare",
     "Not",

@@ -14,7 +14,17 @@ MAX_LENGTH = 10_000
 # alternating), and it refuses expression trees deeper than 1000, which a flat
 # chain of comparisons approaches.
 MAX_DEPTH = 16
-MAX_TERMS = 500
+# Every comparison is evaluated for every candidate row, so the terms of one
+# filter multiply with the size of the directory. Identity providers send one
+# or two (Entra: userName eq "x"; its membership check: id eq "g" and
+# members eq "u").
+MAX_TERMS = 100
+# A comparison on a multi-valued attribute (emails[value co "x"], emails.value
+# eq "x", members eq "u") is a subquery over the elements of every candidate
+# row, several times the cost of a plain comparison.
+MAX_VALUE_PATHS = 10
+# A PATCH path's filter is tested against the values of one resource only.
+MAX_PATH_TERMS = 500
 
 COMPARE_OPS = ("eq", "ne", "co", "sw", "ew", "gt", "ge", "lt", "le")
 SUBSTRING_OPS = ("co", "sw", "ew")
@@ -25,7 +35,9 @@ ORDER_OPS = ("gt", "ge", "lt", "le")
 _WORD = re.compile(r'[^\s()\[\]"]+')
 _SPACE = re.compile(r"\s*")
 _NAME = r"(?:\$ref|[A-Za-z][A-Za-z0-9_-]*)"
-_PATH = re.compile(rf"(?:(?P<urn>.+):)?(?P<attr>{_NAME})(?:\.(?P<sub>{_NAME}))?")
+_PATH = re.compile(
+    rf"(?:(?P<urn>.+):)?(?P<attr>{_NAME})(?:\.(?P<sub>{_NAME}))?(?:\.(?P<leaf>{_NAME}))?"
+)
 _SUB = re.compile(rf"\.(?P<sub>{_NAME})")
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?P<frac>\.[0-9]+)?(?P<exp>[eE][+-]?[0-9]+)?")
 _KEYWORDS = {"true": True, "false": False, "null": None}
@@ -102,7 +114,7 @@ class PatchPath(NamedTuple):
 
 def parse(text):
     """Parse a filter expression into an AST, or raise invalidFilter."""
-    parser = _Parser(text, ScimError.invalid_filter, "filter")
+    parser = _Parser(text, ScimError.invalid_filter, "filter", MAX_TERMS)
     node = parser.filter()
     parser.end()
     return node
@@ -127,7 +139,7 @@ def simple_eq(text):
 
 def parse_path(text):
     """Parse a PATCH operation path into a PatchPath, or raise invalidPath."""
-    parser = _Parser(text, ScimError.invalid_path, "path")
+    parser = _Parser(text, ScimError.invalid_path, "path", MAX_PATH_TERMS)
     result = parser.patch_path()
     parser.end()
     return result
@@ -150,7 +162,26 @@ def _path(word):
     urn = match.group("urn")
     if urn is not None and not urn.lower().startswith("urn:"):
         return None
+    leaf = match.group("leaf")
+    if leaf is not None:
+        if urn is None:
+            return None
+        # urn:...:User.manager.value: a schema URN joined by a dot, as older
+        # Entra sends it; the resource type reads urn:...:User.manager alike.
+        return Path(f"{urn}:{match.group('attr')}", match.group("sub"), leaf)
     return Path(urn, match.group("attr"), match.group("sub"))
+
+
+def _legacy_bare_word(path, op):
+    """Tell whether an unquoted word is read as a string: ``externalId eq jyoung``."""
+    # Microsoft's 2017 provisioning docs, still published, show this one
+    # unquoted lookup; Entra itself quotes every value.
+    return (
+        op == "eq"
+        and path.urn is None
+        and path.sub is None
+        and path.attr.lower() == "externalid"
+    )
 
 
 def _balance(kind, terms):
@@ -165,9 +196,10 @@ def _balance(kind, terms):
 class _Parser:
     """A recursive-descent parser over the raw text (no separate token stream)."""
 
-    def __init__(self, text, error, what):
+    def __init__(self, text, error, what, max_terms):
         self.error = error
         self.what = what
+        self.max_terms = max_terms
         if not isinstance(text, str):
             raise error(f"The {what} must be a string.")
         if len(text) > MAX_LENGTH:
@@ -307,8 +339,11 @@ class _Parser:
 
     def comparison(self, path):
         self.terms += 1
-        if self.terms > MAX_TERMS:
-            self.fail(f"more than {MAX_TERMS} comparisons")
+        if self.terms > self.max_terms:
+            raise self.error(
+                f"The {self.what} has more than {self.max_terms} comparisons; "
+                f"at most {self.max_terms} are accepted."
+            )
         self.skip()
         op = self.word()
         if op is None:
@@ -319,9 +354,9 @@ class _Parser:
         if op not in COMPARE_OPS:
             self.pos -= len(op)
             self.fail(f"unknown operator {op!r}")
-        return Compare(path, op, self.value())
+        return Compare(path, op, self.value(path, op))
 
-    def value(self):
+    def value(self, path, op):
         self.skip()
         if self.peek() == '"':
             try:
@@ -333,6 +368,7 @@ class _Parser:
             except UnicodeEncodeError:
                 self.fail("string contains an unpaired surrogate escape")
             return value
+        start = self.pos
         word = self.word()
         if word is None:
             self.fail("expected a value")
@@ -341,8 +377,12 @@ class _Parser:
             return _KEYWORDS[lowered]
         match = _NUMBER.fullmatch(word)
         if match is None:
-            # Legacy Entra sends externalId eq jyoung: a bare word is a string.
-            return word
+            if _legacy_bare_word(path, op):
+                return word
+            # RFC 7644 §3.4.2.2 admits strings only in quotes; reading a bare
+            # word as one would hide a client's mistake behind "no match".
+            self.pos = start
+            self.fail(f"unquoted {word[:40]!r}: a string must be in double quotes")
         if match.group("frac") is None and match.group("exp") is None:
             try:
                 return int(word)

@@ -34,6 +34,7 @@ from .evaluate import check_operator
 from .evaluate import compare
 from .evaluate import is_present
 from .evaluate import null_test
+from .grammar import MAX_VALUE_PATHS
 from .grammar import SUBSTRING_OPS
 from .grammar import And
 from .grammar import Compare
@@ -213,6 +214,7 @@ class _ResourceScope:
         self.model = User if resource_type.name == "User" else Group
         self.has_data = self.model is User
         self.counter = 0
+        self.value_paths = 0
 
     def next_alias(self, prefix):
         self.counter += 1
@@ -341,6 +343,13 @@ class _ResourceScope:
 
     def any_element(self, schema, attribute, inner):
         """Return EXISTS over an attribute's elements matching ``inner``."""
+        self.value_paths += 1
+        if self.value_paths > MAX_VALUE_PATHS:
+            raise ScimError.invalid_filter(
+                f"The filter has more than {MAX_VALUE_PATHS} conditions on "
+                "multi-valued attributes (such as emails[...] or members eq); "
+                f"at most {MAX_VALUE_PATHS} are accepted."
+            )
         relation = self.relation(attribute)
         if relation is not None:
             return relation.exists(inner)
