@@ -25,6 +25,7 @@ from .models import Admin
 from .models import BearerToken
 from .models import CustomAttribute
 from .models import TokenError
+from .models import duplicate_attribute
 from .scim import URL_PREFIX
 from .scim.schema import CUSTOM_TYPES
 from .server import default_threads
@@ -127,7 +128,7 @@ def token_list():
         click.echo("No tokens.", err=True)
         return
     click.echo(
-        "ID  IDP       KEY           STATUS    CREATED           EXPIRES           LAST USED         LABEL / LAST CLIENT"
+        "ID  IDP       TOKEN ID      STATUS    CREATED           EXPIRES           LAST USED         LABEL / LAST CLIENT"
     )
     for t in tokens:
         click.echo(
@@ -213,8 +214,9 @@ def attribute_add(name, type_):
             "An attribute name starts with a letter and has only letters, digits, - and _."
         )
     with database.connection_context():
-        if CustomAttribute.get_or_none(CustomAttribute.name == name):
-            raise click.ClickException(f"Attribute {name} already exists.")
+        existing = CustomAttribute.get_or_none(CustomAttribute.name == name)
+        if existing:
+            raise click.ClickException(duplicate_attribute(existing.name, name))
         CustomAttribute.create(name=name, type=type_)
     audit("Custom Attribute Added", f"{name} ({type_})", actor="cli")
     urn = current_app.config["SCIM_CUSTOM_SCHEMA"]

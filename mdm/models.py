@@ -287,6 +287,17 @@ class Admin(database.Model):
         return check_password_hash(self.password_hash, password)
 
 
+def duplicate_attribute(existing, asked):
+    """Say that an attribute exists, naming it as it was defined."""
+    # Names ignore case (SCIM attribute names do, RFC 7643 §2.1).
+    if existing == asked:
+        return f"An attribute called {existing} already exists."
+    return (
+        f"An attribute called {existing} already exists; attribute names ignore "
+        f"case, so {asked} would be the same attribute."
+    )
+
+
 class CustomAttribute(database.Model):
     """An administrator-defined user attribute in the custom extension schema."""
 

@@ -483,7 +483,7 @@ def test_empty_state(console):
     soup = page(console.get("/admin/activity"))
     assert text(soup.main.find(class_="empty")) == EMPTY
     assert soup.main.find("table") is None
-    assert soup.main.find("h1").get_text() == "Provisioning activity"
+    assert soup.main.find("h1").get_text() == "Provisioning Activity"
 
 
 def test_pages_are_not_cached(console):
@@ -756,7 +756,7 @@ def test_detail_page_shows_every_field(console):
         for dt, dd in zip(dl.find_all("dt"), dl.find_all("dd"), strict=True)
     }
     assert fields["Connection"] == "Entra ID"
-    assert fields["Token key"] == "k-entra"
+    assert fields["Token ID"] == "k-entra"
     assert fields["Client address"] == "203.0.113.9"
     assert fields["User agent"] == "Azure AD SCIM Provisioning"
     assert fields["Method"] == "PATCH"

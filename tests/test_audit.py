@@ -107,7 +107,7 @@ def test_token_lifecycle_events(app, console):
     assert response.status_code == 302
     (token,) = tokens(app)
     url = f"/admin/provisioning/entra/tokens/{token.id}"
-    console.post(url, data={"action": "deactivate"})
+    console.post(f"{url}/deactivate")  # its only token: confirmed
     console.post(url, data={"action": "activate"})
     console.post(f"{url}/renew")
     console.post(f"{url}/remove")
@@ -208,7 +208,7 @@ def test_empty_state(app, client):
     with activity_db.connection_context():
         AuditEvent.delete().execute()
     soup = page(client.get("/admin/audit"))
-    assert soup.main.find("h1").get_text() == "Audit trail"
+    assert soup.main.find("h1").get_text() == "Audit Trail"
     assert soup.main.find("table") is None
     assert "No audit events yet" in text(soup.main.find(class_="empty"))
 

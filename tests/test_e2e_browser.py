@@ -305,7 +305,7 @@ def test_failed_request_shows_in_activity_with_its_hint(live, page):
     expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
     shot(page, "dashboard")
     page.get_by_role("link", name="Provisioning Activity").click()
-    expect(page.get_by_role("heading", name="Provisioning activity")).to_be_visible()
+    expect(page.get_by_role("heading", name="Provisioning Activity")).to_be_visible()
     failed = page.get_by_role("row").filter(has_text="409")
     expect(failed).to_contain_text("dup@contoso.com")
     shot(page, "activity")

@@ -11,6 +11,7 @@ from ..activity import audit
 from ..forms import AttributeForm
 from ..forms import ConfirmForm
 from ..models import CustomAttribute
+from ..models import duplicate_attribute
 from .base import bp
 
 
@@ -20,8 +21,9 @@ def attributes():
     form = AttributeForm()
     if form.validate_on_submit():
         name = form.name.data
-        if CustomAttribute.get_or_none(CustomAttribute.name == name):
-            form.name.errors.append(f"An attribute called {name} already exists.")
+        existing = CustomAttribute.get_or_none(CustomAttribute.name == name)
+        if existing:
+            form.name.errors.append(duplicate_attribute(existing.name, name))
         else:
             CustomAttribute.create(name=name, type=form.type.data)
             audit("Custom Attribute Added", f"{name} ({form.type.data})")
