@@ -1024,3 +1024,18 @@ def test_a_queued_entry_tuple_follows_the_model_columns():
     # without its place in ENTRY_COLUMNS would shift every column after it.
     fields = ActivityEntry._meta.sorted_fields
     assert activity.ENTRY_COLUMNS == tuple(f.name for f in fields if not f.primary_key)
+
+
+def test_patch_summary_names_an_ignored_attribute_once(scim):
+    user = scim.create_user("ivy@example.com")
+    response = scim.patch(
+        f"/Users/{user['id']}",
+        {
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "Replace", "path": "nickname2", "value": "x"}],
+        },
+    )
+    assert response.status_code == 200
+    assert last_entry().summary == (
+        "no change; Ignored 'nickname2': not an attribute of User."
+    )

@@ -239,6 +239,20 @@ def test_parse_rejects(text):
     assert exc.value.detail
 
 
+@pytest.mark.parametrize(
+    "text, detail",
+    [
+        ('userName eq "unterminated', "unterminated string at position 13"),
+        ('userName eq "bad \\x escape"', "invalid \\escape at position 18"),
+        ('userName eq "a\tb"', "invalid control character at position 15"),
+    ],
+)
+def test_a_bad_string_is_named_once_with_its_position(text, detail):
+    with pytest.raises(ScimError) as exc:
+        parse(text)
+    assert exc.value.detail == f"Invalid filter: {detail}."
+
+
 def test_error_message_points_at_position():
     with pytest.raises(ScimError) as exc:
         parse('userName zz "x"')

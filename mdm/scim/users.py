@@ -120,7 +120,7 @@ def apply_patch(user_id, body, resource_type, if_match=None):
     user, change = _write(user_id, prepare)
     summary = describe_changes(change)
     if change.ignored:
-        summary += f"; ignored: {', '.join(change.ignored)}"
+        summary = "; ".join([summary, *change.ignored])
     activity.note(summary, target=user.user_name)
     for note in change.ignored:
         current_app.logger.info("PATCH /Users/%s: %s", user_id, note)

@@ -362,7 +362,14 @@ class _Parser:
             try:
                 value, self.pos = _DECODER.raw_decode(self.text, self.pos)
             except ValueError as exc:
-                self.fail(f"malformed string ({getattr(exc, 'msg', exc)})")
+                # json's messages end in "at", followed by a position it keeps
+                # apart: say it once, ours, where the problem is.
+                self.pos = getattr(exc, "pos", self.pos)
+                problem = getattr(exc, "msg", str(exc)).removesuffix(" at")
+                problem = problem.replace(
+                    "Unterminated string starting", "unterminated string"
+                )
+                self.fail(problem[:1].lower() + problem[1:])
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
