@@ -1,5 +1,6 @@
 """Admin console browsing: users, user pages, purging, groups and custom attributes."""
 
+from datetime import timedelta
 from urllib.parse import parse_qs
 from urllib.parse import urlsplit
 
@@ -705,11 +706,16 @@ def test_purge_all_deprovisioned(app, console, people, scim):
 
     soup = page(console.get(link["href"]))
     assert text(soup.main.find("h1")) == "Purge 2 deprovisioned users?"
+    # It lists whom it deletes, most recently deprovisioned first.
+    assert [text(li) for li in soup.main.select("ul.values li")] == [
+        "carol@example.com (SCIM Entra ID)",
+        "dave@example.com (SCIM Entra ID)",
+    ]
     button = soup.main.find("button", type="submit")
     assert text(button) == "Purge 2 users"
     assert not button.has_attr("disabled")
 
-    response = console.post(link["href"])
+    response = console.post(link["href"], data=hidden_fields(soup))
     assert response.status_code == 302
     soup = page(console.get(response.location))
     assert "Purged 2 deprovisioned users." in flashes(soup)
@@ -722,15 +728,44 @@ def test_purge_all_deprovisioned(app, console, people, scim):
         assert members.count() == Membership.select().count() == 2
 
 
+def hidden_fields(soup):
+    """Return the hidden inputs of the page's form, as a browser would post them."""
+    form = soup.main.find("form", method="post")
+    return {i["name"]: i["value"] for i in form.find_all("input", type="hidden")}
+
+
 def test_purge_all_with_nothing_to_purge(app, console, scim):
-    """With no deprovisioned user the confirmation button is disabled."""
+    """With no deprovisioned user there is no purge page, and a bare POST purges nothing."""
     scim.create_user("live@example.com")
-    soup = page(console.get("/admin/users/purge-deprovisioned"))
-    assert text(soup.main.find("h1")) == "Purge 0 deprovisioned users?"
-    assert soup.main.find("button", type="submit").has_attr("disabled")
-    console.post("/admin/users/purge-deprovisioned")
+    response = console.get("/admin/users/purge-deprovisioned")
+    assert urlsplit(response.location).path == "/admin/users"
+    assert "No deprovisioned users to purge." in flashes(
+        page(console.get("/admin/users"))
+    )
+    response = console.post("/admin/users/purge-deprovisioned")
+    assert urlsplit(response.location).path == "/admin/users/purge-deprovisioned"
     with app.app_context(), database.connection_context():
         assert User.select().count() == 1
+
+
+def test_purge_all_leaves_users_deprovisioned_after_the_page_was_shown(
+    app, console, scim
+):
+    first = scim.create_user("first@example.com")
+    later = scim.create_user("later@example.com")
+    assert scim.delete(f"/Users/{first['id']}").status_code == 204
+    soup = page(console.get("/admin/users/purge-deprovisioned"))
+    assert [text(li) for li in soup.main.select("ul.values li")] == [
+        "first@example.com (SCIM Entra ID)"
+    ]
+    # The IdP deletes another user while the admin reads the page.
+    with app.app_context(), database.connection_context():
+        User.update(deprovisioned_at=utcnow() + timedelta(seconds=1)).where(
+            User.scim_id == later["id"]
+        ).execute()
+    console.post("/admin/users/purge-deprovisioned", data=hidden_fields(soup))
+    with app.app_context(), database.connection_context():
+        assert [u.user_name for u in User.select()] == ["later@example.com"]
 
 
 def test_deprovisioned_user_name_can_be_reused(app, console, scim):

@@ -1,6 +1,7 @@
 """Users and User Groups pages: search, detail, history and purging deprovisioned users."""
 
 import json
+from datetime import datetime
 
 from flask import abort
 from flask import current_app
@@ -184,16 +185,30 @@ def purge_user(scim_id):
     )
 
 
+PURGE_LISTED = 100
+
+
 @bp.route("/users/purge-deprovisioned", methods=("GET", "POST"))
 def purge_deprovisioned():
-    """Confirm with a count, then delete every deprovisioned user."""
+    """List whom it deletes, confirm, then delete the deprovisioned users listed."""
     deprovisioned = User.select().where(User.deprovisioned_at.is_null(False))
-    count = deprovisioned.count()
     form = ConfirmForm()
     if form.validate_on_submit():
+        # Only users deprovisioned by the time the admin saw the page: one
+        # the IdP deletes meanwhile was not in the list that was confirmed.
+        try:
+            through = datetime.fromisoformat(request.form.get("through", ""))
+        except ValueError:
+            flash("Open the purge page again and confirm what it lists.", "danger")
+            return redirect(url_for("console.purge_deprovisioned"))
         with write_transaction():
             removed = (
-                User.delete().where(User.deprovisioned_at.is_null(False)).execute()
+                User.delete()
+                .where(
+                    User.deprovisioned_at.is_null(False)
+                    & (User.deprovisioned_at <= through)
+                )
+                .execute()
             )
         audit("Deprovisioned Users Purged", f"{removed} users")
         flash(
@@ -201,18 +216,29 @@ def purge_deprovisioned():
             "success",
         )
         return redirect(url_for("console.users"))
+    count = deprovisioned.count()
+    if count == 0:
+        flash("No deprovisioned users to purge.", "info")
+        return redirect(url_for("console.users"))
+    listed = list(
+        deprovisioned.order_by(User.deprovisioned_at.desc(), User.id).limit(
+            PURGE_LISTED
+        )
+    )
     return render_template(
         "admin/confirm.html",
         form=form,
         title=f"Purge {count} deprovisioned user{'s' if count != 1 else ''}?",
         message=(
             "These users were deleted by their identity provider. Their records and "
-            "group memberships are deleted for good."
+            "group memberships are deleted for good:"
         ),
+        items=[f"{u.user_name} ({source_label(u.source)})" for u in listed],
+        more=count - len(listed),
+        hidden={"through": listed[0].deprovisioned_at.isoformat()},
         confirm_label=f"Purge {count} user{'s' if count != 1 else ''}",
         cancel_url=url_for("console.users"),
         danger=True,
-        disabled=count == 0,
     )
 
 
