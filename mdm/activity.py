@@ -211,6 +211,7 @@ def record_operation(method, path, status, noted, body, response, duration):
             round(duration * 1000, 2),
             _json_text(body),
             _json_text(response),
+            True,
         ),
     )
 
@@ -314,6 +315,7 @@ def _record(response):
             duration,
             _request_body(req),
             body_text(response_raw),
+            False,
         ),
     )
     return response

@@ -17,6 +17,7 @@ from datetime import timedelta
 
 from flask import current_app
 from peewee import EXCLUDED
+from peewee import BooleanField
 from peewee import DatabaseProxy
 from peewee import DateTimeField
 from peewee import FloatField
@@ -28,6 +29,7 @@ from playhouse.pool import PooledSqliteDatabase
 from .db import close_pool
 from .db import connect_database
 from .db import lock_for_migration
+from .db import postgres
 from .db import schema_version
 from .db import set_schema_version
 from .db import try_lock_for_pruning
@@ -38,7 +40,7 @@ PRAGMAS = {"journal_mode": "wal", "busy_timeout": 15000, "synchronous": "normal"
 activity_db = DatabaseProxy()
 activity_db.initialize(PooledSqliteDatabase(None, pragmas=PRAGMAS))
 # 2: the refusal table (requests without a valid token, counted).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class ActivityEntry(activity_db.Model):
@@ -62,6 +64,9 @@ class ActivityEntry(activity_db.Model):
     duration_ms = FloatField(default=0)
     request_body = TextField(null=True)
     response_body = TextField(null=True)
+    # One operation of a /Bulk request, recorded beside the HTTP request that
+    # carried it; counts of requests leave these out (schema 3).
+    operation = BooleanField(default=False)
 
     class Meta:
         table_name = "activity"
@@ -152,6 +157,7 @@ ENTRY_COLUMNS = (
     "duration_ms",
     "request_body",
     "response_body",
+    "operation",
 )
 
 
@@ -470,4 +476,21 @@ def bind(target):
         lock_for_migration(activity_db)
         schema_version(activity_db, "activity")
         activity_db.create_tables(ACTIVITY_MODELS, safe=True)
+        _add_missing_columns()
         set_schema_version(activity_db, "activity", SCHEMA_VERSION)
+
+
+def _add_missing_columns():
+    """Add columns that later schema versions gave to an older activity table."""
+    from playhouse.migrate import PostgresqlMigrator
+    from playhouse.migrate import SqliteMigrator
+    from playhouse.migrate import migrate as run
+
+    columns = {c.name for c in activity_db.get_columns("activity")}
+    if "operation" not in columns:
+        migrator = PostgresqlMigrator if postgres(activity_db) else SqliteMigrator
+        run(
+            migrator(activity_db.obj).add_column(
+                "activity", "operation", BooleanField(default=False)
+            )
+        )

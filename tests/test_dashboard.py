@@ -334,6 +334,44 @@ def test_real_scim_traffic_shows_on_its_card(app, console, scim):
     assert text(entra.select_one(".dash-day")) == "2 requests, 1 failed"
 
 
+def test_a_bulk_request_counts_once_and_its_operations_apart(app, console, scim):
+    response = scim.post(
+        "/Bulk",
+        {
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"],
+            "Operations": [
+                {
+                    "method": "POST",
+                    "path": "/Users",
+                    "bulkId": "a",
+                    "data": {"userName": "a@x"},
+                },
+                {
+                    "method": "POST",
+                    "path": "/Users",
+                    "bulkId": "b",
+                    "data": {"userName": "b@x"},
+                },
+                {
+                    "method": "POST",
+                    "path": "/Users",
+                    "bulkId": "c",
+                    "data": {"userName": "a@x"},
+                },
+            ],
+        },
+    )
+    assert response.status_code == 200
+    writer.flush()
+    entra = card(page(console), "entra")
+    assert text(entra.select_one(".dash-day")) == (
+        "1 request, 0 failed; 3 Bulk operations, 1 failed"
+    )
+    with app.app_context():
+        rows = dashboard.hourly_rows(utcnow() - timedelta(hours=1))
+    assert sum(ok + failed for _, ok, failed in rows) == 1
+
+
 @pytest.mark.parametrize(
     ("last", "state"),
     [

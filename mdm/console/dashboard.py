@@ -103,7 +103,8 @@ def hourly_rows(since):
             fn.COUNT(Case(None, [(~failed, 1)])),
             fn.COUNT(Case(None, [(failed, 1)])),
         )
-        .where(ActivityEntry.time >= since)
+        # HTTP requests: a /Bulk request's operations are rows of their own.
+        .where((ActivityEntry.time >= since) & (ActivityEntry.operation == False))  # noqa: E712
         .group_by(hour)
         .tuples()
     )
@@ -238,7 +239,8 @@ def chart(series, label_every, label_format):
 Connection = namedtuple(
     "Connection",
     "idp name tokens active_tokens last_success last_error last_request "
-    "day_total day_failed cycle_total cycle_failed state state_class age",
+    "day_total day_failed day_operations day_operations_failed cycle_total "
+    "cycle_failed state state_class age",
 )
 
 
@@ -263,17 +265,22 @@ def _latest(idp, condition):
 
 
 def window_counts(now):
-    """Return {idp: (24 h total, 24 h failed, cycle total, cycle failed)}."""
+    """Return {idp: (24 h requests, failed, Bulk operations, failed, cycle total, failed)}."""
     failed = ActivityEntry.status >= 400
     recent = ActivityEntry.time >= now - CYCLE
+    # A /Bulk request is one HTTP request; its operations are counted apart.
+    operation = ActivityEntry.operation == True  # noqa: E712 (SQL, not Python)
+    request = ActivityEntry.operation == False  # noqa: E712
     # Grouping on an expression, not the bare column, keeps SQLite on the time
     # index (a range of one day) instead of walking the idp index over every row.
     idp = ActivityEntry.idp.concat("")
     query = (
         ActivityEntry.select(
             idp,
-            fn.COUNT(ActivityEntry.id),
-            fn.COUNT(Case(None, [(failed, 1)])),
+            fn.COUNT(Case(None, [(request, 1)])),
+            fn.COUNT(Case(None, [(request & failed, 1)])),
+            fn.COUNT(Case(None, [(operation, 1)])),
+            fn.COUNT(Case(None, [(operation & failed, 1)])),
             fn.COUNT(Case(None, [(recent, 1)])),
             fn.COUNT(Case(None, [(recent & failed, 1)])),
         )
@@ -326,9 +333,14 @@ def connections(now, counts):
             error = _latest(idp, ActivityEntry.status >= 400)
             times = [e.time for e in (success, error) if e is not None]
             last = max(times) if times else None
-            day_total, day_failed, cycle_total, cycle_failed = counts.get(
-                idp, (0, 0, 0, 0)
-            )
+            (
+                day_total,
+                day_failed,
+                day_operations,
+                day_operations_failed,
+                cycle_total,
+                cycle_failed,
+            ) = counts.get(idp, (0, 0, 0, 0, 0, 0))
             state, state_class = connection_state(idp, own, active, last, now)
             cards.append(
                 Connection(
@@ -341,6 +353,8 @@ def connections(now, counts):
                     last_request=last,
                     day_total=day_total,
                     day_failed=day_failed,
+                    day_operations=day_operations,
+                    day_operations_failed=day_operations_failed,
                     cycle_total=cycle_total,
                     cycle_failed=cycle_failed,
                     state=state,
