@@ -71,8 +71,23 @@ MEASURE = """() => {
       problems.push(`field "${field.value.slice(0, 40)}" cuts its value`);
     }
   }
-  // A menu in a table is as wide as its longest choice, never squeezed.
   const canvas = document.createElement('canvas').getContext('2d');
+  // A form's labels stay on one line and its placeholders show whole.
+  for (const label of document.querySelectorAll('main form.filters label')) {
+    const line = parseFloat(getComputedStyle(label).lineHeight);
+    if (label.getBoundingClientRect().height > line * 1.5) {
+      problems.push(`label "${label.textContent.trim()}" wraps`);
+    }
+  }
+  for (const input of document.querySelectorAll('main input[placeholder]')) {
+    const style = getComputedStyle(input);
+    canvas.font = style.font;
+    const room = input.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    if (canvas.measureText(input.placeholder).width > room + 1) {
+      problems.push(`placeholder "${input.placeholder}" is cut`);
+    }
+  }
+  // A menu in a table is as wide as its longest choice, never squeezed.
   for (const select of document.querySelectorAll('main table select')) {
     canvas.font = getComputedStyle(select).font;
     const longest = Math.max(...[...select.options].map((o) => canvas.measureText(o.text).width));

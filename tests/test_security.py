@@ -81,3 +81,14 @@ def test_console_input_with_nul_is_refused(app, client):
     ):
         assert client.get(url).status_code == 400, url
     assert client.get("/admin/users?q=a").status_code == 200
+
+
+def test_every_page_names_its_icon_and_favicon_ico_finds_it(client):
+    page = client.get("/login").get_data(as_text=True)
+    assert '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">' in page
+    response = client.get("/favicon.ico")
+    assert (response.status_code, response.location) == (301, "/static/favicon.svg")
+    with client.get("/static/favicon.svg") as icon:
+        assert icon.status_code == 200
+        assert icon.mimetype == "image/svg+xml"
+        assert icon.get_data(as_text=True).startswith("<svg ")

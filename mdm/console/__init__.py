@@ -25,3 +25,8 @@ def init_app(app):
     @app.get("/")
     def root():
         return redirect(url_for("console.dashboard"))
+
+    # Browsers ask for /favicon.ico on their own; the icon is an SVG file.
+    @app.get("/favicon.ico")
+    def favicon():
+        return redirect(url_for("static", filename="favicon.svg"), 301)
