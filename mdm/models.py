@@ -19,6 +19,7 @@ from peewee import TextField
 from .db import NoCaseField
 from .db import Prepared
 from .db import database
+from .db import json_get
 from .db import json_rows
 from .db import lock_for_migration
 from .db import postgres
@@ -205,6 +206,9 @@ class User(database.Model):
     given_name = NoCaseField(null=True)
     family_name = NoCaseField(null=True)
     email = NoCaseField(null=True, index=True)
+    # Mirrored for the console's search (schema 8).
+    department = NoCaseField(null=True)
+    title = NoCaseField(null=True)
     active = BooleanField(default=True)
     data = TextField(default="{}")
     password_hash = TextField(null=True)
@@ -380,8 +384,12 @@ MODELS = [
 # 1: SCIM tables; 2: Admin; 3: console sort and status indexes; 4: Admin.session_key;
 # 5: partial indexes for deprovisioned rows replace schema 3's plain ones;
 # 6: login failures and shared settings, so several processes can serve;
-# 7: partial indexes of live ids for deep list pages.
-SCHEMA_VERSION = 7
+# 7: partial indexes of live ids for deep list pages;
+# 8: department and title mirrored on users, for the console's search.
+SCHEMA_VERSION = 8
+
+# The enterprise extension (RFC 7643 §4.3), whose department users mirror.
+ENTERPRISE_USER = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 
 
 def migrate():
@@ -418,14 +426,21 @@ def _add_missing_columns():
     from playhouse.migrate import SqliteMigrator
     from playhouse.migrate import migrate as run
 
-    migrator = PostgresqlMigrator if postgres() else SqliteMigrator
+    migrator = (PostgresqlMigrator if postgres() else SqliteMigrator)(database.obj)
+    columns = {c.name for c in database.get_columns("user")}
+    if "department" not in columns:
+        run(
+            migrator.add_column("user", "department", NoCaseField(null=True)),
+            migrator.add_column("user", "title", NoCaseField(null=True)),
+        )
+        # One statement, in the database, however many users there are.
+        User.update(
+            department=json_get(User.data, (ENTERPRISE_USER, "department")),
+            title=json_get(User.data, ("title",)),
+        ).execute()
     columns = {c.name for c in database.get_columns("admin")}
     if "session_key" not in columns:
-        run(
-            migrator(database.obj).add_column(
-                "admin", "session_key", TextField(default="")
-            )
-        )
+        run(migrator.add_column("admin", "session_key", TextField(default="")))
         for admin in Admin.select():
             admin.session_key = secrets.token_hex(16)
             admin.save()
@@ -466,10 +481,16 @@ def mirror_user(user, data, password_hash=None):
     user.given_name = name.get("givenName")
     user.family_name = name.get("familyName")
     user.email = _primary_value(data.get("emails"))
+    user.department = _text((data.get(ENTERPRISE_USER) or {}).get("department"))
+    user.title = _text(data.get("title"))
     user.active = data.get("active", True)
     user.data = _dump(data)
     if password_hash is not None:
         user.password_hash = password_hash
+
+
+def _text(value):
+    return value if isinstance(value, str) else None
 
 
 def touch(row):

@@ -1028,3 +1028,40 @@ def test_delete_attribute(app, console, client, runner):
     assert column(soup, "Name") == ["costCenter"]
     assert schema_attributes(client) == {"costCenter": "string"}
     assert console.get(delete_url).status_code == 404
+
+
+def test_search_covers_department_and_title(console, scim):
+    scim.create_user(
+        "gil@example.com",
+        schemas=[CORE, ENTERPRISE],
+        title="Field Technician",
+        **{ENTERPRISE: {"department": "Logistics"}},
+    )
+    scim.create_user("hal@example.com", title="Engineer")
+    for query, found in [
+        ("logist", ["gil@example.com"]),
+        ("TECHNICIAN", ["gil@example.com"]),
+        ("engineer", ["hal@example.com"]),
+    ]:
+        soup = page(console.get(f"/admin/users?q={query}"))
+        assert column(soup, "Username") == found, query
+    # A PATCH keeps the mirror current.
+    (gil,) = [
+        u
+        for u in scim.get("/Users").get_json()["Resources"]
+        if u["userName"] == "gil@example.com"
+    ]
+    response = scim.patch(
+        f"/Users/{gil['id']}",
+        {
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [
+                {"op": "Replace", "path": f"{ENTERPRISE}:department", "value": "Sales"}
+            ],
+        },
+    )
+    assert response.status_code == 200
+    assert column(page(console.get("/admin/users?q=logist")), "Username") == []
+    assert column(page(console.get("/admin/users?q=sales")), "Username") == [
+        "gil@example.com"
+    ]

@@ -196,7 +196,7 @@ def test_upgrade_from_schema_1_keeps_data(tmp_path):
     secret = schema_1_database(path)
     app = create_app({"TESTING": True, **database_config(path)})
     with app.app_context(), database.connection_context():
-        assert schema_version(database, "mdm") == SCHEMA_VERSION == 7
+        assert schema_version(database, "mdm") == SCHEMA_VERSION == 8
         assert Admin.select().count() == 0
         assert BearerToken.authenticate(secret).idp == "okta"
         stored = User.get(User.user_name == "old@x")
@@ -251,3 +251,30 @@ def test_newer_schema_is_refused(tmp_path):
         assert "newer than this release" in str(error)
     else:
         raise AssertionError("a newer schema must not be opened")
+
+
+def test_upgrade_from_schema_7_mirrors_department_and_title(tmp_path):
+    path = tmp_path / "v7.sqlite"
+    enterprise = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+    create_app({"TESTING": True, **database_config(path)})
+    bind_test_database(path)
+    with database.connection_context():
+        for name, data in [
+            ("ann", {"title": "Engineer", enterprise: {"department": "R&D"}}),
+            ("bob", {}),
+        ]:
+            user = User()
+            mirror_user(user, {"userName": name, **data})
+            user.save(force_insert=True)
+        # The user table as schema 7 made it: no mirrored department or title.
+        database.execute_sql('ALTER TABLE "user" DROP COLUMN department')
+        database.execute_sql('ALTER TABLE "user" DROP COLUMN title')
+        set_schema_version(database, "mdm", 7)
+    app = create_app({"TESTING": True, **database_config(path)})
+    with app.app_context(), database.connection_context():
+        assert schema_version(database, "mdm") == SCHEMA_VERSION
+        rows = User.select().order_by(User.user_name)
+        assert [(u.user_name, u.department, u.title) for u in rows] == [
+            ("ann", "R&D", "Engineer"),
+            ("bob", None, None),
+        ]

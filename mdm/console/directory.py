@@ -61,6 +61,8 @@ def users():
             | contains(User.email, q)
             | contains(User.given_name, q)
             | contains(User.family_name, q)
+            | contains(User.department, q)
+            | contains(User.title, q)
             | (User.external_id == q)
         )
     if source in IDPS:

@@ -28,6 +28,8 @@ USER_COLUMNS = (
     "given_name",
     "family_name",
     "email",
+    "department",
+    "title",
     "active",
     "data",
     "version",
