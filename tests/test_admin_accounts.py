@@ -121,8 +121,10 @@ def test_setup_refuses_a_common_password(app, client):
     )
     assert response.status_code == 200
     assert errors(response) == [COMMON]
-    # The hint is not shown beside the error that repeats it.
+    # The hint is not shown beside the error that repeats it, and the
+    # cursor waits in the field to fix.
     assert page(response).select("p.hint") == []
+    assert page(response).find(autofocus=True)["name"] == "password"
     assert usernames(app) == []
 
 
@@ -142,6 +144,7 @@ def test_setup_page_shows_the_hint_before_any_error(app, client):
         auth.PASSWORD_HINT
     ]
     assert errors(response) == []
+    assert page(response).find(autofocus=True)["name"] == "username"
 
 
 def test_no_admin_page_styles_the_sign_in_message(app, client):
