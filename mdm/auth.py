@@ -4,9 +4,11 @@ import functools
 import hmac
 import ipaddress
 import math
+import re
 import secrets
 from datetime import datetime
 from datetime import timedelta
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from flask import Blueprint
@@ -45,6 +47,18 @@ bp.before_request(check_form_request)
 login_manager = LoginManager()
 login_manager.login_view = "auth.login"
 login_manager.login_message = "Sign in to continue."
+# The flash categories are the page's message styles; flask-login's default has none.
+login_manager.login_message_category = "info"
+
+# Bundled inside the package, so the single binary carries it too.
+COMMON_PASSWORDS = Path(__file__).with_name("common_passwords.txt")
+MIN_PASSWORD_LENGTH = 12
+PASSWORD_HINT = (
+    f"At least {MIN_PASSWORD_LENGTH} characters; not a common password and not "
+    "containing the username."
+)
+# People swap letters for look-alike digits and symbols; undo that before the lookup.
+LOOK_ALIKES = str.maketrans("@4$50371!", "aassoetii")
 
 SETUP_CODE = "setup_code"
 SETUP_CODE_AT = "setup_code_created_at"
@@ -176,7 +190,8 @@ def client_address():
     return str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 
-def _retry_after(username):
+def sign_in_wait(username):
+    """Return seconds until ``username`` may try a password from this address, or 0."""
     account = username.lower()
     address = client_address()
     pair = f"{account}|{address}"
@@ -189,7 +204,8 @@ def _retry_after(username):
     )
 
 
-def _record_failure(username):
+def failed_sign_in(username):
+    """Count a wrong password for ``username`` from this address."""
     account = username.lower()
     address = client_address()
     with write_transaction():
@@ -198,7 +214,24 @@ def _record_failure(username):
         account_throttle.fail(account)
 
 
-def _wait_message(wait):
+def clear_failures(username):
+    """Forget ``username``'s failed sign-ins from every address; return how many."""
+    account = username.lower()
+    # The pair keys are "pair:<account>|<address>"; LIKE would take the
+    # account's own "_" and "%" as wildcards, so match the prefix exactly.
+    prefix = f"{pair_throttle.prefix}:{account}|"
+    with write_transaction():
+        return (
+            LoginFailure.delete()
+            .where(
+                (LoginFailure.key == f"{account_throttle.prefix}:{account}")
+                | (fn.SUBSTR(LoginFailure.key, 1, len(prefix)) == prefix)
+            )
+            .execute()
+        )
+
+
+def wait_message(wait):
     """Return the sign-in form's message for a wait of ``wait`` seconds."""
     if wait < 60:
         amount = f"{wait} second{'s' if wait != 1 else ''}"
@@ -206,6 +239,48 @@ def _wait_message(wait):
         minutes = (wait + 59) // 60
         amount = f"{minutes} minute{'s' if minutes != 1 else ''}"
     return f"Too many failed sign-ins from this address. Try again in {amount}."
+
+
+#
+# Password rules
+#
+
+
+@functools.cache
+def _common_passwords():
+    with COMMON_PASSWORDS.open(encoding="utf-8") as file:
+        return frozenset(
+            line.strip() for line in file if line.strip() and not line.startswith("#")
+        )
+
+
+def password_problem(password, username=""):
+    """Return why ``password`` may not be an administrator's password, or None."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return f"Use at least {MIN_PASSWORD_LENGTH} characters."
+    lowered = password.lower()
+    name = username.strip().lower()
+    if name and name in lowered:
+        return "The password contains the username; choose one that does not."
+    common = _common_passwords()
+    # The digits and symbols at the end are kept as typed: "2024" is a year.
+    stem, tail = re.fullmatch(r"(.*?)([\W\d_]*)", lowered).groups()
+    if lowered in common or stem.translate(LOOK_ALIKES) + tail in common:
+        return (
+            "This password is on the list of common passwords that attackers try "
+            "first; choose another."
+        )
+    if len(set(lowered)) < 4:
+        return "This password uses fewer than 4 different characters; choose another."
+    return None
+
+
+def password_accepted(form, username):
+    """Tell whether ``form.password`` passes the password rules; else add the reason to it."""
+    problem = password_problem(form.password.data, username)
+    if problem:
+        form.password.errors.append(problem)
+    return problem is None
 
 
 #
@@ -287,7 +362,7 @@ def setup():
         hours = current_app.config["SETUP_CODE_HOURS"]
         return render_template("auth/setup_expired.html", hours=hours), 410
     form = SetupForm()
-    if form.validate_on_submit():
+    if form.validate_on_submit() and password_accepted(form, form.username.data):
         admin = Admin(username=form.username.data.strip())
         admin.set_password(form.password.data)
         admin.save()
@@ -300,7 +375,9 @@ def setup():
         _sign_in(admin)
         flash(f"Administrator {admin.username} created.", "success")
         return redirect(url_for("console.provisioning", idp="entra"))
-    return render_template("auth/setup.html", form=form, code=code)
+    return render_template(
+        "auth/setup.html", form=form, code=code, password_hint=PASSWORD_HINT
+    )
 
 
 #
@@ -350,9 +427,9 @@ def login():
     wait = 0
     if form.validate_on_submit():
         username = form.username.data.strip()
-        wait = _retry_after(username)
+        wait = sign_in_wait(username)
         if wait:
-            error = _wait_message(wait)
+            error = wait_message(wait)
         else:
             admin = _check_password(username, form.password.data)
             if admin is not None:
@@ -363,10 +440,12 @@ def login():
                 audit("Admin Signed In", "", actor=admin.username)
                 target = _safe_next(request.args.get("next"))
                 return redirect(target or url_for("console.dashboard"))
-            _record_failure(username)
+            failed_sign_in(username)
             audit("Admin Sign-in Failed", f"username {username[:150]!r}", actor="")
             error = "The username or password is incorrect."
-    html = render_template("auth/login.html", form=form, error=error)
+    # After a failure the username is usually right: the cursor waits in Password.
+    focus = "password" if error and form.username.data else "username"
+    html = render_template("auth/login.html", form=form, error=error, focus=focus)
     if wait:
         return html, 429, {"Retry-After": str(wait)}
     return html
@@ -383,6 +462,13 @@ def _sign_in(admin):
     now = int(utcnow().timestamp())
     session[SIGNED_IN_AT] = now
     session[SEEN_AT] = now
+
+
+def renew_session(admin):
+    """Sign out ``admin``'s other sessions and keep this one signed in."""
+    admin.end_sessions()
+    # The session id holds the new key; the session's clocks run on.
+    login_user(admin)
 
 
 def check_session_age():

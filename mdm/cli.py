@@ -12,14 +12,17 @@ from . import __version__
 from . import hosts
 from .activity import audit
 from .activity import writer
+from .auth import clear_failures
 from .auth import ensure_setup_code
 from .auth import forget_setup_code
+from .auth import password_problem
 from .copydb import CopyError
 from .copydb import copy_database
 from .db import backup
 from .db import database
 from .db import is_url
 from .db import postgres
+from .db import write_transaction
 from .models import IDPS
 from .models import Admin
 from .models import BearerToken
@@ -304,6 +307,20 @@ def admin_group():
     """Manage console administrators."""
 
 
+def _read_password(password_stdin):
+    """Return a new password from stdin's first line, or prompted for twice."""
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return click.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+def _admin(username):
+    admin = Admin.get_or_none(Admin.username == username)
+    if admin is None:
+        raise click.ClickException(f"No administrator {username}.")
+    return admin
+
+
 @admin_group.command("create")
 @click.argument("username")
 @click.option(
@@ -314,12 +331,10 @@ def admin_create(username, password_stdin):
     """Create an administrator; the password is prompted for, or read from stdin."""
     if not username.strip() or any(c.isspace() for c in username):
         raise click.ClickException("A username has no spaces.")
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    if len(password) < 12:
-        raise click.ClickException("Use a password of at least 12 characters.")
+    password = _read_password(password_stdin)
+    problem = password_problem(password, username)
+    if problem:
+        raise click.ClickException(f"Password refused. {problem}")
     with database.connection_context():
         if Admin.get_or_none(Admin.username == username):
             raise click.ClickException(f"Administrator {username} already exists.")
@@ -331,6 +346,88 @@ def admin_create(username, password_stdin):
     with database.connection_context():
         forget_setup_code()
     click.echo(f"Administrator {username} created.", err=True)
+
+
+@admin_group.command("list")
+@with_appcontext
+def admin_list():
+    """List administrators with when they were created and last signed in."""
+    with database.connection_context():
+        admins = list(Admin.select().order_by(Admin.username))
+    if not admins:
+        click.echo("No administrators.", err=True)
+        return
+    click.echo("USERNAME              CREATED           LAST SIGN-IN")
+    for admin in admins:
+        click.echo(
+            f"{admin.username:<21} {_when(admin.created_at):<17} "
+            f"{_when(admin.last_login_at)}"
+        )
+
+
+@admin_group.command("passwd")
+@click.argument("username")
+@click.option(
+    "--password-stdin", is_flag=True, help="Read the password from standard input."
+)
+@with_appcontext
+def admin_passwd(username, password_stdin):
+    """Set an administrator's password and sign out their sessions."""
+    with database.connection_context():
+        admin = _admin(username)
+    password = _read_password(password_stdin)
+    problem = password_problem(password, admin.username)
+    if problem:
+        raise click.ClickException(f"Password refused. {problem}")
+    admin.set_password(password)
+    with database.connection_context():
+        admin.end_sessions()
+    audit(
+        "Administrator Password Changed",
+        f"{admin.username} (mdm admin passwd)",
+        actor="cli",
+    )
+    click.echo(
+        f"Password of {admin.username} changed; their sessions are signed out.",
+        err=True,
+    )
+
+
+@admin_group.command("remove")
+@click.argument("username")
+@with_appcontext
+def admin_remove(username):
+    """Remove an administrator; the last one stays."""
+    with database.connection_context():
+        admin = _admin(username)
+        # Counted and deleted under the write lock, so two removals at once
+        # cannot both pass the count.
+        with write_transaction():
+            last = Admin.select().count() <= 1
+            if not last:
+                admin.delete_instance()
+    if last:
+        raise click.ClickException(
+            f"{admin.username} is the only administrator; create another one first."
+        )
+    audit("Administrator Removed", f"{admin.username} (mdm admin remove)", actor="cli")
+    click.echo(f"Administrator {admin.username} removed.", err=True)
+
+
+@admin_group.command("unlock")
+@click.argument("username")
+@with_appcontext
+def admin_unlock(username):
+    """Clear an administrator's failed sign-ins, so every address may try at once."""
+    with database.connection_context():
+        admin = _admin(username)
+        cleared = clear_failures(admin.username)
+    audit("Administrator Unlocked", f"{admin.username} (mdm admin unlock)", actor="cli")
+    click.echo(
+        f"Cleared {cleared} failed sign-in{'s' if cleared != 1 else ''} of "
+        f"{admin.username}.",
+        err=True,
+    )
 
 
 # Every command mdm adds; mdm.__main__ offers them without building the app,

@@ -69,8 +69,8 @@ class LogoutForm(FlaskForm):
     submit = SubmitField("Sign out")
 
 
-class SetupForm(FlaskForm):
-    username = StringField(
+def _username_field():
+    return StringField(
         "Username",
         validators=[
             DataRequired(),
@@ -78,21 +78,51 @@ class SetupForm(FlaskForm):
             Regexp(r"^[^\s]+$", message="A username has no spaces."),
         ],
     )
-    password = PasswordField(
-        "Password",
+
+
+# The rules beyond length (common passwords, the username) are checked by the
+# view with mdm.auth.password_problem, which also serves the CLI.
+def _new_password_field(label="Password"):
+    return PasswordField(
+        label,
         validators=[
             DataRequired(),
-            Length(min=12, max=1024, message="Use at least 12 characters."),
+            Length(max=1024, message="Use at most 1024 characters."),
         ],
     )
-    confirm = PasswordField(
+
+
+def _confirm_field(other="password"):
+    return PasswordField(
         "Confirm password",
         validators=[
             DataRequired(),
-            EqualTo("password", message="The passwords differ."),
+            EqualTo(other, message="The passwords differ."),
         ],
     )
+
+
+class SetupForm(FlaskForm):
+    username = _username_field()
+    password = _new_password_field()
+    confirm = _confirm_field()
     submit = SubmitField("Create administrator")
+
+
+class AddAdminForm(FlaskForm):
+    username = _username_field()
+    password = _new_password_field()
+    confirm = _confirm_field()
+    submit = SubmitField("Add administrator")
+
+
+class ChangePasswordForm(FlaskForm):
+    current = PasswordField(
+        "Current password", validators=[DataRequired(), Length(max=1024)]
+    )
+    password = _new_password_field("New password")
+    confirm = _confirm_field()
+    submit = SubmitField("Change password")
 
 
 class GenerateTokenForm(FlaskForm):

@@ -206,6 +206,7 @@ def filled(live, page):  # noqa: F811 (fixtures)
         "activity": "/admin/activity",
         "activity-entry": entry,
         "audit": "/admin/audit",
+        "admins": "/admin/admins",
         "purge": "/admin/users/purge-deprovisioned",
     }
 

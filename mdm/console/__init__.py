@@ -7,6 +7,7 @@ from flask import redirect
 from flask import url_for
 
 from . import activity
+from . import admins
 from . import attributes
 from . import audit
 from . import dashboard
@@ -15,7 +16,7 @@ from . import tokens
 from .base import bp
 
 # Imported for the routes they add to bp.
-SECTIONS = (dashboard, directory, tokens, attributes, activity, audit)
+SECTIONS = (dashboard, directory, tokens, attributes, activity, audit, admins)
 
 
 def init_app(app):
