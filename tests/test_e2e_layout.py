@@ -71,6 +71,11 @@ MEASURE = """() => {
       problems.push(`field "${field.value.slice(0, 40)}" cuts its value`);
     }
   }
+  // On a desktop the navigation is one row.
+  const links = [...document.querySelectorAll('header nav a')].map((a) => a.getBoundingClientRect().top);
+  if (width >= 1280 && links.length && Math.max(...links) - Math.min(...links) > 2) {
+    problems.push('the navigation wraps');
+  }
   const canvas = document.createElement('canvas').getContext('2d');
   // A form's labels stay on one line and its placeholders show whole.
   for (const label of document.querySelectorAll('main form.filters label')) {
