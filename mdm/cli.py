@@ -307,11 +307,21 @@ def admin_group():
     """Manage console administrators."""
 
 
-def _read_password(password_stdin):
-    """Return a new password from stdin's first line, or prompted for twice."""
+def _new_password(password_stdin, username):
+    """Return a new password for ``username`` (stdin's first line, or prompted twice), checked."""
     if password_stdin:
-        return sys.stdin.readline().rstrip("\r\n")
-    return click.prompt("Password", hide_input=True, confirmation_prompt=True)
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    problem = password_problem(password, username)
+    if problem:
+        raise click.ClickException(f"Password refused. {problem}")
+    return password
+
+
+password_stdin_option = click.option(
+    "--password-stdin", is_flag=True, help="Read the password from standard input."
+)
 
 
 def _admin(username):
@@ -323,18 +333,13 @@ def _admin(username):
 
 @admin_group.command("create")
 @click.argument("username")
-@click.option(
-    "--password-stdin", is_flag=True, help="Read the password from standard input."
-)
+@password_stdin_option
 @with_appcontext
 def admin_create(username, password_stdin):
     """Create an administrator; the password is prompted for, or read from stdin."""
     if not username.strip() or any(c.isspace() for c in username):
         raise click.ClickException("A username has no spaces.")
-    password = _read_password(password_stdin)
-    problem = password_problem(password, username)
-    if problem:
-        raise click.ClickException(f"Password refused. {problem}")
+    password = _new_password(password_stdin, username)
     with database.connection_context():
         if Admin.get_or_none(Admin.username == username):
             raise click.ClickException(f"Administrator {username} already exists.")
@@ -367,18 +372,13 @@ def admin_list():
 
 @admin_group.command("passwd")
 @click.argument("username")
-@click.option(
-    "--password-stdin", is_flag=True, help="Read the password from standard input."
-)
+@password_stdin_option
 @with_appcontext
 def admin_passwd(username, password_stdin):
     """Set an administrator's password and sign out their sessions."""
     with database.connection_context():
         admin = _admin(username)
-    password = _read_password(password_stdin)
-    problem = password_problem(password, admin.username)
-    if problem:
-        raise click.ClickException(f"Password refused. {problem}")
+    password = _new_password(password_stdin, admin.username)
     admin.set_password(password)
     with database.connection_context():
         admin.end_sessions()
