@@ -11,7 +11,6 @@ from bs4 import BeautifulSoup
 
 from mdm import activity
 from mdm import auth
-from mdm import create_app
 from mdm.activity import AuditEvent
 from mdm.activity import activity_db
 from mdm.db import database
@@ -19,7 +18,7 @@ from mdm.models import Admin
 
 from . import served
 from .conftest import PASSWORD
-from .conftest import database_config
+from .test_admin_auth import csrf_app  # noqa: F401 (fixture)
 
 COMMON = (
     "This password is on the list of common passwords that attackers try first; "
@@ -329,24 +328,7 @@ def test_guessing_the_current_password_is_throttled(app, console):
     assert len(events("Admin Password Change Failed")) == 5
 
 
-@pytest.fixture
-def csrf_app(tmp_path, monkeypatch):
-    """An app with CSRF protection on, as served."""
-    monkeypatch.setenv("MDM_INSTANCE_PATH", str(tmp_path / "csrf-instance"))
-    app = create_app(
-        {
-            "TESTING": True,
-            "SECRET_KEY": "test",
-            **database_config(tmp_path / "csrf.sqlite"),
-            "WTF_CSRF_ENABLED": True,
-        }
-    )
-    yield app
-    if not database.is_closed():
-        database.close()
-
-
-def test_account_forms_need_csrf(csrf_app):
+def test_account_forms_need_csrf(csrf_app):  # noqa: F811 (fixture)
     add_admin(csrf_app, "alice")
     client = csrf_app.test_client()
     token = page(client.get("/login")).find("input", attrs={"name": "csrf_token"})[

@@ -22,6 +22,7 @@ from mdm.models import utcnow
 
 from . import served
 from .conftest import PASSWORD
+from .test_admin_auth import signed_in
 
 ATTACKER = "203.0.113.66"
 ADMIN_ADDRESS = "198.51.100.7"
@@ -75,16 +76,6 @@ def flashes(response):
     """Return the flashed messages on a page."""
     soup = BeautifulSoup(response.get_data(as_text=True), "html.parser")
     return [div.get_text(strip=True) for div in soup.select("div.flash")]
-
-
-def signed_in(client):
-    """Tell whether the client's session opens the console."""
-    response = client.get("/admin/users")
-    if response.status_code == 200:
-        return True
-    assert response.status_code == 302
-    assert urlsplit(response.location).path == "/login"
-    return False
 
 
 #
