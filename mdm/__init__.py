@@ -37,6 +37,10 @@ def instance_path():
     return os.path.join(os.path.abspath(data_home), "mdm")
 
 
+class ConfigError(ValueError):
+    """A setting has a value mdm cannot use."""
+
+
 class App(Flask):
     """Flask, deciding once per function whether a view or hook is a coroutine."""
 
@@ -109,6 +113,9 @@ def create_app(test_config=None):
         # Bulk limits, advertised in /ServiceProviderConfig (RFC 7644 §3.7.4).
         SCIM_BULK_MAX_OPERATIONS=1000,
         SCIM_BULK_MAX_PAYLOAD=1024 * 1024,
+        # How long an access token from the OAuth token endpoint lives (Entra
+        # accepts 60 to 360 minutes; it fetches a new one before expiry).
+        OAUTH_TOKEN_MINUTES=60,
         # Provisioning activity log (activity.sqlite beside a SQLite database;
         # tables of its own in a PostgreSQL one).
         ACTIVITY_LOG=True,
@@ -136,6 +143,7 @@ def create_app(test_config=None):
     # Flask's own check of TRUSTED_HOSTS cannot match an IPv6 literal such as
     # [::1], and its 400 does not say which setting to set.
     app.trusted_hosts = hosts.setting(app.config["TRUSTED_HOSTS"])
+    app.config["OAUTH_TOKEN_MINUTES"] = _minutes(app.config["OAUTH_TOKEN_MINUTES"])
     app.config["TRUSTED_HOSTS"] = None
     # Owner-only: the folder holds the secret key and the hashes of every credential.
     os.makedirs(app.instance_path, mode=0o700, exist_ok=True)
@@ -162,6 +170,7 @@ def create_app(test_config=None):
     from . import db
     from . import errors
     from . import models
+    from . import oauth
     from . import security
     from .forms import csrf
     from .scim import bp as scim_bp
@@ -179,6 +188,7 @@ def create_app(test_config=None):
     console.init_app(app)
     app.register_blueprint(scim_bp)
     csrf.exempt(scim_bp)  # bearer-token API: no cookies, so no CSRF
+    app.register_blueprint(oauth.bp)  # client credentials: no cookies either
     cli.init_app(app)
     errors.init_app(app)
 
@@ -189,6 +199,19 @@ def create_app(test_config=None):
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops
         )
     return app
+
+
+def _minutes(value):
+    """Return OAUTH_TOKEN_MINUTES as an int from 5 to 1440, or raise ConfigError."""
+    try:
+        minutes = int(str(value).strip())
+    except ValueError:
+        minutes = 0
+    if not 5 <= minutes <= 1440:
+        raise ConfigError(
+            f"MDM_OAUTH_TOKEN_MINUTES must be a whole number from 5 to 1440, not {value!r}."
+        )
+    return minutes
 
 
 def _persistent_secret_key(instance_path):

@@ -8,6 +8,7 @@ from flask.cli import routes_command
 from flask.cli import shell_command
 from peewee import OperationalError
 
+from . import ConfigError
 from . import __version__
 from . import create_app
 from .cli import COMMANDS
@@ -37,6 +38,9 @@ def main():
         # A database that is down, unreadable or from a newer release: say
         # so in one line, as for any other usage error, not with a traceback.
         click.echo(f"Error: the database cannot be used: {error}".rstrip(), err=True)
+        sys.exit(1)
+    except ConfigError as error:
+        click.echo(f"Error: {error}", err=True)
         sys.exit(1)
 
 

@@ -29,7 +29,12 @@ from .db import write_transaction
 
 IDPS = {"entra": "Entra ID", "okta": "Okta", "generic": "Generic SCIM"}
 MAX_TOKENS_PER_IDP = 2
+MAX_CLIENTS_PER_IDP = 2
 TOKEN_PREFIX = "mdm"
+# Prefixes that name what a credential is at a glance (and to secret scanners).
+CLIENT_ID_PREFIX = "mdmc"
+CLIENT_SECRET_PREFIX = "mdmcs"
+ACCESS_TOKEN_PREFIX = "mdmat"
 
 
 def utcnow():
@@ -49,16 +54,13 @@ class TokenError(Exception):
     """A token operation that the rules refuse, with a message for the admin."""
 
 
-class BearerToken(database.Model):
-    """A bearer secret an identity provider connection uses to call the SCIM API."""
+class Credential(database.Model):
+    """What bearer tokens and OAuth clients share: a connection, a hashed secret, a lifecycle."""
 
-    # Only a SHA-256 of the secret is stored. ``key`` is a short public identifier
-    # embedded in the secret, so authentication is one indexed lookup followed by a
-    # constant-time comparison, never a scan over hashes.
+    # Not a table: BearerToken and OAuthClient each have their own.
 
     idp = TextField(index=True)
     label = TextField(default="")
-    key = TextField(unique=True)
     secret_hash = TextField()
     active = BooleanField(default=True)
     created_at = DateTimeField(default=utcnow)
@@ -68,8 +70,9 @@ class BearerToken(database.Model):
     last_used_at = DateTimeField(null=True)
     last_user_agent = TextField(null=True)
 
-    class Meta:
-        table_name = "bearer_token"
+    # Set by subclasses: how many may exist per connection, and their name.
+    limit = 2
+    noun = "credential"
 
     @property
     def idp_name(self):
@@ -80,7 +83,7 @@ class BearerToken(database.Model):
         return self.expires_at is not None and self.expires_at <= utcnow()
 
     def days_until_expiry(self, within, now=None):
-        """Return whole days left if this active token expires within ``within``, else None."""
+        """Return whole days left if this active credential expires within ``within``, else None."""
         now = now or utcnow()
         if (
             self.status != "Active"
@@ -98,7 +101,68 @@ class BearerToken(database.Model):
 
     @staticmethod
     def _hash(secret):
+        # Secrets are 256 random bits, so one SHA-256 is as strong as a slow
+        # hash and costs the request a microsecond, not tens of milliseconds.
         return hashlib.sha256(secret.encode()).hexdigest()
+
+    @classmethod
+    def _create(cls, idp, label, created_by, expires_in_days, **fields):
+        """Insert a credential for ``idp`` unless its connection already has ``limit``."""
+        if idp not in IDPS:
+            raise TokenError(f"Unknown identity provider {idp!r}.")
+        expires_at = None
+        if expires_in_days is not None:
+            if expires_in_days <= 0:
+                raise TokenError("The expiry must be a positive number of days.")
+            expires_at = utcnow() + timedelta(days=expires_in_days)
+        with write_transaction():
+            if cls.select().where(cls.idp == idp).count() >= cls.limit:
+                raise TokenError(
+                    f"{IDPS[idp]} already has {cls.limit} {cls.noun}s; "
+                    "remove or renew one instead."
+                )
+            return cls.create(
+                idp=idp,
+                label=label or "",
+                created_by=created_by or "",
+                expires_at=expires_at,
+                **fields,
+            )
+
+    def set_active(self, active):
+        self.active = active
+        self.save()
+
+    def touch(self, user_agent):
+        """Record a use, writing at most once a minute to spare the write lock."""
+        now = utcnow()
+        user_agent = (user_agent or "")[:256] or None
+        stale = self.last_used_at is None or now - self.last_used_at > timedelta(
+            minutes=1
+        )
+        if stale or user_agent != self.last_user_agent:
+            model = type(self)
+            (
+                model.update(last_used_at=now, last_user_agent=user_agent)
+                .where(model.id == self.id)
+                .execute()
+            )
+
+
+class BearerToken(Credential):
+    """A bearer secret an identity provider connection uses to call the SCIM API."""
+
+    # Only a SHA-256 of the secret is stored. ``key`` is a short public identifier
+    # embedded in the secret, so authentication is one indexed lookup followed by a
+    # constant-time comparison, never a scan over hashes.
+
+    key = TextField(unique=True)
+
+    limit = MAX_TOKENS_PER_IDP
+    noun = "token"
+
+    class Meta:
+        table_name = "bearer_token"
 
     @staticmethod
     def _new_secret():
@@ -109,28 +173,15 @@ class BearerToken(database.Model):
     def issue(cls, idp, label="", created_by="", expires_in_days=None):
         """Create a token for ``idp`` and return (token, secret); the secret is shown once."""
         # Raises TokenError if the connection already has its two tokens.
-        if idp not in IDPS:
-            raise TokenError(f"Unknown identity provider {idp!r}.")
-        expires_at = None
-        if expires_in_days is not None:
-            if expires_in_days <= 0:
-                raise TokenError("The expiry must be a positive number of days.")
-            expires_at = utcnow() + timedelta(days=expires_in_days)
-        with write_transaction():
-            if cls.select().where(cls.idp == idp).count() >= MAX_TOKENS_PER_IDP:
-                raise TokenError(
-                    f"{IDPS[idp]} already has {MAX_TOKENS_PER_IDP} tokens; "
-                    "remove or renew one instead."
-                )
-            key, secret = cls._new_secret()
-            token = cls.create(
-                idp=idp,
-                label=label or "",
-                key=key,
-                secret_hash=cls._hash(secret),
-                created_by=created_by or "",
-                expires_at=expires_at,
-            )
+        key, secret = cls._new_secret()
+        token = cls._create(
+            idp,
+            label,
+            created_by,
+            expires_in_days,
+            key=key,
+            secret_hash=cls._hash(secret),
+        )
         return token, secret
 
     def renew(self):
@@ -141,10 +192,6 @@ class BearerToken(database.Model):
         self.renewed_at = utcnow()
         self.save()
         return secret
-
-    def set_active(self, active):
-        self.active = active
-        self.save()
 
     @classmethod
     def authenticate(cls, secret):
@@ -164,20 +211,6 @@ class BearerToken(database.Model):
         )
         return token
 
-    def touch(self, user_agent):
-        """Record a use, writing at most once a minute to spare the write lock."""
-        now = utcnow()
-        user_agent = (user_agent or "")[:256] or None
-        stale = self.last_used_at is None or now - self.last_used_at > timedelta(
-            minutes=1
-        )
-        if stale or user_agent != self.last_user_agent:
-            (
-                BearerToken.update(last_used_at=now, last_user_agent=user_agent)
-                .where(BearerToken.id == self.id)
-                .execute()
-            )
-
 
 def _token_query(key):
     # Every SCIM request needs its token and the custom attribute definitions
@@ -191,6 +224,191 @@ def _token_query(key):
 
 
 _token_by_key = Prepared(_token_query)
+
+
+class OAuthClient(Credential):
+    """An OAuth 2.0 client of a connection: it trades its secret for short-lived access tokens."""
+
+    # RFC 6749 §4.4: the IdP sends client_id and secret to the token endpoint
+    # (mdm.oauth) and uses the access token it gets as a bearer token. The
+    # client_id is public and stays the same when the secret is renewed, so
+    # the IdP's configuration changes in one field only.
+
+    client_id = TextField(unique=True)
+
+    limit = MAX_CLIENTS_PER_IDP
+    noun = "OAuth client"
+
+    class Meta:
+        table_name = "oauth_client"
+
+    @property
+    def key(self):
+        """Name the client where a token's ID would appear (activity, audit)."""
+        return self.client_id
+
+    @staticmethod
+    def _new_secret():
+        return f"{CLIENT_SECRET_PREFIX}_{secrets.token_urlsafe(32)}"
+
+    @classmethod
+    def issue(cls, idp, label="", created_by="", expires_in_days=None):
+        """Create a client for ``idp`` and return (client, secret); the secret is shown once."""
+        secret = cls._new_secret()
+        client = cls._create(
+            idp,
+            label,
+            created_by,
+            expires_in_days,
+            client_id=f"{CLIENT_ID_PREFIX}_{secrets.token_hex(8)}",
+            secret_hash=cls._hash(secret),
+        )
+        return client, secret
+
+    def renew(self):
+        """Replace the secret; the old secret and every access token stop working at once."""
+        secret = self._new_secret()
+        digest = self._hash(secret)
+        with write_transaction():
+            self.secret_hash = digest
+            self.renewed_at = utcnow()
+            self.save()
+            self.revoke_access_tokens()
+        return secret
+
+    def set_active(self, active):
+        """Set Active or Inactive; going Inactive also revokes the access tokens issued."""
+        with write_transaction():
+            super().set_active(active)
+            if not active:
+                self.revoke_access_tokens()
+
+    def remove(self):
+        """Delete the client and its access tokens."""
+        with write_transaction():
+            self.revoke_access_tokens()
+            self.delete_instance()
+
+    def revoke_access_tokens(self):
+        return AccessToken.delete().where(AccessToken.client == self.id).execute()
+
+    @classmethod
+    def verify(cls, client_id, secret):
+        """Return (client, None) for a client that may get tokens, else (client or None, why not)."""
+        client = cls.get_or_none(cls.client_id == client_id) if client_id else None
+        # Hash and compare even for an unknown client_id, so the answer's
+        # timing does not tell which client ids exist.
+        stored = client.secret_hash if client is not None else _NO_SECRET
+        matches = hmac.compare_digest(stored, cls._hash(secret or ""))
+        if client is None:
+            return None, "unknown client"
+        if not matches:
+            return client, "wrong secret"
+        if client.expired:
+            return client, "expired client"
+        if not client.active:
+            return client, "inactive client"
+        return client, None
+
+    def grant(self, lifetime, now=None):
+        """Issue an access token and return (token, seconds it lives)."""
+        now = now or utcnow()
+        expires_at = now + lifetime
+        if self.expires_at is not None:
+            # A token never outlives the secret it was issued for.
+            expires_at = min(expires_at, self.expires_at)
+        key = secrets.token_hex(8)
+        token = f"{ACCESS_TOKEN_PREFIX}_{key}_{secrets.token_urlsafe(32)}"
+        digest = self._hash(token)
+        with write_transaction():
+            AccessToken.prune(self, now)
+            AccessToken.create(
+                client=self.id,
+                key=key,
+                token_hash=digest,
+                issued_at=now,
+                expires_at=expires_at,
+            )
+        return token, max(1, int((expires_at - now).total_seconds()))
+
+    @classmethod
+    def authenticate(cls, token):
+        """Return (client, None) for a live access token, else (client or None, why not)."""
+        parts = token.split("_") if token else []
+        if len(parts) < 3 or parts[0] != ACCESS_TOKEN_PREFIX or "\x00" in token:
+            return None, "not an mdm token"
+        client = _client_by_access_key.first(key=parts[1])
+        if client is None:
+            # Never issued, revoked, or pruned long after it expired.
+            return None, "unknown access token"
+        if not hmac.compare_digest(client.access_hash, cls._hash(token)):
+            return client, "wrong secret"
+        if AccessToken.expires_at.python_value(client.access_expires) <= utcnow():
+            return client, "expired access token"
+        if client.expired:
+            return client, "expired client"
+        if not client.active:
+            return client, "inactive client"
+        client.custom_attributes = CustomAttribute.parse_definitions(
+            client.custom_attributes
+        )
+        return client, None
+
+
+# A SHA-256 that no secret has, compared when a client_id is unknown.
+_NO_SECRET = "0" * 64
+
+
+class AccessToken(database.Model):
+    """An access token the token endpoint issued; only its SHA-256 is kept."""
+
+    client = ForeignKeyField(OAuthClient, on_delete="CASCADE", index=True)
+    key = TextField(unique=True)
+    token_hash = TextField()
+    issued_at = DateTimeField(default=utcnow)
+    expires_at = DateTimeField(index=True)
+
+    class Meta:
+        table_name = "oauth_access_token"
+
+    # A client with its secret can ask for tokens in a loop; beyond this many
+    # live ones the oldest go, so the table stays small whatever it does.
+    PER_CLIENT = 20
+    # Expired rows stay a day, so a refused request can still say "expired".
+    KEPT_AFTER_EXPIRY = timedelta(days=1)
+
+    @classmethod
+    def prune(cls, client, now):
+        """Delete long-expired tokens, and ``client``'s oldest beyond PER_CLIENT - 1 (in a write)."""
+        cls.delete().where(cls.expires_at < now - cls.KEPT_AFTER_EXPIRY).execute()
+        keep = (
+            cls.select(cls.id)
+            .where(cls.client == client.id)
+            .order_by(cls.id.desc())
+            .limit(cls.PER_CLIENT - 1)
+        )
+        cls.delete().where((cls.client == client.id) & cls.id.not_in(keep)).execute()
+
+
+def _client_by_access_key_query(key):
+    # The same single statement as a static token's: the client, the token's
+    # hash and expiry, and the custom attribute definitions.
+    definitions = json_rows(
+        CustomAttribute.id, CustomAttribute.name, CustomAttribute.type
+    )
+    return (
+        OAuthClient.select(
+            OAuthClient,
+            AccessToken.token_hash.alias("access_hash"),
+            AccessToken.expires_at.alias("access_expires"),
+            definitions.alias("custom_attributes"),
+        )
+        .join(AccessToken)
+        .where(AccessToken.key == key)
+    )
+
+
+_client_by_access_key = Prepared(_client_by_access_key_query)
 
 
 class User(database.Model):
@@ -373,6 +591,8 @@ Group.add_index(Group.id, name="group_live_id", where=Group.deprovisioned_at.is_
 
 MODELS = [
     BearerToken,
+    OAuthClient,
+    AccessToken,
     User,
     Group,
     Membership,
@@ -385,8 +605,9 @@ MODELS = [
 # 5: partial indexes for deprovisioned rows replace schema 3's plain ones;
 # 6: login failures and shared settings, so several processes can serve;
 # 7: partial indexes of live ids for deep list pages;
-# 8: department and title mirrored on users, for the console's search.
-SCHEMA_VERSION = 8
+# 8: department and title mirrored on users, for the console's search;
+# 9: OAuth clients and their access tokens.
+SCHEMA_VERSION = 9
 
 # The enterprise extension (RFC 7643 §4.3), whose department users mirror.
 ENTERPRISE_USER = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"

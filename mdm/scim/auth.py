@@ -1,4 +1,4 @@
-"""SCIM authentication: a bearer token from an identity-provider connection (RFC 6750)."""
+"""SCIM authentication: a connection's bearer token, or an OAuth access token (RFC 6750)."""
 
 import hashlib
 import hmac
@@ -9,8 +9,10 @@ from flask import g
 from flask import request
 
 from ..db import Prepared
+from ..models import ACCESS_TOKEN_PREFIX
 from ..models import TOKEN_PREFIX
 from ..models import BearerToken
+from ..models import OAuthClient
 from .errors import ScimError
 
 # Discovery documents carry no directory data; IdPs fetch them before a token
@@ -66,10 +68,25 @@ def identify(req):
     credentials = req.authorization
     if credentials is None or credentials.type != "bearer" or not credentials.token:
         return None, NO_TOKEN
+    if credentials.token.startswith(ACCESS_PREFIX):
+        # The OAuth client stands where a static token would: the activity
+        # log and the rows it writes name its client_id and connection.
+        client, reason = OAuthClient.authenticate(credentials.token)
+        if reason is None:
+            return client, None
+        return None, (reason, _access_key(client), client and client.idp)
     token = BearerToken.authenticate(credentials.token)
     if token is None:
         return None, refusal(credentials.token)
     return token, None
+
+
+ACCESS_PREFIX = f"{ACCESS_TOKEN_PREFIX}_"
+
+
+def _access_key(client):
+    # A refused access token is counted under its client, when it names one.
+    return client.client_id if client is not None else None
 
 
 # The public part of a token: mdm_<key>_<secret>, the key as BearerToken issues it.

@@ -7,6 +7,7 @@ from . import serialize
 from .blueprint import bp
 from .errors import ScimError
 from .http import base_url
+from .http import token_endpoint_url
 from .http import user_type
 
 
@@ -37,7 +38,15 @@ def query_service_provider_config():
                 "connection in the admin console or with `mdm token create`.",
                 "specUri": "https://www.rfc-editor.org/rfc/rfc6750",
                 "primary": True,
-            }
+            },
+            {
+                "type": "oauthbearertoken",
+                "name": "OAuth 2.0 Client Credentials",
+                "description": "An access token from the token endpoint "
+                f"{token_endpoint_url()} (grant_type=client_credentials) for an "
+                "OAuth client of a connection, sent as a bearer token.",
+                "specUri": "https://www.rfc-editor.org/rfc/rfc6749",
+            },
         ],
         "meta": {
             "resourceType": "ServiceProviderConfig",

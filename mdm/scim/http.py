@@ -16,6 +16,7 @@ from . import schema
 from . import serialize
 from .errors import ScimError
 from .paths import CONTENT_TYPE
+from .paths import TOKEN_PATH
 from .paths import URL_PREFIX
 
 JSON_TYPES = ("application/scim+json", "application/json", "text/json")
@@ -46,6 +47,11 @@ def base_url():
 
 
 _base_urls = {}
+
+
+def token_endpoint_url():
+    """Return the absolute URL of the OAuth token endpoint, beside the SCIM base."""
+    return base_url().removesuffix(URL_PREFIX) + TOKEN_PATH
 
 
 def user_type():
