@@ -1,5 +1,6 @@
-"""The ``mdm`` command: Flask's CLI plus serve, token and attribute commands."""
+"""The ``mdm`` command: Flask's CLI plus serve, token, client and attribute commands."""
 
+import json
 import os
 import re
 import sys
@@ -27,9 +28,11 @@ from .models import IDPS
 from .models import Admin
 from .models import BearerToken
 from .models import CustomAttribute
+from .models import OAuthClient
 from .models import TokenError
 from .models import duplicate_attribute
 from .scim import URL_PREFIX
+from .scim.paths import TOKEN_PATH
 from .scim.schema import CUSTOM_TYPES
 from .server import default_threads
 from .server import serve
@@ -81,7 +84,7 @@ def serve_command(host, port, threads):
             err=True,
         )
     with database.connection_context():
-        if BearerToken.select().count() == 0:
+        if BearerToken.select().count() == 0 and OAuthClient.select().count() == 0:
             click.echo(
                 "No SCIM token yet: generate one in the console under User "
                 "Provisioning, or run `mdm token create --idp entra`.",
@@ -199,6 +202,153 @@ def token_remove(token_id):
         token.delete_instance()
     audit("SCIM Token Deleted", _details(token), actor="cli")
     click.echo(f"Token {token_id} removed.", err=True)
+
+
+@click.group("client")
+def client_group():
+    """Manage OAuth clients, which fetch short-lived access tokens for SCIM."""
+
+
+def _client_details(client):
+    return f"IdP: {client.idp_name}; client {client.client_id}"
+
+
+def _client(ident):
+    """Find a client by its row id or its client_id."""
+    if ident.isdigit():
+        client = OAuthClient.get_or_none(OAuthClient.id == int(ident))
+    else:
+        client = OAuthClient.get_or_none(OAuthClient.client_id == ident)
+    if client is None:
+        raise click.ClickException(f"No OAuth client {ident}.")
+    return client
+
+
+def token_endpoint():
+    """Return the token endpoint's URL, beside the Target SCIM URL."""
+    return target_url().removesuffix(URL_PREFIX) + TOKEN_PATH
+
+
+@client_group.command("create")
+@click.option("--idp", required=True, type=click.Choice(sorted(IDPS)))
+@click.option("--label", default="", help="A name to recognise the client by.")
+@click.option(
+    "--expires-in", type=click.IntRange(1, 3650), help="Days until the secret expires."
+)
+@with_appcontext
+def client_create(idp, label, expires_in):
+    """Create a client; print its id, its secret (only now) and the token endpoint."""
+    with database.connection_context():
+        try:
+            client, secret = OAuthClient.issue(idp, label, "cli", expires_in)
+        except TokenError as error:
+            raise click.ClickException(str(error)) from None
+    audit("OAuth Client Created", _client_details(client), actor="cli")
+    click.echo(f"client_id: {client.client_id}")
+    click.echo(f"client_secret: {secret}")
+    click.echo(f"token_endpoint: {token_endpoint()}")
+    click.echo(f"Target SCIM URL: {target_url()}", err=True)
+    click.echo(
+        f"OAuth client {client.id} for {client.idp_name}; the secret is shown only now.",
+        err=True,
+    )
+
+
+def _iso(value):
+    return value.isoformat(timespec="seconds") + "Z" if value else None
+
+
+@client_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+@with_appcontext
+def client_list(as_json):
+    """List OAuth clients without their secrets."""
+    with database.connection_context():
+        clients = list(OAuthClient.select().order_by(OAuthClient.idp, OAuthClient.id))
+    if as_json:
+        rows = [
+            {
+                "id": c.id,
+                "client_id": c.client_id,
+                "idp": c.idp,
+                "label": c.label,
+                "status": c.status,
+                "created_at": _iso(c.created_at),
+                "created_by": c.created_by,
+                "expires_at": _iso(c.expires_at),
+                "renewed_at": _iso(c.renewed_at),
+                "last_used_at": _iso(c.last_used_at),
+                "last_user_agent": c.last_user_agent,
+            }
+            for c in clients
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not clients:
+        click.echo("No OAuth clients.", err=True)
+        return
+    click.echo(
+        "ID  IDP       CLIENT ID              STATUS    CREATED           EXPIRES           LAST USED         LABEL / LAST CLIENT"
+    )
+    for c in clients:
+        click.echo(
+            f"{c.id:<3} {c.idp:<9} {c.client_id:<22} {c.status:<9} "
+            f"{_when(c.created_at):<17} {_when(c.expires_at):<17} "
+            f"{_when(c.last_used_at):<17} {c.label or '-'} / {c.last_user_agent or '-'}"
+        )
+
+
+@client_group.command("set-active")
+@click.argument("ident", metavar="ID")
+@with_appcontext
+def client_set_active(ident):
+    """Let a client get access tokens again."""
+    with database.connection_context():
+        client = _client(ident)
+        client.set_active(True)
+    audit("OAuth Client Enabled", _client_details(client), actor="cli")
+    click.echo(f"OAuth client {client.client_id} is active.", err=True)
+
+
+@client_group.command("set-inactive")
+@click.argument("ident", metavar="ID")
+@with_appcontext
+def client_set_inactive(ident):
+    """Stop a client and revoke its access tokens, without removing it."""
+    with database.connection_context():
+        client = _client(ident)
+        client.set_active(False)
+    audit("OAuth Client Disabled", _client_details(client), actor="cli")
+    click.echo(
+        f"OAuth client {client.client_id} is inactive; its access tokens are revoked.",
+        err=True,
+    )
+
+
+@client_group.command("renew")
+@click.argument("ident", metavar="ID")
+@with_appcontext
+def client_renew(ident):
+    """Issue a new secret; the old one and every access token stop working at once."""
+    with database.connection_context():
+        client = _client(ident)
+        secret = client.renew()
+    audit("OAuth Client Renewed", _client_details(client), actor="cli")
+    click.echo(f"client_id: {client.client_id}")
+    click.echo(f"client_secret: {secret}")
+    click.echo(f"token_endpoint: {token_endpoint()}")
+
+
+@client_group.command("remove")
+@click.argument("ident", metavar="ID")
+@with_appcontext
+def client_remove(ident):
+    """Delete a client and its access tokens; users and groups stay."""
+    with database.connection_context():
+        client = _client(ident)
+        client.remove()
+    audit("OAuth Client Deleted", _client_details(client), actor="cli")
+    click.echo(f"OAuth client {client.client_id} removed.", err=True)
 
 
 @click.group("attribute")
@@ -435,6 +585,7 @@ def admin_unlock(username):
 COMMANDS = (
     serve_command,
     token_group,
+    client_group,
     admin_group,
     attribute_group,
     backup_command,
