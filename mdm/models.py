@@ -311,7 +311,7 @@ class OAuthClient(Credential):
         return client, None
 
     def grant(self, lifetime, now=None):
-        """Issue an access token and return (token, seconds it lives)."""
+        """Issue an access token and return (token, seconds it lives), or None if revoked."""
         now = now or utcnow()
         expires_at = now + lifetime
         if self.expires_at is not None:
@@ -321,6 +321,19 @@ class OAuthClient(Credential):
         token = f"{ACCESS_TOKEN_PREFIX}_{key}_{secrets.token_urlsafe(32)}"
         digest = self._hash(token)
         with write_transaction():
+            # The secret was checked before the lock: if the client was renewed,
+            # set Inactive or removed since, its revocation stands.
+            current = (
+                OAuthClient.select(OAuthClient.secret_hash, OAuthClient.active)
+                .where(OAuthClient.id == self.id)
+                .first()
+            )
+            if (
+                current is None
+                or not current.active
+                or current.secret_hash != self.secret_hash
+            ):
+                return None
             AccessToken.prune(self, now)
             AccessToken.create(
                 client=self.id,

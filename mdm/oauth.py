@@ -99,7 +99,12 @@ def token():
             "invalid_scope", f"The only scope is {SCOPE!r}; leave scope out or send it."
         )
     client = _authenticate(client_id, secret)
-    access_token, expires_in = client.grant(lifetime())
+    granted = client.grant(lifetime())
+    if granted is None:
+        raise invalid_client(
+            "The client was renewed, set Inactive or removed while this request was checked."
+        )
+    access_token, expires_in = granted
     body = {
         "access_token": access_token,
         "token_type": "Bearer",

@@ -834,3 +834,36 @@ def test_served_stack_issues_tokens_and_keeps_no_secret(tmp_path, method):
         assert tail.encode() not in stored
         assert tail not in rows
     assert values["client_id"] in rows  # the activity log names the client
+
+
+@pytest.mark.parametrize("change", ["renew", "set_inactive", "remove"])
+def test_a_change_between_checking_the_secret_and_issuing_wins(
+    app, client, monkeypatch, change
+):
+    # The secret is checked outside the write lock; a renewal, deactivation or
+    # removal that lands before the token is written must still revoke it.
+    oauth_client, secret = new_client(app)
+    verify = OAuthClient.verify.__func__
+
+    def verify_then_change(cls, client_id, given):
+        found = verify(cls, client_id, given)
+        target = OAuthClient.get_by_id(oauth_client.id)
+        if change == "renew":
+            target.renew()
+        elif change == "set_inactive":
+            target.set_active(False)
+        else:
+            target.remove()
+        return found
+
+    monkeypatch.setattr(OAuthClient, "verify", classmethod(verify_then_change))
+    response = post_token(client, form(oauth_client.client_id, secret))
+    assert_error(
+        response,
+        401,
+        "invalid_client",
+        "The client was renewed, set Inactive or removed while this request was "
+        "checked.",
+    )
+    with app.app_context(), database.connection_context():
+        assert AccessToken.select().count() == 0
