@@ -12,6 +12,9 @@ each request was due, so a server falling behind shows it.
 
     .venv/bin/python bench/provision.py --users 2000 --clients 8
 
+--oauth provisions with an OAuth client's access token, fetched from the
+token endpoint (whose latency it prints first), instead of a static token.
+
 --database-url postgresql://… serves from PostgreSQL instead of SQLite: each
 run gets a scratch schema in that database, dropped afterwards.
 """
@@ -188,7 +191,12 @@ MDM = [sys.executable, "-c", "from mdm.__main__ import main; main()"]
 
 
 def start_server(
-    instance, activity_log=True, database_url=None, token=None, threads=None
+    instance,
+    activity_log=True,
+    database_url=None,
+    token=None,
+    threads=None,
+    oauth=False,
 ):
     """Start mdm on a scratch instance and return (process, url, token)."""
     env = dict(os.environ, MDM_INSTANCE_PATH=instance)
@@ -196,7 +204,18 @@ def start_server(
         env["MDM_DATABASE_URL"] = database_url
     env["MDM_ACTIVITY_LOG"] = "true" if activity_log else "false"
     mdm = MDM
-    if token is None:
+    client = None
+    if token is None and oauth:
+        created = subprocess.run(
+            [*mdm, "client", "create", "--idp", "entra"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        ).stdout
+        client = dict(line.split(": ", 1) for line in created.splitlines())
+    elif token is None:
         token = subprocess.run(
             [*mdm, "token", "create", "--idp", "entra"],
             env=env,
@@ -219,7 +238,38 @@ def start_server(
     url = f"http://127.0.0.1:{port}/scim/v2"
     Client(url, token).send("GET", "/ServiceProviderConfig")
     print(f"first request answered {time.monotonic() - started:.2f} s after start")
+    if client is not None:
+        token = token_endpoint(port, client)
     return process, url, token
+
+
+def token_endpoint(port, client, fetches=200):
+    """Time ``fetches`` access-token requests one after another; return the last token."""
+    form = urllib.parse.urlencode(
+        {
+            "grant_type": "client_credentials",
+            "client_id": client["client_id"],
+            "client_secret": client["client_secret"],
+        }
+    )
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    times = []
+    for _ in range(fetches):
+        started = time.perf_counter()
+        conn.request("POST", "/oauth/token", body=form, headers=headers)
+        response = conn.getresponse()
+        body = json.loads(response.read())
+        times.append((time.perf_counter() - started) * 1000)
+        if response.status != 200:
+            raise RuntimeError(f"token endpoint answered {response.status}: {body}")
+    conn.close()
+    times.sort()
+    print(
+        f"token endpoint: {fetches} fetches, p50 {statistics.median(times):.1f} ms, "
+        f"p99 {times[int(len(times) * 0.99) - 1]:.1f} ms"
+    )
+    return body["access_token"]
 
 
 def rss_mib(pid):
@@ -479,6 +529,11 @@ def main():
     )
     parser.add_argument("--url", help="target an existing server's SCIM base URL")
     parser.add_argument("--token", help="bearer token for --url")
+    parser.add_argument(
+        "--oauth",
+        action="store_true",
+        help="provision with an OAuth client's access token instead of a static token",
+    )
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument(
         "--database-url", help="serve from this PostgreSQL database (a scratch schema)"
@@ -508,7 +563,10 @@ def main():
             url, token = args.url, args.token
         else:
             process, url, token = start_server(
-                instance, database_url=database_url, threads=args.threads
+                instance,
+                database_url=database_url,
+                threads=args.threads,
+                oauth=args.oauth,
             )
             processes.append(process)
             if args.processes > 1:
