@@ -131,7 +131,9 @@ class Credential(database.Model):
 
     def set_active(self, active):
         self.active = active
-        self.save()
+        # Only this column: a copy read before another process renewed the
+        # secret must not write the old secret back.
+        self.save(only=[type(self).active])
 
     def touch(self, user_agent):
         """Record a use, writing at most once a minute to spare the write lock."""
@@ -190,7 +192,9 @@ class BearerToken(Credential):
         self.key = key
         self.secret_hash = self._hash(secret)
         self.renewed_at = utcnow()
-        self.save()
+        self.save(
+            only=[BearerToken.key, BearerToken.secret_hash, BearerToken.renewed_at]
+        )
         return secret
 
     @classmethod
@@ -272,7 +276,7 @@ class OAuthClient(Credential):
         with write_transaction():
             self.secret_hash = digest
             self.renewed_at = utcnow()
-            self.save()
+            self.save(only=[OAuthClient.secret_hash, OAuthClient.renewed_at])
             self.revoke_access_tokens()
         return secret
 

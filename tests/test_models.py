@@ -1,5 +1,7 @@
 """Model operations: saving, uniqueness, and the reads every SCIM request makes."""
 
+from datetime import timedelta
+
 import pytest
 from peewee import IntegrityError
 from playhouse.test_utils import count_queries
@@ -9,6 +11,7 @@ from mdm.models import BearerToken
 from mdm.models import CustomAttribute
 from mdm.models import Group
 from mdm.models import Membership
+from mdm.models import OAuthClient
 from mdm.models import User
 from mdm.models import groups_of
 from mdm.models import mirror_user
@@ -70,6 +73,38 @@ def test_authenticate_reads_the_token_and_definitions_in_one_statement(db):
     ]
     assert BearerToken.authenticate(secret[:-1] + "x") is None
     assert BearerToken.authenticate("mdm_nope_secret") is None
+
+
+def test_an_access_token_is_read_with_its_client_in_one_statement(db):
+    CustomAttribute.create(name="costCenter", type="string")
+    client, _ = OAuthClient.issue("entra", "prod")
+    access, _ = client.grant(timedelta(hours=1))
+    with count_queries() as counted:
+        found, reason = OAuthClient.authenticate(access)
+    assert counted.count == 1
+    assert reason is None
+    assert (found.client_id, found.idp, found.key) == (
+        client.client_id,
+        "entra",
+        client.client_id,
+    )
+    assert found.custom_attributes == (("costCenter", "string"),)
+    assert OAuthClient.authenticate(access[:-1] + "x")[1] == "wrong secret"
+    assert OAuthClient.authenticate("mdmat_nope_secret") == (
+        None,
+        "unknown access token",
+    )
+
+
+def test_a_stale_token_copy_never_writes_an_old_secret_back(db):
+    token, old = BearerToken.issue("entra")
+    stale = BearerToken.get_by_id(token.id)
+    new = BearerToken.get_by_id(token.id).renew()
+    stale.set_active(False)
+    assert BearerToken.authenticate(new) is None
+    stale.set_active(True)
+    assert BearerToken.authenticate(new).id == token.id
+    assert BearerToken.authenticate(old) is None
 
 
 def test_groups_of_lists_live_groups_by_name(db):

@@ -867,3 +867,16 @@ def test_a_change_between_checking_the_secret_and_issuing_wins(
     )
     with app.app_context(), database.connection_context():
         assert AccessToken.select().count() == 0
+
+
+def test_a_stale_copy_never_writes_an_old_secret_back(app, client):
+    oauth_client, old_secret = new_client(app)
+    with app.app_context(), database.connection_context():
+        stale = OAuthClient.get_by_id(oauth_client.id)
+        new_secret = OAuthClient.get_by_id(oauth_client.id).renew()
+        stale.set_active(False)
+        stale.set_active(True)
+    assert (
+        post_token(client, form(oauth_client.client_id, old_secret)).status_code == 401
+    )
+    assert fetch(client, oauth_client.client_id, new_secret)
