@@ -129,9 +129,16 @@ REFUSAL_ROWS_PER_BUCKET = 20
 # Distinct refusals held in memory between two writes, folded beyond that.
 REFUSAL_PENDING = 1000
 FOLDED = "*"
-# The reasons (mdm.scim.auth.refusal) under which the token key is one this
-# server holds.
-HELD_TOKEN = ("expired token", "inactive token", "wrong secret")
+# The reasons (mdm.scim.auth.refusal; OAuthClient.authenticate for access
+# tokens, keyed by their client_id) under which the key is one this server holds.
+HELD_TOKEN = (
+    "expired token",
+    "inactive token",
+    "wrong secret",
+    "expired access token",
+    "inactive client",
+    "expired client",
+)
 # Refusal rows kept at most, newest first, whatever their age.
 REFUSAL_MAX_ROWS = 10000
 

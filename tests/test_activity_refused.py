@@ -17,6 +17,7 @@ from mdm.db import database
 from mdm.db import schema_version
 from mdm.db import set_schema_version
 from mdm.models import BearerToken
+from mdm.models import OAuthClient
 from mdm.models import utcnow
 
 from .conftest import ScimClient
@@ -205,6 +206,28 @@ def test_a_known_token_keeps_its_own_row_in_a_flood(app, client):
     assert [(r.reason, r.idp, r.requests) for r in mine] == [
         ("inactive token", "entra", 1)
     ]
+
+
+def test_an_expired_access_token_keeps_its_clients_row_in_a_flood(app, client):
+    with database.connection_context():
+        oauth_client, _ = OAuthClient.issue("entra")
+        stale, _ = oauth_client.grant(
+            timedelta(hours=1), now=utcnow() - timedelta(hours=2)
+        )
+    for number in range(60):
+        unauthenticated(client, number, b"{}")
+    unknown = "mdmat_0123456789abcdef_" + "x" * 43
+    for token in (stale, unknown):
+        response = ScimClient(client, token).get(
+            "/Users", environ_base={"REMOTE_ADDR": "203.0.113.9"}
+        )
+        assert response.status_code == 401
+    rows = [r for r in refusals() if r.reason.endswith("access token")]
+    assert sorted((r.reason, r.idp, r.token_key, r.requests) for r in rows) == [
+        ("expired access token", "entra", oauth_client.client_id, 1),
+        ("unknown access token", "", "", 1),
+    ]
+    assert stale not in stored_text()
 
 
 def test_requests_no_view_authenticates_are_counted_unless_their_token_is_valid(
