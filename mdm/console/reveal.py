@@ -1,4 +1,4 @@
-"""Show a new token secret once, on a page that a reload cannot repeat."""
+"""Show a new token or client secret once, on a page that a reload cannot repeat."""
 
 # Generate and Renew answer with a redirect (POST/redirect/GET), so reloading
 # the page that shows the secret never runs the action again. Between the two
@@ -6,6 +6,8 @@
 # pad in the admin's session cookie, and the secret XOR the pad in a shared
 # Setting row (any server process may answer the GET). Showing the secret
 # deletes the row, so it is shown once, and only to the session that made it.
+# Tokens and OAuth clients have ids of their own, so a ticket also names the
+# kind of credential: a client's secret never shows on a token's page.
 
 import json
 import secrets
@@ -15,6 +17,7 @@ from datetime import timedelta
 from flask import session
 
 from ..db import write_transaction
+from ..models import OAuthClient
 from ..models import Setting
 from ..models import utcnow
 
@@ -23,13 +26,19 @@ PREFIX = "reveal:"
 LIFETIME = timedelta(minutes=5)
 
 
+def kind(credential):
+    """Name the kind of ``credential`` a ticket is for: "token" or "client"."""
+    return "client" if isinstance(credential, OAuthClient) else "token"
+
+
 def keep(token, secret, renewed):
-    """Keep ``token``'s new ``secret`` for one showing to this session."""
+    """Keep ``token``'s (or an OAuth client's) new ``secret`` for one showing to this session."""
     plain = secret.encode()
     pad = secrets.token_bytes(len(plain))
     name = PREFIX + secrets.token_urlsafe(16)
     now = utcnow()
     value = {
+        "kind": kind(token),
         "token": token.id,
         "renewed": renewed,
         "sealed": _xor(plain, pad).hex(),
@@ -38,13 +47,22 @@ def keep(token, secret, renewed):
     with write_transaction():
         _prune(now)
         Setting.create(name=name, value=json.dumps(value))
-    session["reveal"] = {"name": name, "pad": pad.hex(), "token": token.id}
+    session["reveal"] = {
+        "name": name,
+        "pad": pad.hex(),
+        "kind": kind(token),
+        "token": token.id,
+    }
 
 
 def take(token):
     """Return (secret, renewed) kept for ``token`` by this session, once; else None."""
     ticket = session.get("reveal")
-    if not isinstance(ticket, dict) or ticket.get("token") != token.id:
+    if (
+        not isinstance(ticket, dict)
+        or ticket.get("token") != token.id
+        or ticket.get("kind") != kind(token)
+    ):
         return None
     session.pop("reveal")
     with write_transaction():
@@ -56,7 +74,12 @@ def take(token):
     value = json.loads(row.value)
     pad = bytes.fromhex(ticket["pad"])
     sealed = bytes.fromhex(value["sealed"])
-    if value["token"] != token.id or len(pad) != len(sealed) or _expired(value):
+    if (
+        value["token"] != token.id
+        or value.get("kind") != kind(token)
+        or len(pad) != len(sealed)
+        or _expired(value)
+    ):
         return None
     return _xor(sealed, pad).decode(), bool(value["renewed"])
 
