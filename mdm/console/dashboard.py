@@ -22,6 +22,7 @@ from ..models import IDPS
 from ..models import BearerToken
 from ..models import Group
 from ..models import Membership
+from ..models import OAuthClient
 from ..models import User
 from ..models import utcnow
 from .base import EXPIRY_WARNING
@@ -238,7 +239,8 @@ def chart(series, label_every, label_format):
 
 Connection = namedtuple(
     "Connection",
-    "idp name tokens active_tokens last_success last_error last_request "
+    "idp name tokens active_tokens clients active_clients last_success last_error "
+    "last_request "
     "day_total day_failed day_operations day_operations_failed cycle_total "
     "cycle_failed state state_class age",
 )
@@ -292,7 +294,9 @@ def window_counts(now):
 
 
 def connection_state(idp, tokens, active_tokens, last_request, now):
-    """Name a connection's state and its CSS class from its tokens and last request."""
+    """Name a connection's state and its CSS class from its credentials and last request."""
+    # ``tokens`` and ``active_tokens`` count OAuth clients too: an IdP with
+    # an active client provisions as well as one with an active token.
     if last_request is None:
         if not tokens:
             return "Not connected", "inactive"
@@ -324,11 +328,16 @@ def connections(now, counts):
     tokens = {}
     for token in BearerToken.select().order_by(BearerToken.id):
         tokens.setdefault(token.idp, []).append(token)
+    clients = {}
+    for client in OAuthClient.select().order_by(OAuthClient.id):
+        clients.setdefault(client.idp, []).append(client)
     cards = []
     with activity_db.connection_context():
         for idp, name in IDPS.items():
             own = tokens.get(idp, [])
             active = sum(1 for t in own if t.status == "Active")
+            own_clients = clients.get(idp, [])
+            active_clients = sum(1 for c in own_clients if c.status == "Active")
             success = _latest(idp, ActivityEntry.status < 400)
             error = _latest(idp, ActivityEntry.status >= 400)
             times = [e.time for e in (success, error) if e is not None]
@@ -341,13 +350,17 @@ def connections(now, counts):
                 cycle_total,
                 cycle_failed,
             ) = counts.get(idp, (0, 0, 0, 0, 0, 0))
-            state, state_class = connection_state(idp, own, active, last, now)
+            state, state_class = connection_state(
+                idp, own + own_clients, active + active_clients, last, now
+            )
             cards.append(
                 Connection(
                     idp=idp,
                     name=name,
                     tokens=own,
                     active_tokens=active,
+                    clients=own_clients,
+                    active_clients=active_clients,
                     last_success=success,
                     last_error=error,
                     last_request=last,
@@ -372,8 +385,10 @@ def connections(now, counts):
 
 Refused = namedtuple("Refused", "bad_token bad_token_names unknown")
 
-# Audit details name the keys of tokens this server issued, removed or renewed.
+# Audit details name the keys of tokens this server issued, removed or renewed,
+# and the ids of its OAuth clients, which refused access tokens are counted by.
 AUDITED_KEY = re.compile(r"\b(?:token|replaced) ([0-9a-f]{1,32})\b")
+AUDITED_CLIENT = re.compile(r"\bclient (mdmc_[0-9a-f]{1,32})\b")
 
 
 def issued_keys(keys):
@@ -386,17 +401,27 @@ def issued_keys(keys):
         .where(BearerToken.key.in_(sorted(keys)))
         .tuples()
     }
-    # Removed and renewed tokens live on only in the audit trail.
+    found.update(
+        (client_id, IDPS.get(idp, idp))
+        for client_id, idp in OAuthClient.select(OAuthClient.client_id, OAuthClient.idp)
+        .where(OAuthClient.client_id.in_(sorted(keys)))
+        .tuples()
+    )
+    # Removed and renewed credentials live on only in the audit trail.
     events = (
-        AuditEvent.select(AuditEvent.details)
-        .where(AuditEvent.event.startswith("SCIM Token"))
+        AuditEvent.select(AuditEvent.event, AuditEvent.details)
+        .where(
+            AuditEvent.event.startswith("SCIM Token")
+            | AuditEvent.event.startswith("OAuth Client")
+        )
         .tuples()
     )
     names = {name.lower(): name for name in IDPS.values()}
     with activity_db.connection_context():
-        for (details,) in events:
+        for event, details in events:
             connection = details.partition(";")[0].removeprefix("IdP: ")
-            for key in AUDITED_KEY.findall(details):
+            pattern = AUDITED_KEY if event.startswith("SCIM Token") else AUDITED_CLIENT
+            for key in pattern.findall(details):
                 if key in keys and key not in found:
                     found[key] = names.get(connection.lower(), "")
     return found
@@ -484,7 +509,9 @@ def banners(cards, refused, now, scim_enabled):
                     f"See {card.name} activity",
                 )
             )
-        if card.last_request is not None and not card.active_tokens:
+        if card.last_request is not None and not (
+            card.active_tokens or card.active_clients
+        ):
             found.append(
                 (
                     "danger",
@@ -507,6 +534,20 @@ def banners(cards, refused, now, scim_enabled):
                         "before then.",
                         link,
                         f"Open {card.name} tokens",
+                    )
+                )
+        for client in card.clients:
+            days = client.days_until_expiry(EXPIRY_WARNING, now)
+            if days is not None:
+                found.append(
+                    (
+                        "warning",
+                        f"{card.name} OAuth client {client.client_id} expires in "
+                        f"{days} day{'s' if days != 1 else ''} "
+                        f"({client.expires_at:%Y-%m-%d}). Add a client and update the "
+                        "identity provider before then.",
+                        url_for("console.provisioning", idp=card.idp, auth="oauth"),
+                        f"Open {card.name} OAuth clients",
                     )
                 )
     return found
