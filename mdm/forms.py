@@ -134,6 +134,10 @@ class GenerateTokenForm(FlaskForm):
         return None if self.expiry.data == "never" else int(self.expiry.data)
 
 
+class AddClientForm(GenerateTokenForm):
+    submit = SubmitField("Add client")
+
+
 class TokenActionForm(FlaskForm):
     action = SelectField("Select", choices=TOKEN_ACTIONS)
     submit = SubmitField("Apply")

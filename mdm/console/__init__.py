@@ -10,13 +10,23 @@ from . import activity
 from . import admins
 from . import attributes
 from . import audit
+from . import clients
 from . import dashboard
 from . import directory
 from . import tokens
 from .base import bp
 
 # Imported for the routes they add to bp.
-SECTIONS = (dashboard, directory, tokens, attributes, activity, audit, admins)
+SECTIONS = (
+    dashboard,
+    directory,
+    tokens,
+    clients,
+    attributes,
+    activity,
+    audit,
+    admins,
+)
 
 
 def init_app(app):

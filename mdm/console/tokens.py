@@ -1,4 +1,4 @@
-"""User Provisioning pages: each IdP's Target SCIM URL and its bearer tokens."""
+"""User Provisioning pages: each IdP's Target SCIM URL, its bearer tokens and the choice of method."""
 
 import ipaddress
 from urllib.parse import urlsplit
@@ -8,6 +8,7 @@ from flask import current_app
 from flask import flash
 from flask import redirect
 from flask import render_template
+from flask import request
 from flask import url_for
 from flask_login import current_user
 
@@ -16,14 +17,20 @@ from ..forms import ConfirmForm
 from ..forms import GenerateTokenForm
 from ..forms import TokenActionForm
 from ..models import IDPS
+from ..models import MAX_CLIENTS_PER_IDP
 from ..models import MAX_TOKENS_PER_IDP
 from ..models import BearerToken
+from ..models import OAuthClient
 from ..models import TokenError
 from ..scim.http import base_url as target_scim_url
+from ..scim.http import token_endpoint_url
 from . import reveal
 from .base import EXPIRY_WARNING
 from .base import SCIM_DISABLED
 from .base import bp
+
+# The two ways an IdP can authenticate, as the page's ?auth= choice names them.
+AUTH_METHODS = {"bearer": "Bearer token", "oauth": "OAuth 2.0 client credentials"}
 
 
 def _idp_or_404(idp):
@@ -62,23 +69,14 @@ def url_warning(url):
     return None
 
 
-def _banners(tokens):
-    """Return (category, message) warnings for a connection's token page."""
+def _banners(tokens, clients, auth):
+    """Return (category, message) warnings for a connection's provisioning page."""
     banners = []
     if not current_app.config.get("SCIM_ENABLED", True):
         banners.append(("danger", SCIM_DISABLED))
-    if not any(t.status == "Active" for t in tokens):
-        if len(tokens) >= MAX_TOKENS_PER_IDP:
-            advice = "set a token to Active, or remove one to make room for a new one"
-        else:
-            advice = "generate a token or set one to Active"
-        banners.append(
-            (
-                "warning",
-                "No active token: the identity provider cannot provision until you "
-                f"{advice}.",
-            )
-        )
+    # Both methods work at once, so one live credential of either kind is enough.
+    if not any(c.status == "Active" for c in (*tokens, *clients)):
+        banners.append(("warning", _no_active(tokens, clients, auth)))
     for token in tokens:
         days = token.days_until_expiry(EXPIRY_WARNING)
         if days is not None:
@@ -90,7 +88,38 @@ def _banners(tokens):
                     "update the identity provider before then.",
                 )
             )
+    for client in clients:
+        days = client.days_until_expiry(EXPIRY_WARNING)
+        if days is not None:
+            banners.append(
+                (
+                    "warning",
+                    f"OAuth client {client.client_id} expires in {days} "
+                    f"day{'s' if days != 1 else ''} ({client.expires_at:%Y-%m-%d}). "
+                    "Add a client and update the identity provider before then.",
+                )
+            )
     return banners
+
+
+def _no_active(tokens, clients, auth):
+    """Say what to do when a connection has no active credential, in the shown method's words."""
+    if auth == "oauth":
+        if len(clients) >= MAX_CLIENTS_PER_IDP:
+            advice = "set a client to Active, or remove one to make room for a new one"
+        else:
+            advice = "add an OAuth client or set one to Active"
+        return (
+            "No active OAuth client or token: the identity provider cannot provision "
+            f"until you {advice}."
+        )
+    if len(tokens) >= MAX_TOKENS_PER_IDP:
+        advice = "set a token to Active, or remove one to make room for a new one"
+    else:
+        advice = "generate a token or set one to Active"
+    return (
+        f"No active token: the identity provider cannot provision until you {advice}."
+    )
 
 
 @bp.get("/provisioning")
@@ -100,19 +129,33 @@ def provisioning_home():
 
 @bp.get("/provisioning/<idp>")
 def provisioning(idp):
-    """Show a connection's Target SCIM URL, tokens and setup steps."""
+    """Show a connection's Target SCIM URL, its credentials for one method, and setup steps."""
     _idp_or_404(idp)
     tokens = list(
         BearerToken.select().where(BearerToken.idp == idp).order_by(BearerToken.id)
     )
+    clients = list(
+        OAuthClient.select().where(OAuthClient.idp == idp).order_by(OAuthClient.id)
+    )
+    auth = request.args.get("auth")
+    if auth not in AUTH_METHODS:
+        # Show the method the connection uses; a new one starts with tokens.
+        auth = "oauth" if clients and not tokens else "bearer"
     return render_template(
         "admin/provisioning.html",
         idp=idp,
+        auth=auth,
+        auth_methods=AUTH_METHODS,
         tokens=tokens,
         full=len(tokens) >= MAX_TOKENS_PER_IDP,
         max_tokens=MAX_TOKENS_PER_IDP,
-        banners=_banners(tokens),
+        clients=clients,
+        clients_full=len(clients) >= MAX_CLIENTS_PER_IDP,
+        max_clients=MAX_CLIENTS_PER_IDP,
+        banners=_banners(tokens, clients, auth),
         scim_url=target_scim_url(),
+        token_endpoint=token_endpoint_url(),
+        token_minutes=current_app.config["OAUTH_TOKEN_MINUTES"],
         url_warning=url_warning(target_scim_url()),
         action_form=TokenActionForm(),
     )
@@ -154,18 +197,23 @@ def token_action(idp, token_id):
     action = form.action.data
     if action in ("renew", "remove"):
         return redirect(url_for(f"console.{action}_token", idp=idp, token_id=token.id))
-    if action == "deactivate" and _last_active(token):
+    if action == "deactivate" and last_active(token):
         return redirect(url_for("console.deactivate_token", idp=idp, token_id=token.id))
     _set_active(token, action == "activate")
     return redirect(url_for("console.provisioning", idp=idp))
 
 
-def _last_active(token):
-    """Return True if ``token`` is the only one its connection can provision with."""
-    others = BearerToken.select().where(
-        (BearerToken.idp == token.idp) & (BearerToken.id != token.id)
-    )
-    return token.status == "Active" and not any(t.status == "Active" for t in others)
+def last_active(credential):
+    """Return True if ``credential`` is the only token or client its connection can provision with."""
+    if credential.status != "Active":
+        return False
+    for model in (BearerToken, OAuthClient):
+        others = model.select().where(model.idp == credential.idp)
+        if isinstance(credential, model):
+            others = others.where(model.id != credential.id)
+        if any(other.status == "Active" for other in others):
+            return False
+    return True
 
 
 def _set_active(token, active):
