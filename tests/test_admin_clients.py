@@ -218,6 +218,12 @@ def test_okta_oauth_view_says_to_choose_bearer(console):
         "OAuth Bearer Token field; it cannot fetch tokens from a token endpoint. "
         "Choose Bearer token for Okta."
     )
+    # Nothing on the page advises adding a client for Okta.
+    assert banners(soup)[1:] == [
+        "No active token: the identity provider cannot provision until you "
+        "generate a token or set one to Active."
+    ]
+    assert "primary" not in soup.find("a", string="Add client")["class"]
     section = soup.select_one("section.instructions")
     assert section.find("ol") is None
     assert "cannot use a token endpoint" in section.get_text()

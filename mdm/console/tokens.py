@@ -69,14 +69,16 @@ def url_warning(url):
     return None
 
 
-def _banners(tokens, clients, auth):
+def _banners(idp, tokens, clients, auth):
     """Return (category, message) warnings for a connection's provisioning page."""
     banners = []
     if not current_app.config.get("SCIM_ENABLED", True):
         banners.append(("danger", SCIM_DISABLED))
     # Both methods work at once, so one live credential of either kind is enough.
     if not any(c.status == "Active" for c in (*tokens, *clients)):
-        banners.append(("warning", _no_active(tokens, clients, auth)))
+        # Okta cannot use a client, so its advice is always about tokens.
+        method = "bearer" if idp == "okta" else auth
+        banners.append(("warning", _no_active(tokens, clients, method)))
     for token in tokens:
         days = token.days_until_expiry(EXPIRY_WARNING)
         if days is not None:
@@ -152,7 +154,7 @@ def provisioning(idp):
         clients=clients,
         clients_full=len(clients) >= MAX_CLIENTS_PER_IDP,
         max_clients=MAX_CLIENTS_PER_IDP,
-        banners=_banners(tokens, clients, auth),
+        banners=_banners(idp, tokens, clients, auth),
         scim_url=target_scim_url(),
         token_endpoint=token_endpoint_url(),
         token_minutes=current_app.config["OAUTH_TOKEN_MINUTES"],
