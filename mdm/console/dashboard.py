@@ -240,9 +240,8 @@ def chart(series, label_every, label_format):
 Connection = namedtuple(
     "Connection",
     "idp name tokens active_tokens clients active_clients last_success last_error "
-    "last_request "
-    "day_total day_failed day_operations day_operations_failed cycle_total "
-    "cycle_failed state state_class age",
+    "last_request day_total day_failed day_operations day_operations_failed "
+    "cycle_total cycle_failed state state_class age",
 )
 
 
