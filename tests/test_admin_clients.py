@@ -224,6 +224,10 @@ def test_okta_oauth_view_says_to_choose_bearer(console):
         "generate a token or set one to Active."
     ]
     assert "primary" not in soup.find("a", string="Add client")["class"]
+    assert text_of(soup.select_one("p.empty")) == (
+        "No OAuth clients. Okta's SCIM app cannot use one; other tools on this "
+        "connection can."
+    )
     section = soup.select_one("section.instructions")
     assert section.find("ol") is None
     assert "cannot use a token endpoint" in section.get_text()
