@@ -332,6 +332,12 @@ def idp_of_agent(user_agent):
     return next((idp for word, idp in IDP_AGENTS if word in lowered), None)
 
 
+def count_refusal(reason, token_key, idp, status):
+    """Count the current request as refused outside the SCIM API (the OAuth token endpoint)."""
+    if current_app.config.get("ACTIVITY_LOG", True):
+        _count_refusal(request._get_current_object(), (reason, token_key, idp), status)
+
+
 def _count_refusal(req, refused, status):
     """Count a request sent without a valid token; its body is never read."""
     # Anyone can send these: a row and a body each would let a flood fill

@@ -136,8 +136,10 @@ HELD_TOKEN = (
     "inactive token",
     "wrong secret",
     "expired access token",
+    "revoked access token",
     "inactive client",
     "expired client",
+    "wrong client secret",
 )
 # Refusal rows kept at most, newest first, whatever their age.
 REFUSAL_MAX_ROWS = 10000

@@ -290,11 +290,18 @@ class OAuthClient(Credential):
     def remove(self):
         """Delete the client and its access tokens."""
         with write_transaction():
-            self.revoke_access_tokens()
+            AccessToken.delete().where(AccessToken.client == self.id).execute()
             self.delete_instance()
 
     def revoke_access_tokens(self):
-        return AccessToken.delete().where(AccessToken.client == self.id).execute()
+        # Marked, not deleted: a request still carrying one is then refused
+        # as the client's revoked token, and the dashboard names the
+        # connection instead of counting an unknown knock.
+        return (
+            AccessToken.update(revoked=True)
+            .where((AccessToken.client == self.id) & ~AccessToken.revoked)
+            .execute()
+        )
 
     @classmethod
     def verify(cls, client_id, secret):
@@ -360,6 +367,8 @@ class OAuthClient(Credential):
             return None, "unknown access token"
         if not hmac.compare_digest(client.access_hash, cls._hash(token)):
             return client, "wrong secret"
+        if client.access_revoked:
+            return client, "revoked access token"
         if AccessToken.expires_at.python_value(client.access_expires) <= utcnow():
             return client, "expired access token"
         if client.expired:
@@ -384,12 +393,15 @@ class AccessToken(database.Model):
     token_hash = TextField()
     issued_at = DateTimeField(default=utcnow)
     expires_at = DateTimeField(index=True)
+    # Set when its client is renewed or set Inactive.
+    revoked = BooleanField(default=False)
 
     class Meta:
         table_name = "oauth_access_token"
 
     # A client with its secret can ask for tokens in a loop; beyond this many
-    # live ones the oldest go, so the table stays small whatever it does.
+    # (revoked ones included) the oldest go, so the table stays small
+    # whatever it does.
     PER_CLIENT = 20
     # Expired rows stay a day, so a refused request can still say "expired".
     KEPT_AFTER_EXPIRY = timedelta(days=1)
@@ -418,6 +430,7 @@ def _client_by_access_key_query(key):
             OAuthClient,
             AccessToken.token_hash.alias("access_hash"),
             AccessToken.expires_at.alias("access_expires"),
+            AccessToken.revoked.alias("access_revoked"),
             definitions.alias("custom_attributes"),
         )
         .join(AccessToken)

@@ -9,6 +9,7 @@ from flask import jsonify
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from . import activity
 from .auth import Throttle
 from .auth import client_address
 from .db import write_transaction
@@ -33,26 +34,33 @@ address_throttle = Throttle("oauth-address", 20, 30, 15 * 60, 24 * 3600)
 class OAuthError(Exception):
     """An error response of the token endpoint (RFC 6749 §5.2)."""
 
-    def __init__(self, error, description, status=400, headers=None):
+    def __init__(self, error, description, status=400, headers=None, refused=None):
         super().__init__(description)
         self.error = error
         self.description = description
         self.status = status
         self.headers = headers or {}
+        # (reason, client_id, connection) for the refused-requests count; the
+        # client is named only when it exists, never as the caller spelled it.
+        self.refused = refused or (error, None, None)
 
 
-def invalid_client(description):
+def invalid_client(description, refused=None):
     # §5.2: 401, with the scheme the client may authenticate by.
     return OAuthError(
         "invalid_client",
         description,
         401,
         {"WWW-Authenticate": 'Basic realm="mdm", charset="UTF-8"'},
+        refused,
     )
 
 
 @bp.errorhandler(OAuthError)
 def oauth_error(error):
+    # Counted like a refused SCIM request, so an IdP still using a renewed
+    # secret shows on the dashboard; the body, with its secret, is never kept.
+    activity.count_refusal(*error.refused, error.status)
     body = {"error": error.error, "error_description": error.description}
     return _no_store(jsonify(body), error.status, error.headers)
 
@@ -102,7 +110,9 @@ def token():
     granted = client.grant(lifetime())
     if granted is None:
         raise invalid_client(
-            "The client was renewed, set Inactive or removed while this request was checked."
+            "The client was renewed, set Inactive or removed while this request was "
+            "checked.",
+            ("changed meanwhile", client.client_id, client.idp),
         )
     access_token, expires_in = granted
     body = {
@@ -188,13 +198,19 @@ def _authenticate(client_id, secret):
             f"Too many failed attempts from this address; try again in {wait} s.",
             429,
             {"Retry-After": str(wait)},
+            ("throttled", None, None),
         )
     client, reason = OAuthClient.verify(client_id, secret)
     if reason in ("unknown client", "wrong secret"):
         with write_transaction():
             pair_throttle.fail(pair)
             address_throttle.fail(address)
-        raise invalid_client("Client authentication failed.")
+        if client is None:
+            raise invalid_client("Client authentication failed.", (reason, None, None))
+        raise invalid_client(
+            "Client authentication failed.",
+            ("wrong client secret", client.client_id, client.idp),
+        )
     if reason is not None:
         # The secret was right, so saying why helps the admin and gives
         # nothing away.
@@ -202,6 +218,7 @@ def _authenticate(client_id, secret):
         raise OAuthError(
             "unauthorized_client",
             f"Client {client.client_id} is {state}; set it to Active or use another.",
+            refused=(reason, client.client_id, client.idp),
         )
     client.touch(request.user_agent.string)
     return client

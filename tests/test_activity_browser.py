@@ -88,7 +88,7 @@ def test_dashboard_tells_a_bad_token_from_unknown_clients(live, page):
     alarm = page.locator("div.banner.danger").first
     expect(alarm).to_contain_text(
         "1 request in the last 80 minutes was refused with 401. Entra ID is using "
-        "a token that is inactive, removed or expired"
+        "a token or client secret that is inactive, removed, renewed or expired"
     )
     expect(knocking).to_contain_text("30 requests")
     shot(page, "dashboard-bad-token")

@@ -15,6 +15,7 @@ from mdm.activity import writer
 from mdm.console import dashboard
 from mdm.db import database
 from mdm.models import BearerToken
+from mdm.models import OAuthClient
 from mdm.models import utcnow
 
 from .conftest import ScimClient
@@ -435,8 +436,8 @@ def test_recent_401_banner(app, client, console):
     assert len(shown) == 1
     assert "1 request in the last 80 minutes was refused with 401" in shown[0]
     assert shown[0].endswith(
-        "Entra ID is using a token that is inactive, removed or expired; "
-        "Entra will quarantine provisioning. See refused requests"
+        "Entra ID is using a token or client secret that is inactive, removed, "
+        "renewed or expired; Entra will quarantine provisioning. See refused requests"
     )
 
 
@@ -568,8 +569,8 @@ def test_a_removed_token_in_use_raises_the_bad_token_alarm(app, client, console)
     assert shown == (
         "danger",
         "1 request in the last 80 minutes was refused with 401. Entra ID is using "
-        "a token that is inactive, removed or expired; Entra will quarantine "
-        "provisioning. See refused requests",
+        "a token or client secret that is inactive, removed, renewed or expired; "
+        "Entra will quarantine provisioning. See refused requests",
     )
 
 
@@ -584,6 +585,73 @@ def test_a_renewed_tokens_old_secret_raises_the_bad_token_alarm(app, client, con
     assert message.startswith(
         "1 request in the last 80 minutes was refused with 401. Okta is using a token"
     )
+
+
+def test_a_renewed_client_secret_in_use_raises_the_bad_token_alarm(
+    app, client, console
+):
+    with database.connection_context():
+        oauth_client, secret = OAuthClient.issue("entra")
+    response = console.post(
+        f"/admin/provisioning/entra/clients/{oauth_client.id}/renew"
+    )
+    assert response.status_code == 302
+    # The IdP still has the old secret: the token endpoint refuses it, and
+    # the refusal is counted under the client, its body never read.
+    response = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": oauth_client.client_id,
+            "client_secret": secret,
+        },
+    )
+    assert response.status_code == 401
+    writer.flush()
+    with activity_db.connection_context():
+        rows = list(Refusal.select())
+    assert [
+        (r.status, r.reason, r.idp, r.token_key, r.method, r.path, r.requests)
+        for r in rows
+    ] == [
+        (
+            401,
+            "wrong client secret",
+            "entra",
+            oauth_client.client_id,
+            "POST",
+            "/oauth/token",
+            1,
+        )
+    ]
+    (shown,) = banner_classes(console)
+    assert shown == (
+        "danger",
+        "1 request in the last 80 minutes was refused with 401. Entra ID is using "
+        "a token or client secret that is inactive, removed, renewed or expired; "
+        "Entra will quarantine provisioning. See refused requests",
+    )
+
+
+def test_an_unknown_client_id_is_counted_without_its_name(client, console):
+    response = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": "anything-a-caller-chose",
+            "client_secret": "x",
+        },
+        headers={"User-Agent": "python-requests/2.32"},
+    )
+    assert response.status_code == 401
+    writer.flush()
+    with activity_db.connection_context():
+        rows = list(Refusal.select())
+    assert [(r.reason, r.idp, r.token_key, r.path) for r in rows] == [
+        ("unknown client", "", "", "/oauth/token")
+    ]
+    ((category, _),) = banner_classes(console)
+    assert category == "info"
 
 
 def test_an_idp_user_agent_raises_the_bad_token_alarm(client, console):

@@ -469,8 +469,9 @@ def banners(cards, refused, now, scim_enabled):
                 "danger",
                 f"{count} request{'s' if count != 1 else ''} in the last "
                 f"{_minutes(CYCLE)} minutes {'were' if count != 1 else 'was'} "
-                f"refused with 401. {who} is using a token that is "
-                "inactive, removed or expired; Entra will quarantine provisioning.",
+                f"refused with 401. {who} is using a token or client secret that "
+                "is inactive, removed, renewed or expired; Entra will quarantine "
+                "provisioning.",
                 refused_url(),
                 "See refused requests",
             )
