@@ -14,8 +14,11 @@ CONTENT_SECURITY_POLICY = (
 HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    # The setup link carries its one-time code in the query string.
-    "Referrer-Policy": "no-referrer",
+    # The setup link carries its one-time code in the query string, so no
+    # other site may see a page's address. Same-origin requests keep their
+    # Referer: over https flask-wtf refuses a form without one
+    # (WTF_CSRF_SSL_STRICT), which stops a form posted from another site.
+    "Referrer-Policy": "same-origin",
 }
 
 
