@@ -54,8 +54,9 @@ https://{name}:{port} {{
 class Stack:
     """``mdm serve`` behind Caddy; requests go through Caddy over https."""
 
-    def __init__(self, instance, env, port, ca_file):
+    def __init__(self, instance, env, port, ca_file, log):
         self.instance = instance
+        self.log = log
         self.env = env
         self.port = port
         self.base = f"https://{NAME}:{port}"
@@ -127,22 +128,37 @@ def _start_caddy(folder, port, upstream):
 
 
 @pytest.fixture
-def stack(tmp_path):
-    """Start ``mdm serve`` with the README's proxy settings and Caddy in front."""
-    port = served.free_port()
-    instance = tmp_path / "instance"
-    instance.mkdir()
-    env = served.environment(instance, PUBLIC_URL=f"https://{NAME}:{port}", PROXY_FIX=1)
-    served.mdm(env, "admin", "create", "alice", "--password-stdin", input=PASSWORD)
-    mdm, upstream = served.start(env, tmp_path / "serve.log")
-    try:
+def behind_caddy(tmp_path):
+    """Return a function starting ``mdm serve`` with the README's proxy settings and Caddy in front."""
+    started = []
+
+    def start(admin=True):
+        port = served.free_port()
+        instance = tmp_path / "instance"
+        instance.mkdir()
+        env = served.environment(
+            instance, PUBLIC_URL=f"https://{NAME}:{port}", PROXY_FIX=1
+        )
+        if admin:
+            served.mdm(
+                env, "admin", "create", "alice", "--password-stdin", input=PASSWORD
+            )
+        log = tmp_path / "serve.log"
+        mdm, upstream = served.start(env, log)
+        started.append(mdm)
         caddy, ca_file = _start_caddy(tmp_path / "caddy", port, upstream)
-    except BaseException:
-        served.stop(mdm)
-        raise
-    yield Stack(instance, env, port, ca_file)
-    assert served.stop(caddy) == 0
-    assert served.stop(mdm) == 0
+        started.append(caddy)
+        return Stack(instance, env, port, ca_file, log)
+
+    yield start
+    # Caddy first, then mdm: each must stop cleanly.
+    assert [served.stop(process) for process in reversed(started)] == [0] * len(started)
+
+
+@pytest.fixture
+def stack(behind_caddy):
+    """``mdm serve`` with an administrator, behind Caddy."""
+    return behind_caddy()
 
 
 def _csrf_token(body):
@@ -278,7 +294,9 @@ def test_throttling_sees_the_client_address_behind_the_proxy(stack):
     }
 
 
-def test_browser_signs_in_over_https(stack):
+@pytest.fixture
+def browser():
+    """Yield a Chromium context that reaches NAME on loopback."""
     assert os.path.exists(CHROMIUM), (
         "Debian's chromium is missing: apt-get install chromium"
     )
@@ -287,22 +305,40 @@ def test_browser_signs_in_over_https(stack):
             executable_path=CHROMIUM,
             args=[*ARGS, f"--host-resolver-rules=MAP {NAME} 127.0.0.1"],
         )
-        # Caddy's local CA is not in the browser's store; this test is about
+        # Caddy's local CA is not in the browser's store; these tests are about
         # the Referer and cookies over https, not about certificate checks.
         context = browser.new_context(
             viewport={"width": 1280, "height": 900}, ignore_https_errors=True
         )
-        page = context.new_page()
-        try:
-            page.goto(f"{stack.base}/login")
-            page.get_by_label("Username").fill("alice")
-            page.get_by_label("Password").fill(PASSWORD)
-            page.get_by_role("button", name="Sign in").click()
-            expect(page).to_have_url(f"{stack.base}/admin/")
-            expect(page.get_by_role("button", name="Sign out")).to_be_visible()
-            shot(page, "https-dashboard")
-            cookies = context.cookies()
-            assert [(c["name"], c["secure"]) for c in cookies] == [("session", True)]
-        finally:
-            context.close()
-            browser.close()
+        yield context
+        context.close()
+        browser.close()
+
+
+def test_browser_signs_in_over_https(stack, browser):
+    page = browser.new_page()
+    page.goto(f"{stack.base}/login")
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{stack.base}/admin/")
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+    shot(page, "https-dashboard")
+    cookies = browser.cookies()
+    assert [(c["name"], c["secure"]) for c in cookies] == [("session", True)]
+
+
+def test_browser_uses_the_setup_link_over_https(behind_caddy, browser):
+    stack = behind_caddy(admin=False)
+    code = re.search(r"/setup\?code=(\S+)", stack.log.read_text())[1]
+    page = browser.new_page()
+    response = page.goto(f"{stack.base}/setup?code={code}")
+    # The code is in this page's address: no other site may get it as a Referer.
+    assert response.headers["referrer-policy"] == "same-origin"
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_label("Confirm password").fill(PASSWORD)
+    page.get_by_role("button", name="Create administrator").click()
+    expect(page.get_by_role("heading", name="User Provisioning")).to_be_visible()
+    assert page.url.startswith(f"{stack.base}/")
+    shot(page, "https-setup-done")
