@@ -7,6 +7,7 @@ so the rest of the code builds one query for both.
 import functools
 import inspect
 import threading
+import time
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
@@ -428,13 +429,27 @@ def write_transaction():
     # every process the same one-writer-at-a-time rule, so a read followed by
     # a write inside the transaction never sees another writer's changes
     # interleaved.
+    asked = time.perf_counter()
     if postgres():
         with database.atomic():
             database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
+            _locked(asked)
             yield
         return
     with _write_lock, database.atomic("IMMEDIATE"):
+        _locked(asked)
         yield
+
+
+# Called with the seconds a write transaction waited for the write lock
+# (mdm.metrics sets it; this module imports nothing of the app).
+lock_wait_observer = None
+
+
+def _locked(asked):
+    observer = lock_wait_observer
+    if observer is not None:
+        observer(time.perf_counter() - asked)
 
 
 def schema_version(db, name):
