@@ -121,6 +121,10 @@ def create_app(test_config=None):
         ACTIVITY_LOG=True,
         ACTIVITY_RETENTION_DAYS=30,
         ACTIVITY_MAX_ROWS=500000,
+        # Bearer token a Prometheus scrape of /metrics must send; unset, there
+        # is no /metrics. With several processes on one host, also set
+        # PROMETHEUS_MULTIPROC_DIR (prometheus-client's multiprocess mode).
+        METRICS_TOKEN=None,
         # CSRF is checked by the console and sign-in pages themselves
         # (mdm.forms.check_form_request); the SCIM API uses bearer tokens.
         WTF_CSRF_CHECK_DEFAULT=False,
@@ -169,6 +173,7 @@ def create_app(test_config=None):
     from . import console
     from . import db
     from . import errors
+    from . import metrics
     from . import models
     from . import oauth
     from . import security
@@ -178,6 +183,9 @@ def create_app(test_config=None):
     app.before_request(hosts.check)
     db.init_app(app)
     models.init_app(app)
+    # Registered first, so its after-request hook runs last (Flask runs them
+    # in reverse): by then the activity log has identified discovery's token.
+    metrics.init_app(app)
     activity.init_app(app)
     app.json.sort_keys = False
     app.url_map.merge_slashes = False
