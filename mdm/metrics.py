@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from . import ConfigError
 from . import db
 from .activity_store import writer
 from .models import BearerToken
@@ -267,6 +268,13 @@ def init_app(app):
     if not token:
         return  # no route: /metrics is a 404 like any unknown path
     app.add_url_rule("/metrics", "metrics", serve_metrics)
+    shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if shared and not os.path.isdir(shared):
+        # Checked at start: prometheus-client would fail each SCIM request instead.
+        raise ConfigError(
+            f"PROMETHEUS_MULTIPROC_DIR is {shared!r}, which is not a directory: "
+            "create it (empty) or unset it."
+        )
     app.extensions[EXTENSION] = Metrics(str(token))
     db.lock_wait_observer = _observe_lock_wait
     app.before_request(_start)

@@ -377,3 +377,17 @@ def test_served_metrics_after_scim_requests(tmp_path, multiprocess):
         series(connection="okta")
     }
     assert found[("mdm_write_lock_wait_seconds_count", ())] >= 2
+
+
+def test_a_missing_multiprocess_directory_is_refused_at_start(tmp_path):
+    instance = tmp_path / "instance"
+    instance.mkdir(mode=0o700)
+    env = served.environment(instance, METRICS_TOKEN=METRICS_TOKEN)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "missing")
+    result = served.mdm(env, "token", "list", check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        1,
+        "",
+        f"Error: PROMETHEUS_MULTIPROC_DIR is {str(tmp_path / 'missing')!r}, "
+        "which is not a directory: create it (empty) or unset it.\n",
+    )
