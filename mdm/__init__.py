@@ -10,6 +10,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import files
+from . import health
 from . import hosts
 
 # The source tree, or the single binary's unpack folder (templates/ and static/).
@@ -137,6 +138,9 @@ def create_app(test_config=None):
         SETUP_CODE_HOURS=24,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
+        # The request log on stderr: "text" (a readable line per request) or
+        # "json" (one object per line, for log shippers).
+        LOG_FORMAT="text",
     )
     if test_config is None:
         app.config.from_pyfile("config.py", silent=True)
@@ -149,6 +153,10 @@ def create_app(test_config=None):
     app.trusted_hosts = hosts.setting(app.config["TRUSTED_HOSTS"])
     app.config["OAUTH_TOKEN_MINUTES"] = _minutes(app.config["OAUTH_TOKEN_MINUTES"])
     app.config["TRUSTED_HOSTS"] = None
+    try:
+        app.config["LOG_FORMAT"] = health.log_format(app.config["LOG_FORMAT"])
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     # Owner-only: the folder holds the secret key and the hashes of every credential.
     os.makedirs(app.instance_path, mode=0o700, exist_ok=True)
     if not app.config.get("DATABASE"):
@@ -180,7 +188,10 @@ def create_app(test_config=None):
     from .forms import csrf
     from .scim import bp as scim_bp
 
+    # Every request gets its id and its log line, even one the Host check refuses.
+    health.init_app(app)
     app.before_request(hosts.check)
+    app.before_request(health.answer_probe)
     db.init_app(app)
     models.init_app(app)
     # Registered first, so its after-request hook runs last (Flask runs them
