@@ -27,6 +27,7 @@ from .activity_store import bind
 from .activity_store import prune as prune
 from .activity_store import writer as writer
 from .db import is_url
+from .health import request_id
 from .models import utcnow
 
 MAX_BODY = 16 * 1024
@@ -212,6 +213,7 @@ def record_operation(method, path, status, noted, body, response, duration):
             _json_text(body),
             _json_text(response),
             True,
+            request_id(),
         ),
     )
 
@@ -316,6 +318,7 @@ def _record(response):
             _request_body(req),
             body_text(response_raw),
             False,
+            request_id(),
         ),
     )
     return response

@@ -39,8 +39,9 @@ PRAGMAS = {"journal_mode": "wal", "busy_timeout": 15000, "synchronous": "normal"
 # Unopened until ``bind``; closing it is harmless.
 activity_db = DatabaseProxy()
 activity_db.initialize(PooledSqliteDatabase(None, pragmas=PRAGMAS))
-# 2: the refusal table (requests without a valid token, counted).
-SCHEMA_VERSION = 3
+# 2: the refusal table (requests without a valid token, counted);
+# 3: Bulk operations as rows of their own; 4: each row's request id.
+SCHEMA_VERSION = 4
 
 
 class ActivityEntry(activity_db.Model):
@@ -67,6 +68,8 @@ class ActivityEntry(activity_db.Model):
     # One operation of a /Bulk request, recorded beside the HTTP request that
     # carried it; counts of requests leave these out (schema 3).
     operation = BooleanField(default=False)
+    # The X-Request-Id the response carried, which a proxy's log may share (schema 4).
+    request_id = TextField(null=True)
 
     class Meta:
         table_name = "activity"
@@ -167,6 +170,7 @@ ENTRY_COLUMNS = (
     "request_body",
     "response_body",
     "operation",
+    "request_id",
 )
 
 
@@ -434,7 +438,7 @@ def _without_nul(value):
     return value
 
 
-# Rows per INSERT statement: 100 rows of ActivityEntry bind 1,800 parameters,
+# Rows per INSERT statement: 100 rows of ActivityEntry bind 2,000 parameters,
 # well inside SQLite's 32,766 and PostgreSQL's 65,535.
 ROWS_PER_INSERT = 100
 
@@ -496,10 +500,10 @@ def _add_missing_columns():
     from playhouse.migrate import migrate as run
 
     columns = {c.name for c in activity_db.get_columns("activity")}
+    migrator = (PostgresqlMigrator if postgres(activity_db) else SqliteMigrator)(
+        activity_db.obj
+    )
     if "operation" not in columns:
-        migrator = PostgresqlMigrator if postgres(activity_db) else SqliteMigrator
-        run(
-            migrator(activity_db.obj).add_column(
-                "activity", "operation", BooleanField(default=False)
-            )
-        )
+        run(migrator.add_column("activity", "operation", BooleanField(default=False)))
+    if "request_id" not in columns:
+        run(migrator.add_column("activity", "request_id", TextField(null=True)))
