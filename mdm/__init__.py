@@ -10,7 +10,6 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import files
-from . import health
 from . import hosts
 
 # The source tree, or the single binary's unpack folder (templates/ and static/).
@@ -153,10 +152,6 @@ def create_app(test_config=None):
     app.trusted_hosts = hosts.setting(app.config["TRUSTED_HOSTS"])
     app.config["OAUTH_TOKEN_MINUTES"] = _minutes(app.config["OAUTH_TOKEN_MINUTES"])
     app.config["TRUSTED_HOSTS"] = None
-    try:
-        app.config["LOG_FORMAT"] = health.log_format(app.config["LOG_FORMAT"])
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
     # Owner-only: the folder holds the secret key and the hashes of every credential.
     os.makedirs(app.instance_path, mode=0o700, exist_ok=True)
     if not app.config.get("DATABASE"):
@@ -181,6 +176,7 @@ def create_app(test_config=None):
     from . import console
     from . import db
     from . import errors
+    from . import health
     from . import metrics
     from . import models
     from . import oauth
@@ -188,6 +184,10 @@ def create_app(test_config=None):
     from .forms import csrf
     from .scim import bp as scim_bp
 
+    try:
+        app.config["LOG_FORMAT"] = health.log_format(app.config["LOG_FORMAT"])
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     # Every request gets its id and its log line, even one the Host check refuses.
     health.init_app(app)
     app.before_request(hosts.check)
