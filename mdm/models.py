@@ -475,6 +475,41 @@ class User(database.Model):
         """Users visible to SCIM: everything not deprovisioned."""
         return cls.select().where(cls.deprovisioned_at.is_null())
 
+    @classmethod
+    def purgeable(cls, through):
+        """Users deprovisioned at or before ``through``."""
+        return cls.select().where(
+            cls.deprovisioned_at.is_null(False) & (cls.deprovisioned_at <= through)
+        )
+
+    @classmethod
+    def purge(cls, through, progress=None):
+        """Delete the users deprovisioned by ``through``; return how many went."""
+        # In batches, each its own write, so a large purge never holds the
+        # write lock long enough to stall SCIM requests; ``progress`` hears
+        # each batch's size.
+        removed = 0
+        while True:
+            with write_transaction():
+                batch = [
+                    pk
+                    for (pk,) in cls.purgeable(through)
+                    .select(cls.id)
+                    .order_by(cls.id)
+                    .limit(PURGE_BATCH)
+                    .tuples()
+                ]
+                if batch:
+                    removed += cls.delete().where(cls.id.in_(batch)).execute()
+            if not batch:
+                return removed
+            if progress is not None:
+                progress(len(batch))
+
+
+# Users deleted per write by User.purge.
+PURGE_BATCH = 500
+
 
 class Group(database.Model):
     """A provisioned group; members live one row each in Membership."""

@@ -203,15 +203,7 @@ def purge_deprovisioned():
         except ValueError:
             flash("Open the purge page again and confirm what it lists.", "danger")
             return redirect(url_for("console.purge_deprovisioned"))
-        with write_transaction():
-            removed = (
-                User.delete()
-                .where(
-                    User.deprovisioned_at.is_null(False)
-                    & (User.deprovisioned_at <= through)
-                )
-                .execute()
-            )
+        removed = User.purge(through)
         audit("Deprovisioned Users Purged", f"{removed} users")
         flash(
             f"Purged {removed} deprovisioned user{'s' if removed != 1 else ''}.",
