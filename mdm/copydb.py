@@ -17,8 +17,10 @@ class CopyError(Exception):
     """A copy the rules refuse, or one whose counts do not match."""
 
 
-def copy_database(source_path, activity_path, url, echo=print):
+def copy_database(source_path, activity_path, url, echo=print, progress=None):
     """Copy the SQLite files into the PostgreSQL database at ``url``; return counts per table."""
+    # ``progress(table, rows)`` is called before each table and returns a
+    # context manager whose ``update(n)`` hears each batch of ``n`` rows.
     # Everything is written in one transaction: if anything fails, or a count
     # differs afterwards, the target is left as it was.
     source = connect_database(source_path)
@@ -42,12 +44,13 @@ def copy_database(source_path, activity_path, url, echo=print):
                         f"The target already has {model._meta.table_name} rows; "
                         "copy into an empty database."
                     )
-            for model in MODELS:
-                counts[model._meta.table_name] = _copy(model, source, target)
-                echo(f"{model._meta.table_name}: {counts[model._meta.table_name]}")
-            for model in ACTIVITY_MODELS:
-                counts[model._meta.table_name] = _copy(model, activity_source, target)
-                echo(f"{model._meta.table_name}: {counts[model._meta.table_name]}")
+            tables = [(model, source) for model in MODELS]
+            tables += [(model, activity_source) for model in ACTIVITY_MODELS]
+            for model, db in tables:
+                name = model._meta.table_name
+                with source_count(model, db, progress) as bar:
+                    counts[name] = _copy(model, db, target, bar.update)
+                echo(f"{name}: {counts[name]}")
             for model in MODELS + ACTIVITY_MODELS:
                 copied = model.select().count(target)
                 expected = counts[model._meta.table_name]
@@ -64,7 +67,29 @@ def copy_database(source_path, activity_path, url, echo=print):
     return counts
 
 
-def _copy(model, source, target):
+class _Silent:
+    """A progress bar that shows nothing."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, rows):
+        pass
+
+
+def source_count(model, source, progress):
+    """Return the progress bar for copying ``model``'s rows out of ``source``."""
+    if progress is None:
+        return _Silent()
+    with source.connection_context():
+        rows = model.select().count(source)
+    return progress(model._meta.table_name, rows)
+
+
+def _copy(model, source, target, copied=None):
     """Copy one table in primary-key order and return how many rows were read."""
     fields = list(model._meta.sorted_fields)
     key = model._meta.primary_key
@@ -83,6 +108,8 @@ def _copy(model, source, target):
             target.execute(model.insert_many(rows, fields=fields))
             total += len(rows)
             last = rows[-1][fields.index(key)]
+            if copied is not None:
+                copied(len(rows))
     if key.field_type == "AUTO":
         # Explicit ids leave the serial sequence behind; move it past them.
         table = model._meta.table_name

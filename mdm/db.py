@@ -499,10 +499,11 @@ def try_lock_for_pruning(db):
     ).fetchone()[0]
 
 
-def backup(path):
+def backup(path, progress=None):
     """Copy the live database to ``path`` with SQLite's online backup API."""
     # The copy is a consistent snapshot even while other connections write;
-    # returns the number of pages copied.
+    # returns the number of pages copied. ``progress(copied, total)`` hears
+    # each step of the copy.
     import sqlite3
 
     if postgres():
@@ -516,7 +517,15 @@ def backup(path):
     target = sqlite3.connect(path)
     try:
         with target:
-            source.backup(target, pages=1024, sleep=0.01)
+            source.backup(
+                target,
+                pages=1024,
+                sleep=0.01,
+                progress=progress
+                and (
+                    lambda status, remaining, total: progress(total - remaining, total)
+                ),
+            )
         check = target.execute("PRAGMA integrity_check").fetchone()[0]
         if check != "ok":
             raise RuntimeError(f"The backup failed its integrity check: {check}")
