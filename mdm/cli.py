@@ -1,9 +1,11 @@
 """The ``mdm`` command: Flask's CLI plus serve, token, client and attribute commands."""
 
+import contextlib
 import json
 import os
 import re
 import sys
+from datetime import timedelta
 
 import click
 from flask import current_app
@@ -23,6 +25,7 @@ from .db import backup
 from .db import database
 from .db import is_url
 from .db import postgres
+from .db import true
 from .db import write_transaction
 from .models import IDPS
 from .models import Admin
@@ -30,14 +33,30 @@ from .models import BearerToken
 from .models import CustomAttribute
 from .models import OAuthClient
 from .models import TokenError
+from .models import User
 from .models import duplicate_attribute
+from .models import groups_of
+from .models import utcnow
 from .scim import URL_PREFIX
+from .scim import filters
+from .scim import serialize
+from .scim.errors import ScimError
+from .scim.http import user_type
 from .scim.paths import TOKEN_PATH
 from .scim.schema import CUSTOM_TYPES
 from .server import default_threads
 from .server import serve
 
 ATTRIBUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+
+def progress_bar(length, label):
+    """Return a progress bar on stderr, shown only when stderr is a terminal."""
+    # Off a terminal click would still print the label once; scripts and logs
+    # get nothing, and stdout stays for the command's output.
+    return click.progressbar(
+        length=length, label=label, file=sys.stderr, hidden=not sys.stderr.isatty()
+    )
 
 
 def target_url(host="127.0.0.1", port=8080):
@@ -125,11 +144,31 @@ def _when(value):
 
 
 @token_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
 @with_appcontext
-def token_list():
+def token_list(as_json):
     """List tokens without their secrets."""
     with database.connection_context():
         tokens = list(BearerToken.select().order_by(BearerToken.idp, BearerToken.id))
+    if as_json:
+        rows = [
+            {
+                "id": t.id,
+                "key": t.key,
+                "idp": t.idp,
+                "label": t.label,
+                "status": t.status,
+                "created_at": _iso(t.created_at),
+                "created_by": t.created_by,
+                "expires_at": _iso(t.expires_at),
+                "renewed_at": _iso(t.renewed_at),
+                "last_used_at": _iso(t.last_used_at),
+                "last_user_agent": t.last_user_agent,
+            }
+            for t in tokens
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
     if not tokens:
         click.echo("No tokens.", err=True)
         return
@@ -377,13 +416,22 @@ def attribute_add(name, type_):
 
 
 @attribute_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
 @with_appcontext
-def attribute_list():
+def attribute_list(as_json):
     """List custom user attributes with their full SCIM paths."""
     urn = current_app.config["SCIM_CUSTOM_SCHEMA"]
     with database.connection_context():
-        for name, type_ in CustomAttribute.definitions():
-            click.echo(f"{urn}:{name}\t{type_}")
+        definitions = list(CustomAttribute.definitions())
+    if as_json:
+        rows = [
+            {"name": name, "type": type_, "path": f"{urn}:{name}"}
+            for name, type_ in definitions
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for name, type_ in definitions:
+        click.echo(f"{urn}:{name}\t{type_}")
 
 
 @attribute_group.command("remove")
@@ -412,10 +460,21 @@ def backup_command(path):
         )
     if os.path.exists(path):
         raise click.ClickException(f"{path} exists; choose a new file.")
-    try:
-        pages = backup(path)
-    except FileExistsError:
-        raise click.ClickException(f"{path} exists; choose a new file.") from None
+    with contextlib.ExitStack() as stack:
+        # The page count is known once the copy starts.
+        shown = {}
+
+        def progress(copied, total):
+            if not shown:
+                shown["bar"] = stack.enter_context(progress_bar(total, "Backing up"))
+                shown["pages"] = 0
+            shown["bar"].update(copied - shown["pages"])
+            shown["pages"] = copied
+
+        try:
+            pages = backup(path, progress)
+        except FileExistsError:
+            raise click.ClickException(f"{path} exists; choose a new file.") from None
     click.echo(f"Backed up {pages} pages to {path}.", err=True)
 
 
@@ -442,6 +501,7 @@ def copy_db_command(url):
             current_app.config["ACTIVITY_DATABASE"],
             url,
             echo=lambda line: click.echo(line, err=True),
+            progress=lambda table, rows: progress_bar(rows, table),
         )
     except CopyError as error:
         raise click.ClickException(str(error)) from None
@@ -449,6 +509,133 @@ def copy_db_command(url):
         f"Copied and verified {sum(counts.values())} rows in {len(counts)} tables. "
         "Set MDM_DATABASE_URL to the new database and restart.",
         err=True,
+    )
+
+
+@click.group("user")
+def user_group():
+    """List provisioned users and purge deprovisioned ones."""
+
+
+class FilterError(click.ClickException):
+    """A --filter the SCIM filter engine refuses: a usage error."""
+
+    exit_code = 2
+
+
+# Users read and written per query by `mdm user list`.
+LIST_BATCH = 500
+
+
+def _matching_users(where, start_index, count):
+    """Yield live users matching ``where`` in id order, a batch at a time."""
+    last = None
+    skip = start_index - 1
+    while count is None or count > 0:
+        limit = LIST_BATCH if count is None else min(LIST_BATCH, count)
+        query = User.live().where(where).order_by(User.id).limit(limit)
+        if last is None:
+            query = query.offset(skip)
+        else:
+            query = query.where(User.id > last)
+        batch = list(query)
+        if not batch:
+            return
+        yield batch
+        last = batch[-1].id
+        if count is not None:
+            count -= len(batch)
+
+
+@user_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of SCIM users.")
+@click.option(
+    "--filter",
+    "filter_",
+    metavar="SCIM-FILTER",
+    help="Only users matching a SCIM filter, e.g. 'userName sw \"a\"'.",
+)
+@click.option("--count", type=click.IntRange(1), help="List at most this many users.")
+@click.option(
+    "--start-index",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Start at the Nth match (with --count, for paging).",
+)
+@with_appcontext
+def user_list(as_json, filter_, count, start_index):
+    """List provisioned users (not deprovisioned ones), in the order they arrived."""
+    with database.connection_context():
+        resource_type = user_type()
+        where = true()
+        if filter_ is not None:
+            try:
+                where = filters.to_expression(filters.parse(filter_), resource_type)
+            except ScimError as error:
+                raise FilterError(f"Bad --filter: {error.detail}") from None
+        batches = _matching_users(where, start_index, count)
+        if as_json:
+            _echo_json_users(batches, resource_type)
+            return
+        shown = 0
+        for batch in batches:
+            if not shown:
+                click.echo(
+                    f"{'ID':<36} {'USERNAME':<30} {'STATUS':<8} {'SOURCE':<8} NAME"
+                )
+            for u in batch:
+                status = "active" if u.active else "disabled"
+                click.echo(
+                    f"{u.scim_id:<36} {u.user_name:<30} {status:<8} "
+                    f"{u.source:<8} {u.display_name or '-'}"
+                )
+            shown += len(batch)
+    if not shown:
+        click.echo("No users.", err=True)
+
+
+def _echo_json_users(batches, resource_type):
+    """Write a JSON array of SCIM users, one per line, as the batches arrive."""
+    base = target_url()
+    separator = "[\n"
+    for batch in batches:
+        member_of = groups_of([u.id for u in batch])
+        for u in batch:
+            resource = serialize.user(u, base, member_of.get(u.id, ()), resource_type)
+            click.echo(separator + json.dumps(resource), nl=False)
+            separator = ",\n"
+    click.echo("[]" if separator == "[\n" else "\n]")
+
+
+@user_group.command("purge")
+@click.option(
+    "--older-than",
+    type=click.IntRange(0),
+    default=0,
+    metavar="DAYS",
+    help="Only users deprovisioned at least DAYS days ago.",
+)
+@click.option("--yes", is_flag=True, help="Purge without asking.")
+@with_appcontext
+def user_purge(older_than, yes):
+    """Delete deprovisioned users and their group memberships for good."""
+    through = utcnow() - timedelta(days=older_than)
+    with database.connection_context():
+        count = User.purgeable(through).count()
+    if not count:
+        click.echo("No deprovisioned users to purge.", err=True)
+        return
+    plural = "s" if count != 1 else ""
+    if not yes:
+        click.confirm(
+            f"Purge {count} deprovisioned user{plural} for good?", abort=True, err=True
+        )
+    with database.connection_context(), progress_bar(count, "Purging") as bar:
+        removed = User.purge(through, bar.update)
+    audit("Deprovisioned Users Purged", f"{removed} users", actor="cli")
+    click.echo(
+        f"Purged {removed} deprovisioned user{'s' if removed != 1 else ''}.", err=True
     )
 
 
@@ -590,6 +777,7 @@ COMMANDS = (
     attribute_group,
     backup_command,
     copy_db_command,
+    user_group,
 )
 
 
