@@ -22,6 +22,7 @@ from mdm.models import utcnow
 from . import served
 from .conftest import ENGINE
 from .conftest import database_config
+from .conftest import database_url
 
 URN = "urn:ietf:params:scim:schemas:extension:ivanti:2.0:User"
 
@@ -345,3 +346,39 @@ if ENGINE == "sqlite":  # mdm backup copies SQLite files
         piped = served.mdm(env, "backup", str(tmp_path / "piped.sqlite"))
         assert piped.stdout == ""
         assert piped.stderr.startswith("Backed up ") and piped.stderr.count("\n") == 1
+
+
+if ENGINE == "postgresql":  # copy-db needs a PostgreSQL target
+
+    def test_copy_db_shows_progress_per_table_on_a_terminal_only(tmp_path):
+        for name in ("terminal", "piped"):
+            instance = tmp_path / name
+            instance.mkdir(mode=0o700)
+            app = create_app(
+                {"TESTING": True, "DATABASE": str(instance / "mdm.sqlite")}
+            )
+            with app.app_context(), database.connection_context():
+                for i in range(3):
+                    user = User()
+                    mirror_user(user, {"userName": f"u{i}@x", "active": True})
+                    user.save(force_insert=True)
+            database.close()
+        env = served.environment(tmp_path / "terminal")
+        env.pop("MDM_DATABASE_URL")
+        url = database_url(tmp_path / "terminal-target")
+        stdout, terminal, code = _on_terminal(env, "copy-db", "--to", url)
+        assert code == 0, terminal
+        assert stdout == ""
+        assert "user  [" in terminal and "100%" in terminal
+        assert "user: 3" in terminal and "Copied and verified" in terminal
+
+        env = served.environment(tmp_path / "piped")
+        env.pop("MDM_DATABASE_URL")
+        url = database_url(tmp_path / "piped-target")
+        piped = served.mdm(env, "copy-db", "--to", url)
+        assert piped.stdout == ""
+        assert "[" not in piped.stderr and "%" not in piped.stderr
+        assert "user: 3\n" in piped.stderr
+        assert piped.stderr.endswith(
+            "Set MDM_DATABASE_URL to the new database and restart.\n"
+        )
