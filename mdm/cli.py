@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 import sys
 from datetime import timedelta
 
@@ -12,6 +13,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from . import __version__
+from . import files
 from . import hosts
 from .activity import audit
 from .activity import writer
@@ -639,6 +641,169 @@ def user_purge(older_than, yes):
     )
 
 
+# A credential expiring this soon is reported by `mdm check`.
+EXPIRY_WARNING = timedelta(days=14)
+
+
+def _finding(code, problem, fix):
+    return {"code": code, "problem": problem, "fix": fix}
+
+
+def _settings_findings(app):
+    """Findings about PUBLIC_URL, TRUSTED_HOSTS and PROXY_FIX."""
+    found = []
+    public = app.config.get("PUBLIC_URL") or ""
+    https = public.lower().startswith("https://")
+    if not public:
+        found.append(
+            _finding(
+                "public-url-unset",
+                "MDM_PUBLIC_URL is not set, so links and meta.location name "
+                "whatever host a request carries.",
+                "Set MDM_PUBLIC_URL=https://<the host identity providers use>.",
+            )
+        )
+        if not app.trusted_hosts:
+            found.append(
+                _finding(
+                    "trusted-hosts-unset",
+                    "Neither MDM_PUBLIC_URL nor MDM_TRUSTED_HOSTS is set, so only "
+                    "loopback addresses may be named in requests.",
+                    "Set MDM_PUBLIC_URL, or MDM_TRUSTED_HOSTS to the served host names.",
+                )
+            )
+    elif not https:
+        found.append(
+            _finding(
+                "public-url-not-https",
+                f"MDM_PUBLIC_URL is {public}, not https: tokens and passwords "
+                "would cross the internet in clear text.",
+                "Serve mdm behind an https proxy and set MDM_PUBLIC_URL=https://...",
+            )
+        )
+    if https and not int(app.config.get("PROXY_FIX") or 0):
+        found.append(
+            _finding(
+                "proxy-fix-unset",
+                "MDM_PUBLIC_URL is https but MDM_PROXY_FIX is not set, so client "
+                "addresses and the scheme are the proxy's.",
+                "Set MDM_PROXY_FIX=1 (the number of proxies in front of mdm).",
+            )
+        )
+    return found
+
+
+def _database_findings(now):
+    """Findings about administrators, credentials and the database's collation."""
+    found = []
+    if not Admin.select().exists():
+        found.append(
+            _finding(
+                "no-admin",
+                "There is no administrator; anyone holding the setup link can "
+                "become one.",
+                "Run `mdm admin create NAME`.",
+            )
+        )
+    credentials = list(BearerToken.select()) + list(OAuthClient.select())
+    if not any(c.status == "Active" for c in credentials):
+        found.append(
+            _finding(
+                "no-credential",
+                "No active SCIM token or OAuth client: no identity provider can "
+                "provision.",
+                "Run `mdm token create --idp IDP` or `mdm client create --idp IDP`.",
+            )
+        )
+    for c in credentials:
+        days = c.days_until_expiry(EXPIRY_WARNING, now)
+        if days is None:
+            continue
+        if isinstance(c, BearerToken):
+            what, renew = f"SCIM token {c.id} ({c.key})", f"mdm token renew {c.id}"
+        else:
+            what, renew = f"OAuth client {c.client_id}", f"mdm client renew {c.id}"
+        found.append(
+            _finding(
+                "credential-expiring",
+                f"{what} for {c.idp_name} expires in {days} day"
+                f"{'s' if days != 1 else ''} ({_when(c.expires_at)} UTC).",
+                f"Run `{renew}` and give the identity provider the new secret.",
+            )
+        )
+    # Asked of the ordering itself, not of datcollate: an ICU database lists
+    # C there and still sorts by its locale.
+    if (
+        postgres()
+        and database.execute_sql("SELECT 'a'::text < 'B'::text").fetchone()[0]
+    ):
+        found.append(
+            _finding(
+                "collation",
+                "The PostgreSQL database sorts text by a locale, not by C collation: "
+                "sortBy orders differ from SQLite's and can change with the server's "
+                "locale data.",
+                "Create the database with LOCALE_PROVIDER libc LC_COLLATE 'C' "
+                "TEMPLATE template0 and move the data with pg_dump.",
+            )
+        )
+    return found
+
+
+def _file_findings(app):
+    """Findings about data-folder files other users may read."""
+    paths = [
+        app.instance_path,
+        os.path.join(app.instance_path, "secret_key"),
+        os.path.join(app.instance_path, "config.py"),
+    ]
+    if not postgres():
+        activity = app.config.get("ACTIVITY_DATABASE") or os.path.join(
+            os.path.dirname(os.path.abspath(app.config["DATABASE"])), "activity.sqlite"
+        )
+        paths += files.sqlite_family(app.config["DATABASE"])
+        paths += files.sqlite_family(activity)
+    found = []
+    for path in paths:
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            found.append(
+                _finding(
+                    "readable-by-others",
+                    f"{path} is readable by other users (mode {mode:o}).",
+                    f"Run `chmod go= {path}` as its owner.",
+                )
+            )
+    return found
+
+
+@click.command("check")
+@click.option("--json", "as_json", is_flag=True, help="The findings as JSON.")
+@with_appcontext
+def check_command(as_json):
+    """Report what an internet-facing deployment is missing; exit 1 if anything is."""
+    app = current_app._get_current_object()
+    with database.connection_context():
+        findings = _settings_findings(app)
+        findings += _database_findings(utcnow())
+    findings += _file_findings(app)
+    if as_json:
+        click.echo(json.dumps({"ok": not findings, "findings": findings}, indent=2))
+    elif findings:
+        for f in findings:
+            click.echo(f"{f['problem']} Fix: {f['fix']}")
+    else:
+        click.echo(
+            f"OK: {app.config.get('PUBLIC_URL')} behind a proxy, administrators, "
+            "active credentials and private files."
+        )
+    if findings:
+        sys.exit(1)
+
+
 @click.group("admin")
 def admin_group():
     """Manage console administrators."""
@@ -778,6 +943,7 @@ COMMANDS = (
     backup_command,
     copy_db_command,
     user_group,
+    check_command,
 )
 
 

@@ -5,6 +5,7 @@ import os
 import pty
 import subprocess
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -13,14 +14,17 @@ from mdm import models
 from mdm.activity import writer
 from mdm.activity_store import AuditEvent
 from mdm.db import database
+from mdm.models import Admin
 from mdm.models import BearerToken
 from mdm.models import Membership
+from mdm.models import OAuthClient
 from mdm.models import User
 from mdm.models import mirror_user
 from mdm.models import utcnow
 
 from . import served
 from .conftest import ENGINE
+from .conftest import TEST_DATABASE_URL
 from .conftest import database_config
 from .conftest import database_url
 
@@ -283,7 +287,13 @@ def _instance(tmp_path, users=0, deprovisioned=0):
     """A data folder with ``users`` live and ``deprovisioned`` users; return its environment."""
     instance = tmp_path / "instance"
     instance.mkdir(mode=0o700, parents=True)
-    app = create_app({"TESTING": True, **database_config(instance / "mdm.sqlite")})
+    app = create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "test",
+            **database_config(instance / "mdm.sqlite"),
+        }
+    )
     with app.app_context(), database.connection_context():
         for i in range(users + deprovisioned):
             user = User()
@@ -355,7 +365,11 @@ if ENGINE == "postgresql":  # copy-db needs a PostgreSQL target
             instance = tmp_path / name
             instance.mkdir(mode=0o700)
             app = create_app(
-                {"TESTING": True, "DATABASE": str(instance / "mdm.sqlite")}
+                {
+                    "TESTING": True,
+                    "SECRET_KEY": "test",
+                    "DATABASE": str(instance / "mdm.sqlite"),
+                }
             )
             with app.app_context(), database.connection_context():
                 for i in range(3):
@@ -381,4 +395,204 @@ if ENGINE == "postgresql":  # copy-db needs a PostgreSQL target
         assert "user: 3\n" in piped.stderr
         assert piped.stderr.endswith(
             "Set MDM_DATABASE_URL to the new database and restart.\n"
+        )
+
+
+#
+# mdm check
+#
+
+FRESH = [
+    "MDM_PUBLIC_URL is not set, so links and meta.location name whatever host a "
+    "request carries. Fix: Set MDM_PUBLIC_URL=https://<the host identity providers "
+    "use>.",
+    "Neither MDM_PUBLIC_URL nor MDM_TRUSTED_HOSTS is set, so only loopback addresses "
+    "may be named in requests. Fix: Set MDM_PUBLIC_URL, or MDM_TRUSTED_HOSTS to the "
+    "served host names.",
+    "There is no administrator; anyone holding the setup link can become one. "
+    "Fix: Run `mdm admin create NAME`.",
+    "No active SCIM token or OAuth client: no identity provider can provision. "
+    "Fix: Run `mdm token create --idp IDP` or `mdm client create --idp IDP`.",
+]
+
+
+def _ready(app, public="https://mdm.example.com"):
+    """Configure and populate ``app`` as a finished internet-facing deployment."""
+    app.config.update(PUBLIC_URL=public, PROXY_FIX=1)
+    with app.app_context(), database.connection_context():
+        admin = Admin(username="root")
+        admin.set_password("correct horse battery")
+        admin.save()
+        BearerToken.issue("entra")
+
+
+def _check(runner, *args):
+    result = runner.invoke(args=["check", *args])
+    assert result.stderr == ""
+    return result.exit_code, result.stdout.splitlines()
+
+
+def test_check_a_fresh_install(runner):
+    assert _check(runner) == (1, FRESH)
+    code, out = _check(runner, "--json")
+    assert code == 1
+    assert json.loads("\n".join(out)) == {
+        "ok": False,
+        "findings": [
+            {
+                "code": code,
+                "problem": line.split(" Fix: ")[0],
+                "fix": line.split(" Fix: ")[1],
+            }
+            for code, line in zip(
+                (
+                    "public-url-unset",
+                    "trusted-hosts-unset",
+                    "no-admin",
+                    "no-credential",
+                ),
+                FRESH,
+                strict=True,
+            )
+        ],
+    }
+
+
+def test_check_a_ready_deployment(app, runner):
+    _ready(app)
+    assert _check(runner) == (
+        0,
+        [
+            "OK: https://mdm.example.com behind a proxy, administrators, active "
+            "credentials and private files."
+        ],
+    )
+    code, out = _check(runner, "--json")
+    assert (code, json.loads("\n".join(out))) == (0, {"ok": True, "findings": []})
+
+
+def test_check_public_url_and_proxy_settings(app, runner):
+    _ready(app, public="http://mdm.example.com")
+    app.config["PROXY_FIX"] = 0
+    assert _check(runner) == (
+        1,
+        [
+            "MDM_PUBLIC_URL is http://mdm.example.com, not https: tokens and passwords "
+            "would cross the internet in clear text. Fix: Serve mdm behind an https "
+            "proxy and set MDM_PUBLIC_URL=https://..."
+        ],
+    )
+    app.config["PUBLIC_URL"] = "https://mdm.example.com"
+    assert _check(runner) == (
+        1,
+        [
+            "MDM_PUBLIC_URL is https but MDM_PROXY_FIX is not set, so client addresses "
+            "and the scheme are the proxy's. Fix: Set MDM_PROXY_FIX=1 (the number of "
+            "proxies in front of mdm)."
+        ],
+    )
+    # Trusted hosts without a public URL: only the public URL is missing.
+    app.config.update(PUBLIC_URL=None, PROXY_FIX=0)
+    app.trusted_hosts = ["mdm.example.com"]
+    assert _check(runner) == (1, FRESH[:1])
+
+
+def test_check_credentials(app, runner):
+    _ready(app)
+    with app.app_context(), database.connection_context():
+        BearerToken.update(active=False).execute()
+    assert _check(runner) == (1, FRESH[3:])
+    with app.app_context(), database.connection_context():
+        soon, _ = BearerToken.issue("okta", expires_in_days=10)
+        BearerToken.issue("okta", expires_in_days=20)
+        client, _ = OAuthClient.issue("entra", expires_in_days=1)
+        soon.expires_at = utcnow() + timedelta(days=10, hours=1)
+        soon.save()
+    assert _check(runner) == (
+        1,
+        [
+            f"SCIM token {soon.id} ({soon.key}) for Okta expires in 10 days "
+            f"({soon.expires_at:%Y-%m-%d %H:%M} UTC). Fix: Run `mdm token renew "
+            f"{soon.id}` and give the identity provider the new secret.",
+            f"OAuth client {client.client_id} for Entra ID expires in 0 days "
+            f"({client.expires_at:%Y-%m-%d %H:%M} UTC). Fix: Run `mdm client renew "
+            f"{client.id}` and give the identity provider the new secret.",
+        ],
+    )
+
+
+def test_check_files_readable_by_others_in_the_real_command(tmp_path):
+    instance = tmp_path / "instance"
+    env = served.environment(
+        instance, PUBLIC_URL="https://mdm.example.com", PROXY_FIX=1
+    )
+    served.mdm(
+        env,
+        "admin",
+        "create",
+        "root",
+        "--password-stdin",
+        input="correct horse battery\n",
+    )
+    served.mdm(env, "token", "create", "--idp", "entra")
+    ok = served.mdm(env, "check")
+    assert ok.stdout.startswith("OK: https://mdm.example.com behind a proxy")
+    config = instance / "config.py"
+    config.write_text("# settings\n")
+    config.chmod(0o644)
+    found = served.mdm(env, "check", check=False)
+    assert found.returncode == 1
+    assert found.stdout == (
+        f"{config} is readable by other users (mode 644). Fix: Run `chmod go= {config}` "
+        "as its owner.\n"
+    )
+
+
+if ENGINE == "postgresql":
+
+    def _icu_database(sql):
+        """Run ``sql`` on the server of the test database, outside any transaction."""
+        from .conftest import _admin_connection
+
+        conn = _admin_connection()
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(sql)
+        finally:
+            conn.close()
+
+    def test_check_finds_a_locale_collation():
+        import psycopg2
+        from playhouse.db_url import parse
+
+        # ICU sorts by locale although datcollate says C.
+        _icu_database("DROP DATABASE IF EXISTS mdm_check_icu")
+        _icu_database(
+            "CREATE DATABASE mdm_check_icu TEMPLATE template0 "
+            "LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C'"
+        )
+        params = parse(TEST_DATABASE_URL)
+        params.pop("database")
+        conn = psycopg2.connect(dbname="mdm_check_icu", **params)
+        conn.autocommit = True
+        conn.cursor().execute("CREATE EXTENSION IF NOT EXISTS citext")
+        conn.close()
+        url = TEST_DATABASE_URL.replace(
+            urlsplit(TEST_DATABASE_URL).path, "/mdm_check_icu", 1
+        )
+        app = create_app({"TESTING": True, "SECRET_KEY": "test", "DATABASE_URL": url})
+        try:
+            _ready(app)
+            code, out = _check(app.test_cli_runner())
+        finally:
+            database.close_all()
+            _icu_database("DROP DATABASE mdm_check_icu WITH (FORCE)")
+        assert (code, out) == (
+            1,
+            [
+                "The PostgreSQL database sorts text by a locale, not by C collation: "
+                "sortBy orders differ from SQLite's and can change with the server's "
+                "locale data. Fix: Create the database with LOCALE_PROVIDER libc "
+                "LC_COLLATE 'C' TEMPLATE template0 and move the data with pg_dump."
+            ],
         )
