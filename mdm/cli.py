@@ -575,7 +575,9 @@ def user_list(as_json, filter_, count, start_index):
             try:
                 where = filters.to_expression(filters.parse(filter_), resource_type)
             except ScimError as error:
-                raise FilterError(f"Bad --filter: {error.detail}") from None
+                raise FilterError(
+                    f"Bad --filter: {error.detail or error.scim_type}"
+                ) from None
         batches = _matching_users(where, start_index, count)
         if as_json:
             _echo_json_users(batches, resource_type)

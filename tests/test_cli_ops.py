@@ -596,3 +596,16 @@ if ENGINE == "postgresql":
                 "LC_COLLATE 'C' TEMPLATE template0 and move the data with pg_dump."
             ],
         )
+
+
+def test_user_list_in_the_real_command(tmp_path):
+    env, _ = _instance(tmp_path, users=3, deprovisioned=1)
+    found = served.mdm(env, "user", "list", "--json", "--filter", 'userName ew "1@x"')
+    assert [u["userName"] for u in json.loads(found.stdout)] == ["u1@x"]
+    assert found.stderr == ""
+    every = served.mdm(env, "user", "list", "--json")
+    assert [u["userName"] for u in json.loads(every.stdout)] == ["u0@x", "u1@x", "u2@x"]
+    bad = served.mdm(env, "user", "list", "--filter", "userName zz 1", check=False)
+    assert (bad.returncode, bad.stdout) == (2, "")
+    assert bad.stderr.startswith("Error: Bad --filter: ")
+    assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
