@@ -1,4 +1,4 @@
-"""The ``mdm`` command: Flask's CLI plus serve, token, client and attribute commands."""
+"""The ``mdm`` command: Flask's CLI plus serve, token, client, attribute, user and check commands."""
 
 import contextlib
 import json
@@ -525,7 +525,7 @@ class FilterError(click.ClickException):
     exit_code = 2
 
 
-# Users read and written per query by `mdm user list`.
+# Users read per query by `mdm user list`, so a large directory streams.
 LIST_BATCH = 500
 
 
