@@ -721,16 +721,18 @@ def _database_findings(now):
         days = c.days_until_expiry(EXPIRY_WARNING, now)
         if days is None:
             continue
+        # Renewing keeps the expiry date: the way out is a second credential.
         if isinstance(c, BearerToken):
-            what, renew = f"SCIM token {c.id} ({c.key})", f"mdm token renew {c.id}"
+            what, kind = f"SCIM token {c.id} ({c.key})", "token"
         else:
-            what, renew = f"OAuth client {c.client_id}", f"mdm client renew {c.id}"
+            what, kind = f"OAuth client {c.client_id}", "client"
         found.append(
             _finding(
                 "credential-expiring",
                 f"{what} for {c.idp_name} expires in {days} day"
                 f"{'s' if days != 1 else ''} ({_when(c.expires_at)} UTC).",
-                f"Run `{renew}` and give the identity provider the new secret.",
+                f"Run `mdm {kind} create --idp {c.idp}`, give the identity provider "
+                f"the new secret, then `mdm {kind} remove {c.id}`.",
             )
         )
     # Asked of the ordering itself, not of datcollate: an ICU database lists

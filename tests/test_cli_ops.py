@@ -512,11 +512,13 @@ def test_check_credentials(app, runner):
         1,
         [
             f"SCIM token {soon.id} ({soon.key}) for Okta expires in 10 days "
-            f"({soon.expires_at:%Y-%m-%d %H:%M} UTC). Fix: Run `mdm token renew "
-            f"{soon.id}` and give the identity provider the new secret.",
+            f"({soon.expires_at:%Y-%m-%d %H:%M} UTC). Fix: Run `mdm token create "
+            f"--idp okta`, give the identity provider the new secret, then `mdm token "
+            f"remove {soon.id}`.",
             f"OAuth client {client.client_id} for Entra ID expires in 0 days "
-            f"({client.expires_at:%Y-%m-%d %H:%M} UTC). Fix: Run `mdm client renew "
-            f"{client.id}` and give the identity provider the new secret.",
+            f"({client.expires_at:%Y-%m-%d %H:%M} UTC). Fix: Run `mdm client create "
+            f"--idp entra`, give the identity provider the new secret, then `mdm "
+            f"client remove {client.id}`.",
         ],
     )
 
