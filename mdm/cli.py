@@ -153,23 +153,7 @@ def token_list(as_json):
     with database.connection_context():
         tokens = list(BearerToken.select().order_by(BearerToken.idp, BearerToken.id))
     if as_json:
-        rows = [
-            {
-                "id": t.id,
-                "key": t.key,
-                "idp": t.idp,
-                "label": t.label,
-                "status": t.status,
-                "created_at": _iso(t.created_at),
-                "created_by": t.created_by,
-                "expires_at": _iso(t.expires_at),
-                "renewed_at": _iso(t.renewed_at),
-                "last_used_at": _iso(t.last_used_at),
-                "last_user_agent": t.last_user_agent,
-            }
-            for t in tokens
-        ]
-        click.echo(json.dumps(rows, indent=2))
+        _echo_credentials(tokens, "key")
         return
     if not tokens:
         click.echo("No tokens.", err=True)
@@ -299,6 +283,27 @@ def _iso(value):
     return value.isoformat(timespec="seconds") + "Z" if value else None
 
 
+def _echo_credentials(credentials, public_id):
+    """Print tokens or OAuth clients as one JSON array, under their public id's name."""
+    rows = [
+        {
+            "id": c.id,
+            public_id: c.key,  # an OAuth client's key is its client_id
+            "idp": c.idp,
+            "label": c.label,
+            "status": c.status,
+            "created_at": _iso(c.created_at),
+            "created_by": c.created_by,
+            "expires_at": _iso(c.expires_at),
+            "renewed_at": _iso(c.renewed_at),
+            "last_used_at": _iso(c.last_used_at),
+            "last_user_agent": c.last_user_agent,
+        }
+        for c in credentials
+    ]
+    click.echo(json.dumps(rows, indent=2))
+
+
 @client_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
 @with_appcontext
@@ -307,23 +312,7 @@ def client_list(as_json):
     with database.connection_context():
         clients = list(OAuthClient.select().order_by(OAuthClient.idp, OAuthClient.id))
     if as_json:
-        rows = [
-            {
-                "id": c.id,
-                "client_id": c.client_id,
-                "idp": c.idp,
-                "label": c.label,
-                "status": c.status,
-                "created_at": _iso(c.created_at),
-                "created_by": c.created_by,
-                "expires_at": _iso(c.expires_at),
-                "renewed_at": _iso(c.renewed_at),
-                "last_used_at": _iso(c.last_used_at),
-                "last_user_agent": c.last_user_agent,
-            }
-            for c in clients
-        ]
-        click.echo(json.dumps(rows, indent=2))
+        _echo_credentials(clients, "client_id")
         return
     if not clients:
         click.echo("No OAuth clients.", err=True)
