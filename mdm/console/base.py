@@ -9,12 +9,33 @@ from markupsafe import Markup
 from ..activity import pretty
 from ..forms import check_form_request
 from ..models import IDPS
+from ..models import OAuthClient
 from .paging import sort_url
 
 bp = Blueprint("console", __name__, url_prefix="/admin")
 
 # Tokens expiring within this window get a warning banner.
 EXPIRY_WARNING = timedelta(days=30)
+
+
+def expiry_warning(credential, now=None, connection=None):
+    """Say that an active token or OAuth client expires within EXPIRY_WARNING, else None."""
+    days = credential.days_until_expiry(EXPIRY_WARNING, now)
+    if days is None:
+        return None
+    if isinstance(credential, OAuthClient):
+        what, advice = f"OAuth client {credential.client_id}", "Add a client"
+    else:
+        what, advice = f"token {credential.key}", "Generate or renew a token"
+    # Named after its connection on the dashboard, on its own page alone.
+    subject = f"{connection} {what}" if connection else what[0].upper() + what[1:]
+    return (
+        f"{subject} expires in {days} day{'s' if days != 1 else ''} "
+        f"({credential.expires_at:%Y-%m-%d}). {advice} and update the identity "
+        "provider before then."
+    )
+
+
 SCIM_DISABLED = (
     "Provisioning is disabled by the operator (SCIM_ENABLED is off): "
     "identity providers get 403 on every request."

@@ -20,7 +20,9 @@ from ..scim.http import token_endpoint_url
 from . import reveal
 from .base import bp
 from .tokens import _idp_or_404
+from .tokens import client_details
 from .tokens import last_active
+from .tokens import set_active
 from .tokens import url_warning
 
 
@@ -36,11 +38,6 @@ def _client_or_404(idp, client_id):
 def _back(idp):
     """Return to the connection's page with the OAuth method shown."""
     return redirect(url_for("console.provisioning", idp=idp, auth="oauth"))
-
-
-def _details(client):
-    """Describe a client for the audit trail: IdP and client id, never the secret."""
-    return f"IdP: {client.idp_name}; client {client.client_id}"
 
 
 @bp.route("/provisioning/<idp>/clients/add", methods=("GET", "POST"))
@@ -59,7 +56,7 @@ def add_client(idp):
         except TokenError as error:
             flash(str(error), "danger")
             return _back(idp)
-        audit("OAuth Client Created", _details(client))
+        audit("OAuth Client Created", client_details(client))
         reveal.keep(client, secret, renewed=False)
         return redirect(url_for("console.client_secret", idp=idp, client_id=client.id))
     full = (
@@ -92,22 +89,8 @@ def client_action(idp, client_id):
         return redirect(
             url_for("console.deactivate_client", idp=idp, client_id=client.id)
         )
-    _set_active(client, action == "activate")
+    set_active(client, action == "activate")
     return _back(idp)
-
-
-def _set_active(client, active):
-    """Set a client Active or Inactive, audited; say so when it already is."""
-    state = "Active" if active else "Inactive"
-    if client.active == active:
-        # Nothing changes, so nothing is written to the audit trail.
-        flash(f"Client {client.client_id} is already {state}; nothing changed.", "info")
-        return
-    client.set_active(active)
-    audit(
-        "OAuth Client Enabled" if active else "OAuth Client Disabled", _details(client)
-    )
-    flash(f"Client {client.client_id} is now {state}.", "success")
 
 
 @bp.route(
@@ -118,7 +101,7 @@ def deactivate_client(idp, client_id):
     client = _client_or_404(_idp_or_404(idp), client_id)
     form = ConfirmForm()
     if form.validate_on_submit():
-        _set_active(client, False)
+        set_active(client, False)
         return _back(idp)
     return render_template(
         "admin/confirm.html",
@@ -142,7 +125,7 @@ def renew_client(idp, client_id):
     form = ConfirmForm()
     if form.validate_on_submit():
         secret = client.renew()
-        audit("OAuth Client Renewed", _details(client))
+        audit("OAuth Client Renewed", client_details(client))
         reveal.keep(client, secret, renewed=True)
         return redirect(url_for("console.client_secret", idp=idp, client_id=client.id))
     return render_template(
@@ -187,7 +170,7 @@ def remove_client(idp, client_id):
     form = ConfirmForm()
     if form.validate_on_submit():
         client.remove()
-        audit("OAuth Client Deleted", _details(client))
+        audit("OAuth Client Deleted", client_details(client))
         flash(f"Client {client.client_id} removed.", "success")
         return _back(idp)
     return render_template(

@@ -25,9 +25,9 @@ from ..models import Membership
 from ..models import OAuthClient
 from ..models import User
 from ..models import utcnow
-from .base import EXPIRY_WARNING
 from .base import SCIM_DISABLED
 from .base import bp
+from .base import expiry_warning
 
 # Entra runs a cycle about every 40 minutes: two missed cycles make one overdue,
 # and the banners look at what happened within that same window.
@@ -523,29 +523,16 @@ def banners(cards, refused, now, scim_enabled):
                 )
             )
         for token in card.tokens:
-            days = token.days_until_expiry(EXPIRY_WARNING, now)
-            if days is not None:
-                found.append(
-                    (
-                        "warning",
-                        f"{card.name} token {token.key} expires in {days} "
-                        f"day{'s' if days != 1 else ''} ({token.expires_at:%Y-%m-%d}). "
-                        "Generate or renew a token and update the identity provider "
-                        "before then.",
-                        link,
-                        f"Open {card.name} tokens",
-                    )
-                )
+            warning = expiry_warning(token, now, card.name)
+            if warning is not None:
+                found.append(("warning", warning, link, f"Open {card.name} tokens"))
         for client in card.clients:
-            days = client.days_until_expiry(EXPIRY_WARNING, now)
-            if days is not None:
+            warning = expiry_warning(client, now, card.name)
+            if warning is not None:
                 found.append(
                     (
                         "warning",
-                        f"{card.name} OAuth client {client.client_id} expires in "
-                        f"{days} day{'s' if days != 1 else ''} "
-                        f"({client.expires_at:%Y-%m-%d}). Add a client and update the "
-                        "identity provider before then.",
+                        warning,
                         url_for("console.provisioning", idp=card.idp, auth="oauth"),
                         f"Open {card.name} OAuth clients",
                     )

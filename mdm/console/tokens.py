@@ -25,9 +25,9 @@ from ..models import TokenError
 from ..scim.http import base_url as target_scim_url
 from ..scim.http import token_endpoint_url
 from . import reveal
-from .base import EXPIRY_WARNING
 from .base import SCIM_DISABLED
 from .base import bp
+from .base import expiry_warning
 
 # The two ways an IdP can authenticate, as the page's ?auth= choice names them.
 AUTH_METHODS = {"bearer": "Bearer token", "oauth": "OAuth 2.0 client credentials"}
@@ -79,28 +79,10 @@ def _banners(idp, tokens, clients, auth):
         # Okta cannot use a client, so its advice is always about tokens.
         method = "bearer" if idp == "okta" else auth
         banners.append(("warning", _no_active(tokens, clients, method)))
-    for token in tokens:
-        days = token.days_until_expiry(EXPIRY_WARNING)
-        if days is not None:
-            banners.append(
-                (
-                    "warning",
-                    f"Token {token.key} expires in {days} day{'s' if days != 1 else ''} "
-                    f"({token.expires_at:%Y-%m-%d}). Generate or renew a token and "
-                    "update the identity provider before then.",
-                )
-            )
-    for client in clients:
-        days = client.days_until_expiry(EXPIRY_WARNING)
-        if days is not None:
-            banners.append(
-                (
-                    "warning",
-                    f"OAuth client {client.client_id} expires in {days} "
-                    f"day{'s' if days != 1 else ''} ({client.expires_at:%Y-%m-%d}). "
-                    "Add a client and update the identity provider before then.",
-                )
-            )
+    for credential in (*tokens, *clients):
+        warning = expiry_warning(credential)
+        if warning is not None:
+            banners.append(("warning", warning))
     return banners
 
 
@@ -201,7 +183,7 @@ def token_action(idp, token_id):
         return redirect(url_for(f"console.{action}_token", idp=idp, token_id=token.id))
     if action == "deactivate" and last_active(token):
         return redirect(url_for("console.deactivate_token", idp=idp, token_id=token.id))
-    _set_active(token, action == "activate")
+    set_active(token, action == "activate")
     return redirect(url_for("console.provisioning", idp=idp))
 
 
@@ -218,19 +200,21 @@ def last_active(credential):
     return True
 
 
-def _set_active(token, active):
-    """Set a token Active or Inactive, audited; say so when it already is."""
+def set_active(credential, active):
+    """Set a token or OAuth client Active or Inactive, audited; say so when it already is."""
+    if isinstance(credential, OAuthClient):
+        noun, event, details = "Client", "OAuth Client", client_details(credential)
+    else:
+        noun, event, details = "Token", "SCIM Token", _token_details(credential)
     state = "Active" if active else "Inactive"
-    if token.active == active:
+    # An OAuth client's key is its client_id.
+    if credential.active == active:
         # Nothing changes, so nothing is written to the audit trail.
-        flash(f"Token {token.key} is already {state}; nothing changed.", "info")
+        flash(f"{noun} {credential.key} is already {state}; nothing changed.", "info")
         return
-    token.set_active(active)
-    audit(
-        "SCIM Token Enabled" if active else "SCIM Token Disabled",
-        _token_details(token),
-    )
-    flash(f"Token {token.key} is now {state}.", "success")
+    credential.set_active(active)
+    audit(f"{event} {'Enabled' if active else 'Disabled'}", details)
+    flash(f"{noun} {credential.key} is now {state}.", "success")
 
 
 @bp.route(
@@ -241,7 +225,7 @@ def deactivate_token(idp, token_id):
     token = _token_or_404(_idp_or_404(idp), token_id)
     form = ConfirmForm()
     if form.validate_on_submit():
-        _set_active(token, False)
+        set_active(token, False)
         return redirect(url_for("console.provisioning", idp=idp))
     return render_template(
         "admin/confirm.html",
@@ -324,6 +308,11 @@ def remove_token(idp, token_id):
         cancel_url=url_for("console.provisioning", idp=idp),
         danger=True,
     )
+
+
+def client_details(client):
+    """Describe an OAuth client for the audit trail: IdP and client id, never the secret."""
+    return f"IdP: {client.idp_name}; client {client.client_id}"
 
 
 def _token_details(token):
