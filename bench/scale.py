@@ -23,6 +23,7 @@ import contextlib
 import http.client
 import io
 import json
+import multiprocessing
 import os
 import re
 import sqlite3
@@ -104,7 +105,10 @@ def scratch_database(database_url, keep):
                 print(f"pg_trgm not installed: {error}".strip())
             cursor.execute(f"CREATE SCHEMA {name}")
         options = quote(f"-c search_path={name},public")
-        yield f"{database_url}{'&' if '?' in database_url else '?'}options={options}"
+        yield (
+            f"{database_url}{'&' if '?' in database_url else '?'}options={options}",
+            name,
+        )
     finally:
         if not keep:
             with conn.cursor() as cursor:
@@ -175,8 +179,6 @@ def bulk_load(url, token, count, clients, batch):
 
 def seed_users(first, last):
     """Insert users first..last-1, built by worker processes, one transaction per chunk."""
-    import multiprocessing
-
     from mdm.models import User
 
     fields = [f for f in User._meta.sorted_fields if not f.primary_key]
@@ -261,8 +263,19 @@ def sqlite_value(value):
     return value.isoformat(" ") if hasattr(value, "isoformat") else value
 
 
-def seed_groups():
-    """Create the big group of every user and a 10-member group; return their SCIM ids."""
+def create_groups():
+    """Create the big group and the small one, empty; return their SCIM ids."""
+    from mdm.db import database
+    from mdm.models import Group
+
+    with database.atomic():
+        big = Group.create(display_name=BIG_GROUP, source="entra")
+        small = Group.create(display_name=SMALL_GROUP, source="entra")
+    return big.scim_id, small.scim_id
+
+
+def fill_groups(big_id, small_id):
+    """Put every user in the big group and the first ten in the small one."""
     from peewee import Value
 
     from mdm.db import database
@@ -270,9 +283,9 @@ def seed_groups():
     from mdm.models import Membership
     from mdm.models import User
 
+    big = Group.get(Group.scim_id == big_id)
+    small = Group.get(Group.scim_id == small_id)
     with database.atomic():
-        big = Group.create(display_name=BIG_GROUP, source="entra")
-        small = Group.create(display_name=SMALL_GROUP, source="entra")
         # One statement, in the database.
         Membership.insert_from(
             User.select(Value(big.id), User.id).order_by(User.id),
@@ -282,7 +295,6 @@ def seed_groups():
             User.select(Value(small.id), User.id).order_by(User.id).limit(10),
             fields=[Membership.group, Membership.user],
         ).execute()
-    return big.scim_id, small.scim_id
 
 
 # (weight, method, path shape, resource type, status, summary) of the requests
@@ -348,6 +360,18 @@ def activity_templates(user_ids, group_ids):
         )
         templates.append([row[c] for c in ENTRY_COLUMNS[1:]])
     return templates
+
+
+def activity_process(instance, database_url, rows, user_ids, group_ids, ready):
+    """Seed the activity log in a process of its own; ``ready`` once the app is open."""
+    open_app(instance, database_url)
+    ready.set()
+    started = time.perf_counter()
+    seed_activity(rows, user_ids, group_ids)
+    print(
+        f"seeded {rows} activity rows in {time.perf_counter() - started:.1f} s",
+        flush=True,
+    )
 
 
 def seed_activity(rows, user_ids, group_ids):
@@ -493,14 +517,30 @@ def build(instance, database_url, args):
 
     seeded = time.perf_counter()
     with database.connection_context():
+        big, small = create_groups()
+        # The log names users that exist already (those /Bulk loaded).
+        named = [
+            s for (s,) in User.select(User.scim_id).order_by(User.id).limit(30).tuples()
+        ] or [big]
+    # The activity log has its own tables (on SQLite its own file and write
+    # lock), so it is seeded by a process of its own while users are.
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    activity = context.Process(
+        target=activity_process,
+        args=(instance, database_url, args.activity_rows, named, [big, small], ready),
+    )
+    activity.start()
+    ready.wait()
+    with database.connection_context():
         seed_users(bulk_users, args.users)
         print(
             f"seeded {args.users - bulk_users} users in "
             f"{time.perf_counter() - seeded:.1f} s"
         )
         mark = time.perf_counter()
-        big, small = seed_groups()
-        print(f"seeded the groups in {time.perf_counter() - mark:.1f} s")
+        fill_groups(big, small)
+        print(f"filled the groups in {time.perf_counter() - mark:.1f} s")
         picks = [user_name(i) for i in sample_indexes(args.users)]
         ids = dict(
             User.select(User.user_name, User.scim_id)
@@ -508,12 +548,10 @@ def build(instance, database_url, args):
             .tuples()
         )
         sample = [ids[n] for n in picks]
-    mark = time.perf_counter()
-    seed_activity(args.activity_rows, sample, [big, small])
-    print(
-        f"seeded {args.activity_rows} activity rows in "
-        f"{time.perf_counter() - mark:.1f} s"
-    )
+    activity.join()
+    if activity.exitcode:
+        raise RuntimeError(f"seeding the activity log failed ({activity.exitcode})")
+    print(f"seeded users and activity in {time.perf_counter() - seeded:.1f} s")
     if is_postgres():
         # As autovacuum would have by the time anyone looks.
         with database.connection_context():
@@ -888,9 +926,14 @@ def main():
     parser.add_argument(
         "--reuse", metavar="DIR", help="measure the directory --keep built in DIR"
     )
+    parser.add_argument(
+        "--drop", metavar="DIR", help="delete what --keep built in DIR, and its schema"
+    )
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
 
+    if args.drop:
+        return drop(args.drop)
     if args.reuse:
         with open(os.path.join(args.reuse, META)) as f:
             meta = json.load(f)
@@ -905,15 +948,47 @@ def main():
             instance = args.keep
         else:
             instance = stack.enter_context(tempfile.TemporaryDirectory())
-        url = None
+        url = schema = None
         if args.database_url:
-            url = stack.enter_context(scratch_database(args.database_url, args.keep))
-        meta = build(instance, url, args)
+            url, schema = stack.enter_context(
+                scratch_database(args.database_url, args.keep)
+            )
         if args.keep:
-            with open(os.path.join(instance, META), "w") as f:
-                json.dump(meta, f, indent=2)
+            # Written first, so that --drop finds the schema of a failed build.
+            save_meta(instance, {"database_url": url, "schema": schema})
+        meta = build(instance, url, args)
+        meta["schema"] = schema
+        if args.keep:
+            save_meta(instance, meta)
         rows, peak = measure(instance, meta, args)
         return report(rows, meta, peak, args)
+
+
+def save_meta(instance, meta):
+    with open(os.path.join(instance, META), "w") as f:
+        json.dump(meta, f, indent=2)
+
+
+def drop(instance):
+    """Drop the PostgreSQL schema of a kept build, then its folder."""
+    import shutil
+
+    with open(os.path.join(instance, META)) as f:
+        meta = json.load(f)
+    if meta.get("schema"):
+        import psycopg2
+        from playhouse.db_url import parse
+
+        params = parse(meta["database_url"])
+        conn = psycopg2.connect(dbname=params.pop("database"), **params)
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute(f"DROP SCHEMA IF EXISTS {meta['schema']} CASCADE")
+        conn.close()
+        print(f"dropped schema {meta['schema']}")
+    shutil.rmtree(instance)
+    print(f"removed {instance}")
+    return 0
 
 
 def report(rows, meta, peak, args):
