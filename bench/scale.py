@@ -555,7 +555,11 @@ def build(instance, database_url, args):
     if is_postgres():
         # As autovacuum would have by the time anyone looks.
         with database.connection_context():
-            database.execute_sql("ANALYZE")
+            tables = database.execute_sql(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+            ).fetchall()
+            for (table,) in tables:
+                database.execute_sql(f'ANALYZE "{table}"')
     db_bytes = directory_bytes(instance)
     build_seconds = time.perf_counter() - started
     print(f"built in {build_seconds:.0f} s")
@@ -706,14 +710,19 @@ class Timer:
         payload = self.row(what, [get] * (self.repeat + 1), expect, notes)
         return payload
 
-    def scim_each(self, what, paths, notes=""):
-        """Time a different GET each time (lookups of different users)."""
-        jobs = [
-            lambda conn, p=p: send(
-                conn, "GET", scim_path(self.url, p), token=self.token
+    def scim_each(self, what, paths, notes="", one=True):
+        """Time a different lookup each time, each finding a user (``one``: exactly one)."""
+
+        def job(conn, path):
+            status, payload, seconds = send(
+                conn, "GET", scim_path(self.url, path), token=self.token
             )
-            for p in paths[: self.repeat + 1]
-        ]
+            found = json.loads(payload).get("totalResults") if status == 200 else 1
+            if found == 0 or (one and found != 1):
+                status = f"{found} results"  # a miss would time the wrong thing
+            return status, payload, seconds
+
+        jobs = [lambda conn, p=p: job(conn, p) for p in paths[: self.repeat + 1]]
         return self.row(what, jobs, notes=notes)
 
 
@@ -816,6 +825,7 @@ def rows_scim(timer, meta, server, peak):
     timer.scim_each(
         "SCIM `displayName sw`",
         [scim_filter(f'displayName sw "User {k}"') for k in picks],
+        one=False,
     )
     timer.scim(
         "SCIM deep page (last 100)",
