@@ -254,11 +254,17 @@ def like(expr, text, pattern="%{}%"):
     if "\x00" in text:
         # NUL is never stored, and PostgreSQL refuses it even as a parameter.
         return false()
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     operator = "ILIKE" if postgres() else "LIKE"
+    return _like(expr, operator, pattern.format(_escape_like(text)))
+
+
+def _escape_like(text):
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _like(expr, operator, pattern):
     return NodeList(
-        (expr, SQL(operator), Value(pattern.format(escaped)), SQL("ESCAPE '\\'")),
-        parens=True,
+        (expr, SQL(operator), Value(pattern), SQL("ESCAPE '\\'")), parens=True
     )
 
 
@@ -276,6 +282,157 @@ def substring(expr, op, text):
     if op == "sw":
         return fn.substr(expr, 1, len(text)) == text
     return fn.substr(expr, -len(text)) == text
+
+
+#
+# Substring search through a trigram index
+#
+
+# A trigram index finds a pattern by the three-character pieces it is made
+# of; a pattern shorter than that has none, so it is scanned with LIKE.
+TRIGRAM = 3
+# Trigrams of a long pattern asked of SQLite's index: each is a necessary
+# condition, and a few already narrow the rows to a handful.
+MAX_TRIGRAMS = 12
+
+
+def trigram_index(model, fields, lists=()):
+    """Create the substring index of ``model`` if missing, filled from its rows."""
+    # It covers ``fields`` and, for each (attribute, sub-attribute) of
+    # ``lists``, that member of every element of the array in ``model.data``.
+    # SQLite: a contentless FTS5 table with the trigram tokenizer, one row
+    # per ``model`` row, kept in step by triggers in the writing transaction.
+    # detail=none stores neither positions nor columns, only which rows hold
+    # a trigram: the smallest index, and enough for a list of candidates that
+    # the exact condition then rechecks. PostgreSQL: one GIN trigram index
+    # over everything joined, the expression ``trigram_candidates`` builds.
+    table = model._meta.table_name
+    if postgres():
+        # Trusted since PostgreSQL 13, like citext.
+        database.execute_sql("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+        context = database.get_sql_context()
+        sql, params = context.sql(
+            _pg_joined(model, fields, lists, qualify=False)
+        ).query()
+        database.execute_sql(
+            f'CREATE INDEX IF NOT EXISTS "{table}_search" ON "{table}" '
+            f"USING gin (({sql}) gin_trgm_ops)",
+            params,
+        )
+        return
+    search = f"{table}_search"
+    exists = database.execute_sql(
+        "SELECT 1 FROM sqlite_master WHERE name = ?", (search,)
+    ).fetchone()
+    if exists:
+        return
+    columns = [field.column_name for field in fields] + [name for name, _ in lists]
+    names = ", ".join(f'"{c}"' for c in columns)
+
+    def values(row):
+        found = [f'{row}."{field.column_name}"' for field in fields]
+        # Each element's member, one a line; a stray non-object element has none.
+        document = f'{row}."{model.data.column_name}"'
+        found += [
+            f"(SELECT group_concat(json_extract(e.value, '$.{sub}'), char(10)) "
+            f"FROM json_each({document}, '$.{name}') AS e WHERE e.type = 'object')"
+            for name, sub in lists
+        ]
+        return ", ".join(found)
+
+    pk = model._meta.primary_key.column_name
+    watched = [field.column_name for field in fields]
+    watched += [model.data.column_name] if lists else []
+    changed = " OR ".join(f'old."{c}" IS NOT new."{c}"' for c in watched)
+    database.execute_sql(
+        f"CREATE VIRTUAL TABLE {search} USING fts5({names}, "
+        "tokenize='trigram', content='', detail='none')"
+    )
+    # A contentless table keeps no copy of what it indexed: removing a row
+    # means naming the exact values it was indexed with, the trigger's old row.
+    insert = (
+        f"INSERT INTO {search} (rowid, {names}) VALUES (new.{pk}, {values('new')});"
+    )
+    delete = (
+        f"INSERT INTO {search} ({search}, rowid, {names}) "
+        f"VALUES ('delete', old.{pk}, {values('old')});"
+    )
+    database.execute_sql(
+        f'CREATE TRIGGER {search}_insert AFTER INSERT ON "{table}" BEGIN {insert} END'
+    )
+    database.execute_sql(
+        f'CREATE TRIGGER {search}_delete AFTER DELETE ON "{table}" BEGIN {delete} END'
+    )
+    database.execute_sql(
+        f"CREATE TRIGGER {search}_update AFTER UPDATE OF "
+        f'{", ".join(watched)} ON "{table}" WHEN {changed} '
+        f"BEGIN {delete} {insert} END"
+    )
+    # The rows already there, in one statement.
+    current = values(f'"{table}"')
+    database.execute_sql(
+        f'INSERT INTO {search} (rowid, {names}) SELECT {pk}, {current} FROM "{table}"'
+    )
+
+
+def _pg_joined(model, fields, lists, qualify=True):
+    """Return the text PostgreSQL's trigram index holds: every searched value joined."""
+
+    # The index and the queries build it here, so they match.
+    def column(field):
+        return field if qualify else Entity(field.column_name)
+
+    parts = [
+        # citext has no trigram operator class: its text is what is indexed.
+        Cast(column(f), "text") if getattr(f, "nocase", False) else column(f)
+        for f in fields
+    ]
+    for name, sub in lists:
+        # The members as a JSON array's text, which escapes only quotes,
+        # backslashes and control characters (see trigram_candidates).
+        values = fn.jsonb_path_query_array(
+            Cast(column(model.data), "jsonb"), SQL(f'\'$."{name}"[*]."{sub}"\'')
+        )
+        parts.append(Cast(values, "text"))
+    joined = None
+    for part in parts:
+        part = fn.COALESCE(part, SQL("''"))
+        joined = part if joined is None else joined.concat(SQL("E'\\n'")).concat(part)
+    return joined
+
+
+def trigram_candidates(model, fields, lists, text):
+    """Return a condition true for at least the rows holding ``text`` in the index, or None."""
+    # True for every row where a searched value contains ``text`` ignoring
+    # case, and maybe a few more: a prefilter, to be ANDed with the exact
+    # condition. None when the index cannot answer: ``text`` too short for
+    # trigrams, scanned instead.
+    if len(text) < TRIGRAM or "\x00" in text:
+        return None
+    if postgres():
+        if lists and (any(c in text for c in '"\\') or min(text) < " "):
+            # The JSON text of the lists escapes these, so the index may miss
+            # a value holding them; such a rare search scans instead.
+            return None
+        return _like(
+            _pg_joined(model, fields, lists), "ILIKE", f"%{_escape_like(text)}%"
+        )
+    pieces = [text[i : i + TRIGRAM] for i in range(0, len(text) - TRIGRAM + 1, TRIGRAM)]
+    pieces = list(dict.fromkeys([*pieces, text[-TRIGRAM:]]))
+    if len(pieces) > MAX_TRIGRAMS:
+        step = len(pieces) / MAX_TRIGRAMS
+        pieces = [pieces[int(i * step)] for i in range(MAX_TRIGRAMS)]
+    # Quoted, each is one literal trigram (FTS5 doubles a quote inside).
+    match = " AND ".join('"{}"'.format(piece.replace('"', '""')) for piece in pieces)
+    search = f"{model._meta.table_name}_search"
+    return NodeList(
+        (
+            model._meta.primary_key,
+            SQL(f"IN (SELECT rowid FROM {search} WHERE {search} MATCH"),
+            Value(match),
+            SQL(")"),
+        )
+    )
 
 
 def bindable(text):

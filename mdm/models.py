@@ -25,6 +25,8 @@ from .db import lock_for_migration
 from .db import postgres
 from .db import schema_version
 from .db import set_schema_version
+from .db import trigram_candidates
+from .db import trigram_index
 from .db import write_transaction
 
 IDPS = {"entra": "Entra ID", "okta": "Okta", "generic": "Generic SCIM"}
@@ -476,6 +478,13 @@ class User(database.Model):
         return cls.select().where(cls.deprovisioned_at.is_null())
 
     @classmethod
+    def search_candidates(cls, text):
+        """Return a condition true for at least the users with ``text`` in a searched column, or None."""
+        # A prefilter from the trigram index, ANDed with the exact condition;
+        # None when ``text`` is too short to use it.
+        return trigram_candidates(cls, user_search_fields(), SEARCHED_LISTS, text)
+
+    @classmethod
     def purgeable(cls, through):
         """Users deprovisioned at or before ``through``."""
         return cls.select().where(
@@ -654,6 +663,25 @@ Group.add_index(
 User.add_index(User.id, name="user_live_id", where=User.deprovisioned_at.is_null())
 Group.add_index(Group.id, name="group_live_id", where=Group.deprovisioned_at.is_null())
 
+
+def user_search_fields():
+    """Return the user columns the substring index covers, in its order."""
+    # What SCIM co/sw/ew and the console's search box look in.
+    return (
+        User.user_name,
+        User.display_name,
+        User.given_name,
+        User.family_name,
+        User.department,
+        User.title,
+        User.external_id,
+    )
+
+
+# Multi-valued attributes the substring index covers, read from ``data``:
+# (attribute, sub-attribute) of every element.
+SEARCHED_LISTS = (("emails", "value"),)
+
 MODELS = [
     BearerToken,
     OAuthClient,
@@ -697,6 +725,7 @@ def migrate():
             database.execute_sql('DROP INDEX IF EXISTS "group_deprovisioned_at"')
         database.create_tables(MODELS, safe=True)
         _add_missing_columns()
+        trigram_index(User, user_search_fields(), SEARCHED_LISTS)
         set_schema_version(database, "mdm", SCHEMA_VERSION)
 
 

@@ -48,8 +48,9 @@ def database_url(path):
         conn = _admin_connection()
         try:
             with conn.cursor() as cursor:
-                # citext lives in public, shared by every test schema.
+                # citext and pg_trgm live in public, shared by every test schema.
                 cursor.execute("CREATE EXTENSION IF NOT EXISTS citext SCHEMA public")
+                cursor.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public")
                 cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {name}")
         finally:
             conn.close()

@@ -55,7 +55,7 @@ def users():
 
     query = User.select()
     if q:
-        query = query.where(
+        found = (
             contains(User.display_name, q)
             | contains(User.user_name, q)
             | contains(User.email, q)
@@ -65,6 +65,10 @@ def users():
             | contains(User.title, q)
             | (User.external_id == q)
         )
+        # The substring index narrows the users first; an externalId equal
+        # to the search also contains it, so the index holds those too.
+        candidates = User.search_candidates(q)
+        query = query.where(found if candidates is None else candidates & found)
     if source in IDPS:
         query = query.where(User.source == source)
     if status == "active":

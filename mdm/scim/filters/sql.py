@@ -24,6 +24,7 @@ from ...db import true
 from ...models import Group
 from ...models import Membership
 from ...models import User
+from ...models import user_search_fields
 from ..errors import ScimError
 from .evaluate import ORDER
 from .evaluate import as_bool
@@ -190,15 +191,41 @@ def _text_condition(operand, op, text):
         if operand.case_exact:
             if op != "co" and not text:
                 return x.is_null(False)
-            return substring(x, op, text)
-        # The pattern match ignores ASCII case, like NOCASE.
-        return like(x, text, {"co": "%{}%", "sw": "{}%", "ew": "%{}"}[op])
+            exact_match = substring(x, op, text)
+        else:
+            # The pattern match ignores ASCII case, like NOCASE.
+            exact_match = like(x, text, {"co": "%{}%", "sw": "{}%", "ew": "%{}"}[op])
+        if any(x is field for field in user_search_fields()):
+            return _searched(text, exact_match)
+        return exact_match
     if operand.case_exact:
         side = exact(x) if operand.nocase else x
     else:
         # A case-insensitive column compares directly so its index stays usable.
         side = x if operand.nocase else nocase(x)
     return ORDER[op](side, text)
+
+
+def _searched(text, condition):
+    """Return ``condition`` on a user's text narrowed first by the substring index."""
+    # The index finds the users holding ``text`` anywhere, ignoring case, and
+    # perhaps a few more; ``condition`` then decides exactly, so case-exact
+    # attributes and sw/ew keep their meaning.
+    candidates = User.search_candidates(text)
+    if candidates is None:
+        return condition
+    return NodeList((candidates, condition), glue=" AND ", parens=True)
+
+
+def _is_email_substring(scope, schema, attribute, name, op):
+    """Return True for co/sw/ew on the value of a user's emails, which the index covers."""
+    return (
+        scope.model is User
+        and op in SUBSTRING_OPS
+        and attribute.name == "emails"
+        and (schema is None or schema is scope.resource_type.core)
+        and name.lower() == "value"
+    )
 
 
 def _column(field, attribute):
@@ -313,7 +340,10 @@ class _ResourceScope:
                 name = (sub or self.implied_value(attribute)).name
             element = Path(None, name)
             inner = Present(element) if op == "pr" else Compare(element, op, value)
-            return self.any_element(schema, attribute, inner)
+            found = self.any_element(schema, attribute, inner)
+            if _is_email_substring(self, schema, attribute, name, op):
+                found = _searched(as_text(value), found)
+            return found
         if attribute.complex and sub is None:
             if op == "pr" and attribute.sub("value") is None:
                 keys = _json_keys(*self.json_keys(schema, attribute))
@@ -338,7 +368,17 @@ class _ResourceScope:
                 f"A value filter needs a complex attribute, not {str(path)!r}."
             )
         if attribute.multi_valued:
-            return self.any_element(schema, attribute, inner)
+            found = self.any_element(schema, attribute, inner)
+            if (
+                isinstance(inner, Compare)
+                and inner.value is not None
+                and inner.path.sub is None
+                and _is_email_substring(
+                    self, schema, attribute, inner.path.attr, inner.op
+                )
+            ):
+                found = _searched(as_text(inner.value), found)
+            return found
         return _compile(inner, _ComplexScope(self, path))
 
     def any_element(self, schema, attribute, inner):
