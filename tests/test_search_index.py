@@ -357,6 +357,7 @@ def searches(taken):
         'externalId co "bj-0"',
         'emails.value co "home.ex"',
         'emails[value ew "ple.org"]',
+        'emails[type eq "work" and value sw "babs@"]',
     ],
 )
 def test_substring_filters_use_the_index(app, scim, crowd, statements, text):

@@ -217,15 +217,34 @@ def _searched(text, condition):
     return NodeList((candidates, condition), glue=" AND ", parens=True)
 
 
-def _is_email_substring(scope, schema, attribute, name, op):
-    """Return True for co/sw/ew on the value of a user's emails, which the index covers."""
+def _is_emails(scope, schema, attribute):
+    """Return True for a user's emails, whose values the index covers."""
     return (
         scope.model is User
-        and op in SUBSTRING_OPS
         and attribute.name == "emails"
         and (schema is None or schema is scope.resource_type.core)
-        and name.lower() == "value"
     )
+
+
+def _required_substring(inner):
+    """Return the longest co/sw/ew text on ``value`` that ``inner`` requires, or None."""
+    # Only conditions joined by "and" are each required of a matching element.
+    found = []
+    pending = [inner]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, And):
+            pending.extend((node.left, node.right))
+        elif (
+            isinstance(node, Compare)
+            and node.op in SUBSTRING_OPS
+            and node.value is not None
+            and node.path.urn is None
+            and node.path.sub is None
+            and node.path.attr.lower() == "value"
+        ):
+            found.append(as_text(node.value))
+    return max(found, key=len, default=None)
 
 
 def _column(field, attribute):
@@ -341,8 +360,9 @@ class _ResourceScope:
             element = Path(None, name)
             inner = Present(element) if op == "pr" else Compare(element, op, value)
             found = self.any_element(schema, attribute, inner)
-            if _is_email_substring(self, schema, attribute, name, op):
-                found = _searched(as_text(value), found)
+            if op in SUBSTRING_OPS and name.lower() == "value":
+                if _is_emails(self, schema, attribute):
+                    found = _searched(as_text(value), found)
             return found
         if attribute.complex and sub is None:
             if op == "pr" and attribute.sub("value") is None:
@@ -369,15 +389,10 @@ class _ResourceScope:
             )
         if attribute.multi_valued:
             found = self.any_element(schema, attribute, inner)
-            if (
-                isinstance(inner, Compare)
-                and inner.value is not None
-                and inner.path.sub is None
-                and _is_email_substring(
-                    self, schema, attribute, inner.path.attr, inner.op
-                )
-            ):
-                found = _searched(as_text(inner.value), found)
+            if _is_emails(self, schema, attribute):
+                text = _required_substring(inner)
+                if text is not None:
+                    found = _searched(text, found)
             return found
         return _compile(inner, _ComplexScope(self, path))
 
