@@ -8,6 +8,8 @@ from peewee import IntegrityError
 
 from .. import activity
 from ..db import Prepared
+from ..db import database
+from ..db import postgres
 from ..db import write_transaction
 from ..models import Group
 from ..models import Membership
@@ -82,6 +84,60 @@ def members_of(groups):
     for group_pk, user_id, display in rows:
         found[group_pk].append((user_id, display))
     return found
+
+
+# Members are read and sent this many at a time when a group is streamed.
+MEMBER_CHUNK = 1000
+
+
+def _member_chunk(group_pk, after, limit):
+    return (
+        Membership.select(Membership.id, User.scim_id, User.display_name)
+        .join(User)
+        .where(
+            (Membership.group == group_pk)
+            & (Membership.id > after)
+            & User.deprovisioned_at.is_null()
+        )
+        .order_by(Membership.id)
+        .limit(limit)
+    )
+
+
+_member_chunk_query = Prepared(_member_chunk)
+
+
+def first_members(group_pk):
+    """Return a group's first MEMBER_CHUNK live members as (user id, display) pairs."""
+    rows = _member_chunk_query.execute(
+        group_pk=group_pk, after=0, limit=MEMBER_CHUNK
+    ).fetchall()
+    return [(user_id, display) for _, user_id, display in rows]
+
+
+def member_chunks(group_pk):
+    """Yield a group's live members in order, as lists of at most MEMBER_CHUNK pairs."""
+    # Keyset paging on the membership id, which the index on group_id
+    # orders within a group; each chunk costs the same however deep it is.
+    after = 0
+    while True:
+        rows = _member_chunk_query.execute(
+            group_pk=group_pk, after=after, limit=MEMBER_CHUNK
+        ).fetchall()
+        if rows:
+            yield [(user_id, display) for _, user_id, display in rows]
+        if len(rows) < MEMBER_CHUNK:
+            return
+        after = rows[-1][0]
+
+
+def streamed_chunks(group_pk):
+    """Yield member_chunks from one snapshot: a read transaction held while streaming."""
+    # PostgreSQL's default READ COMMITTED gives each statement its own
+    # snapshot; SQLite's WAL gives a transaction one from its first read.
+    options = {"isolation_level": "REPEATABLE READ"} if postgres() else {}
+    with database.atomic(**options):
+        yield from member_chunks(group_pk)
 
 
 def create(body, source):

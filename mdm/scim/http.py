@@ -136,7 +136,11 @@ def projection():
 
 def respond(resource, status=200, headers=None):
     """Send a resource or message, with the ETag of a versioned one (RFC 7644 §3.14)."""
-    response = serialize.response(resource, status)
+    return labelled(serialize.response(resource, status), resource, headers)
+
+
+def labelled(response, resource, headers=None):
+    """Give a response the ETag of the versioned resource it carries, and ``headers``."""
     version = resource.get("meta", {}).get("version")
     if version:
         response.headers["ETag"] = version

@@ -4,6 +4,7 @@ import copy
 import json
 
 from flask import Response
+from flask import stream_with_context
 
 from . import schema
 from .paths import CONTENT_TYPE
@@ -79,19 +80,51 @@ def group(row, base_url, members=None):
     resource["displayName"] = row.display_name
     if members is not None:
         resource["members"] = [
-            {
-                "value": user_id,
-                "$ref": f"{base_url}/Users/{user_id}",
-                "display": display,
-                "type": "User",
-            }
-            for user_id, display in members
+            member(user_id, display, base_url) for user_id, display in members
         ]
-        # Drop a null display rather than send it (no nulls in responses).
-        for member in resource["members"]:
-            if member["display"] is None:
-                del member["display"]
     return resource
+
+
+def member(user_id, display, base_url):
+    """Return one member of a group as a multi-valued attribute value."""
+    found = {"value": user_id, "$ref": f"{base_url}/Users/{user_id}"}
+    # A null display is left out rather than sent (no nulls in responses).
+    if display is not None:
+        found["display"] = display
+    found["type"] = "User"
+    return found
+
+
+# Stands in a resource for a members list that is streamed: a noncharacter
+# pair around a word, which no stored value holds (see mdm.db.Prepared).
+MEMBERS_SLOT = "\ufdd0members\ufdd0"
+
+
+def streamed_response(body, member_chunks, base_url, status=200):
+    """Stream ``body`` with its MEMBERS_SLOT filled from ``member_chunks``; None if no slot.
+
+    The bytes are those ``response`` sends for the body with the members in
+    place: the same encoder writes each member and the list separators.
+    """
+    text = _encoder.encode(body)
+    slot = _encoder.encode(MEMBERS_SLOT)
+    if text.count(slot) != 1:
+        return None
+    head, _, tail = text.partition(slot)
+
+    def generate():
+        yield (head + "[").encode()
+        separator = ""
+        for chunk in member_chunks():
+            encoded = ", ".join(
+                _encoder.encode(member(user_id, display, base_url))
+                for user_id, display in chunk
+            )
+            yield (separator + encoded).encode()
+            separator = ", "
+        yield ("]" + tail).encode()
+
+    return Response(stream_with_context(generate()), status, content_type=CONTENT_TYPE)
 
 
 def list_response(resources, total, start_index):

@@ -2,6 +2,8 @@
 
 import copy
 
+from flask import g
+
 from .. import activity
 from ..models import Group
 from ..models import User
@@ -38,6 +40,41 @@ def render_group(group, attributes=None, excluded=None, members=None):
         members = groups.members_of([group])[group.id]
     resource = serialize.group(group, http.base_url(), members if wanted else None)
     return serialize.project(resource, schema.GROUP_TYPE, attributes, excluded)
+
+
+def respond_group(group, attributes=None, excluded=None, status=200, headers=None):
+    """Answer with a group; a large member list is streamed from the database."""
+    # RFC 7644 puts no limit on members: a group read whole would hold them
+    # all in memory. A group with fewer than a chunk of members, or a
+    # projection that picks parts of each member, is answered in one piece.
+    if not serialize.wants(schema.GROUP_TYPE, "members", attributes, excluded):
+        return http.respond(render_group(group, attributes, excluded), status, headers)
+    first = groups.first_members(group.id)
+    if len(first) < groups.MEMBER_CHUNK:
+        resource = render_group(group, attributes, excluded, first)
+        return http.respond(resource, status, headers)
+    if _members_whole(attributes, excluded):
+        base = http.base_url()
+        resource = serialize.group(group, base)
+        resource["members"] = serialize.MEMBERS_SLOT
+        resource = serialize.project(resource, schema.GROUP_TYPE, attributes, excluded)
+        response = serialize.streamed_response(
+            resource, lambda: groups.streamed_chunks(group.id), base, status
+        )
+        if response is not None:
+            if not g.get("activity_summary"):  # a write's summary says more
+                activity.note("members streamed")
+            return http.labelled(response, resource, headers)
+    return http.respond(render_group(group, attributes, excluded), status, headers)
+
+
+def _members_whole(attributes, excluded):
+    """Tell whether the projection names no sub-attribute of members."""
+    for names in (attributes, excluded):
+        located = serialize.locate(schema.GROUP_TYPE, names) or ()
+        if any(a and a.name == "members" and sub for _, a, sub in located):
+            return False
+    return True
 
 
 def search_users(params, resource_type):
@@ -182,7 +219,7 @@ def query_group(group_id):
     if unchanged is not None:
         return unchanged
     attributes, excluded = http.projection()
-    return http.respond(render_group(group, attributes, excluded))
+    return respond_group(group, attributes, excluded)
 
 
 @bp.post("/Groups", strict_slashes=False)
@@ -190,9 +227,8 @@ def create_group():
     """Create a group, with any members that name known users (RFC 7644 §3.3)."""
     attributes, excluded = http.projection()
     group = groups.create(http.request_body(), http.token_idp())
-    resource = render_group(group, attributes, excluded)
     location = f"{http.base_url()}/Groups/{group.scim_id}"
-    return http.respond(resource, 201, {"Location": location})
+    return respond_group(group, attributes, excluded, 201, {"Location": location})
 
 
 @bp.put("/Groups/<group_id>", strict_slashes=False)
@@ -200,7 +236,7 @@ def replace_group(group_id):
     """Replace a group (RFC 7644 §3.5.1); members change only when the body lists them."""
     attributes, excluded = http.projection()
     group = groups.replace(group_id, http.request_body(), http.if_match())
-    return http.respond(render_group(group, attributes, excluded))
+    return respond_group(group, attributes, excluded)
 
 
 @bp.patch("/Groups/<group_id>", strict_slashes=False)
@@ -211,7 +247,7 @@ def patch_group(group_id):
     attributes, excluded = http.projection()
     group = groups.apply_patch(group_id, http.request_body(), http.if_match())
     if attributes or excluded:
-        return http.respond(render_group(group, attributes, excluded))
+        return respond_group(group, attributes, excluded)
     return http.no_content(group)
 
 
