@@ -120,6 +120,45 @@ def test_streamed_body_is_the_whole_body(app, scim, small_chunks, query):
     assert sum("display" not in member for member in members) == 2
 
 
+@pytest.mark.parametrize(
+    "query",
+    ["", "?attributes=members", "?excludedAttributes=meta", "?sortBy=displayName"],
+)
+def test_a_listed_page_with_many_members_is_streamed(app, scim, small_chunks, query):
+    for size in (3, 0, 1, 5):
+        seed(app, size, name=f"G{size}")
+    response = scim.get(f"/Groups{query}")
+    assert response.status_code == 200 and streamed(response)
+    assert response.get_data() == whole(scim, f"/Groups{query}").get_data()
+    body = response.get_json()
+    assert body["totalResults"] == 4
+    assert sorted(len(r["members"]) for r in body["Resources"]) == [0, 1, 3, 5]
+    search = {
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+        "filter": 'displayName sw "G"',
+    }
+    found = scim.post("/Groups/.search", search)
+    assert found.status_code == 200 and streamed(found)
+    assert found.get_data() == whole(scim, "/Groups", query_string=None).get_data()
+
+
+def test_a_listed_page_with_few_members_is_sent_whole(app, scim, small_chunks):
+    seed(app, 1, name="One")
+    seed(app, 1, name="Two")
+    response = scim.get("/Groups?excludedAttributes=meta")
+    assert response.status_code == 200 and not streamed(response)
+    assert [len(r["members"]) for r in response.get_json()["Resources"]] == [1, 1]
+
+
+def test_a_streamed_list_is_logged_without_its_body(app, scim, small_chunks):
+    seed(app, 5)
+    response = scim.get("/Groups?count=10")
+    assert streamed(response) and len(response.get_json()["Resources"]) == 1
+    [entry] = entries(method="GET", path="/scim/v2/Groups")
+    assert entry.status == 200 and entry.summary == "listed 1 of 1; members streamed"
+    assert entry.response_body is None
+
+
 def test_empty_and_chunk_sized_groups(app, scim, small_chunks):
     for size in (0, 1, 2, 4):
         group_id = seed(app, size, name=f"G{size}")
@@ -209,7 +248,7 @@ def test_a_patch_with_a_projection_keeps_its_summary(app, scim, small_chunks):
     assert response.status_code == 200 and streamed(response)
     assert response.get_json()["members"][-1]["value"] == user["id"]
     [entry] = entries(method="PATCH")
-    assert entry.summary == "members +1/\u22120"
+    assert entry.summary == "members +1/\u22120; members streamed"
 
 
 def test_member_patch_costs_the_same_at_any_size(app, scim):

@@ -1,5 +1,6 @@
 """Creating, replacing and patching groups and their members; shared by the views and Bulk."""
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from dataclasses import field
 
@@ -71,15 +72,22 @@ def _members_query(group_pks):
 _members_of_one = Prepared(lambda pk: _members_query([pk]))
 
 
-def members_of(groups):
-    """Return {group pk: [(user id, displayName)]} for live members, in one query."""
+def members_of(groups, limit=None):
+    """Return {group pk: [(user id, displayName)]} for live members, in one query.
+
+    With ``limit``, return None when the groups have more members than that.
+    """
     pks = [group.id for group in groups]
     if not pks:
         return {}
-    if len(pks) == 1:
+    if len(pks) == 1 and limit is None:
         rows = _members_of_one.execute(pk=pks[0]).fetchall()
-    else:
+    elif limit is None:
         rows = _members_query(pks).tuples()
+    else:
+        rows = _members_query(pks).limit(limit + 1).tuples()
+        if len(rows) > limit:
+            return None
     found = {pk: [] for pk in pks}
     for group_pk, user_id, display in rows:
         found[group_pk].append((user_id, display))
@@ -131,13 +139,14 @@ def member_chunks(group_pk):
         after = rows[-1][0]
 
 
-def streamed_chunks(group_pk):
-    """Yield member_chunks from one snapshot: a read transaction held while streaming."""
+@contextmanager
+def snapshot():
+    """Hold a read transaction, so that every query in it sees the same data."""
     # PostgreSQL's default READ COMMITTED gives each statement its own
     # snapshot; SQLite's WAL gives a transaction one from its first read.
     options = {"isolation_level": "REPEATABLE READ"} if postgres() else {}
     with database.atomic(**options):
-        yield from member_chunks(group_pk)
+        yield
 
 
 def create(body, source):

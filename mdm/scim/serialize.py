@@ -95,36 +95,60 @@ def member(user_id, display, base_url):
     return found
 
 
-# Stands in a resource for a members list that is streamed: a noncharacter
-# pair around a word, which no stored value holds (see mdm.db.Prepared).
-MEMBERS_SLOT = "\ufdd0members\ufdd0"
+def members_slot(group_pk):
+    """Return what stands in a resource for the members of a group that are streamed."""
+    # Noncharacters around the key: no stored value holds them (see mdm.db.Prepared).
+    return f"\ufdd0members of {group_pk}\ufdd0"
 
 
-def streamed_response(body, member_chunks, base_url, status=200):
-    """Stream ``body`` with its MEMBERS_SLOT filled from ``member_chunks``; None if no slot.
+def streamed_response(body, slots, base_url, snapshot, status=200):
+    """Stream ``body`` with each slot's members in place; None if a slot is not found once.
 
-    The bytes are those ``response`` sends for the body with the members in
-    place: the same encoder writes each member and the list separators.
+    ``slots`` maps members_slot values to functions that yield lists of
+    (id, display) pairs; they run inside one ``snapshot()``. The bytes are
+    those ``response`` sends for the filled body: the same encoder writes
+    each member and the list separators.
     """
     text = _encoder.encode(body)
-    slot = _encoder.encode(MEMBERS_SLOT)
-    if text.count(slot) != 1:
-        return None
-    head, _, tail = text.partition(slot)
+    places = []
+    for slot, chunks in slots.items():
+        encoded = _encoder.encode(slot)
+        if text.count(encoded) != 1:
+            return None
+        places.append((text.index(encoded), len(encoded), chunks))
+    places.sort(key=lambda place: place[0])
 
     def generate():
-        yield (head + "[").encode()
-        separator = ""
-        for chunk in member_chunks():
-            encoded = ", ".join(
-                _encoder.encode(member(user_id, display, base_url))
-                for user_id, display in chunk
-            )
-            yield (separator + encoded).encode()
-            separator = ", "
-        yield ("]" + tail).encode()
+        start = 0
+        with snapshot():
+            for at, length, chunks in places:
+                yield (text[start:at] + "[").encode()
+                separator = ""
+                for chunk in chunks():
+                    encoded = ", ".join(
+                        _encoder.encode(member(user_id, display, base_url))
+                        for user_id, display in chunk
+                    )
+                    yield (separator + encoded).encode()
+                    separator = ", "
+                start = at + length
+                yield b"]"
+        yield text[start:].encode()
 
     return Response(stream_with_context(generate()), status, content_type=CONTENT_TYPE)
+
+
+def fill_slots(resources, slots, base_url):
+    """Put each slot's members in place in the resources, for an answer sent whole."""
+    for resource in resources:
+        slot = resource.get("members")
+        chunks = slots.get(slot) if isinstance(slot, str) else None
+        if chunks is not None:
+            resource["members"] = [
+                member(user_id, display, base_url)
+                for chunk in chunks()
+                for user_id, display in chunk
+            ]
 
 
 def list_response(resources, total, start_index):

@@ -1,6 +1,7 @@
 """SCIM routes (RFC 7644 §3): each reads the request, calls users or groups, and renders."""
 
 import copy
+import functools
 
 from flask import g
 
@@ -53,19 +54,35 @@ def respond_group(group, attributes=None, excluded=None, status=200, headers=Non
     if len(first) < groups.MEMBER_CHUNK:
         resource = render_group(group, attributes, excluded, first)
         return http.respond(resource, status, headers)
-    if _members_whole(attributes, excluded):
-        base = http.base_url()
-        resource = serialize.group(group, base)
-        resource["members"] = serialize.MEMBERS_SLOT
-        resource = serialize.project(resource, schema.GROUP_TYPE, attributes, excluded)
-        response = serialize.streamed_response(
-            resource, lambda: groups.streamed_chunks(group.id), base, status
-        )
-        if response is not None:
-            if not g.get("activity_summary"):  # a write's summary says more
-                activity.note("members streamed")
-            return http.labelled(response, resource, headers)
-    return http.respond(render_group(group, attributes, excluded), status, headers)
+    if not _members_whole(attributes, excluded):
+        return http.respond(render_group(group, attributes, excluded), status, headers)
+    slots = {}
+    resource = _slotted_group(group, attributes, excluded, slots)
+    response = _streamed(resource, slots, status)
+    return http.labelled(response, resource, headers)
+
+
+def _slotted_group(group, attributes, excluded, slots):
+    """Render a group whose members are streamed, adding its slot to ``slots``."""
+    resource = serialize.group(group, http.base_url())
+    slot = resource["members"] = serialize.members_slot(group.id)
+    slots[slot] = functools.partial(groups.member_chunks, group.id)
+    return serialize.project(resource, schema.GROUP_TYPE, attributes, excluded)
+
+
+def _streamed(body, slots, status=200):
+    """Stream ``body`` with the members of its slots, or send it whole if that fails."""
+    base = http.base_url()
+    response = serialize.streamed_response(body, slots, base, groups.snapshot, status)
+    if response is None:
+        # A slot's text was found elsewhere too (a client's value holding it).
+        resources = body.get("Resources", [body])
+        serialize.fill_slots(resources, slots, base)
+        return serialize.response(body, status)
+    # The activity log keeps no streamed body; its summary says why.
+    summary = g.get("activity_summary")
+    activity.note(f"{summary}; members streamed" if summary else "members streamed")
+    return response
 
 
 def _members_whole(attributes, excluded):
@@ -93,13 +110,25 @@ def search_users(params, resource_type):
     return resources, total
 
 
-def search_groups(params):
-    """Run a filtered, sorted, paged group query and render the page."""
+def search_groups(params, slots=None):
+    """Run a filtered, sorted, paged group query and render the page.
+
+    Given ``slots``, a page with more than a chunk of members in all gets
+    slots in their place, to be streamed (see respond_group).
+    """
     page, total = search(Group, schema.GROUP_TYPE, params)
     attributes = serialize.locate(schema.GROUP_TYPE, params.attributes)
     excluded = serialize.locate(schema.GROUP_TYPE, params.excluded)
     wanted = serialize.wants(schema.GROUP_TYPE, "members", attributes, excluded)
-    members = groups.members_of(page) if wanted else {}
+    members = {}
+    if wanted:
+        streams = slots is not None and _members_whole(attributes, excluded)
+        members = groups.members_of(page, groups.MEMBER_CHUNK if streams else None)
+    if members is None:
+        resources = [
+            _slotted_group(group, attributes, excluded, slots) for group in page
+        ]
+        return resources, total
     resources = [
         render_group(group, attributes, excluded, members.get(group.id, []))
         for group in page
@@ -107,14 +136,17 @@ def search_groups(params):
     return resources, total
 
 
-def listed(resources, total, params):
+def listed(resources, total, params, slots=None):
     """Answer a list or search, noting what was looked for in the activity log."""
     found = "no match" if total == 0 else f"{total} found"
     if params.filter:
         activity.note(f"{found} for {params.filter[:200]}")
     else:
         activity.note(f"listed {len(resources)} of {total}")
-    return http.respond(serialize.list_response(resources, total, params.start_index))
+    body = serialize.list_response(resources, total, params.start_index)
+    if slots:
+        return _streamed(body, slots)
+    return http.respond(body)
 
 
 #
@@ -198,16 +230,18 @@ def delete_user(user_id):
 def query_groups():
     """List groups, optionally filtered, sorted and paged (RFC 7644 §3.4.2)."""
     params = http.list_params()
-    resources, total = search_groups(params)
-    return listed(resources, total, params)
+    slots = {}
+    resources, total = search_groups(params, slots)
+    return listed(resources, total, params, slots)
 
 
 @bp.post("/Groups/.search", strict_slashes=False)
 def search_groups_view():
     """Search groups with a SearchRequest body (RFC 7644 §3.4.3)."""
     params = http.list_params(http.request_body())
-    resources, total = search_groups(params)
-    return listed(resources, total, params)
+    slots = {}
+    resources, total = search_groups(params, slots)
+    return listed(resources, total, params, slots)
 
 
 @bp.get("/Groups/<group_id>", strict_slashes=False)
