@@ -2,6 +2,8 @@
 
 import json
 import socket
+from urllib.parse import parse_qs
+from urllib.parse import urlsplit
 
 import pytest
 from peewee import Value
@@ -13,11 +15,16 @@ from mdm.models import Group
 from mdm.models import Membership
 from mdm.models import User
 from mdm.models import mirror_user
+from mdm.models import utcnow
 from mdm.scim import groups
 
 from . import served
 from .conftest import ScimClient
 from .conftest import issue_token
+from .test_admin_browse import add_users
+from .test_admin_browse import column
+from .test_admin_browse import page
+from .test_admin_browse import text
 
 PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 
@@ -366,3 +373,60 @@ def test_a_client_that_leaves_mid_stream_frees_its_connection(app, server):
         port, "GET", f"/scim/v2/Groups/{group_id}", headers=auth
     )
     assert response.status == 200 and len(json.loads(raw)["members"]) == 4000
+
+
+#
+# The console's group page
+#
+
+
+@pytest.fixture
+def small_cap(monkeypatch):
+    """Count members exactly up to 60; past that, page by keyset."""
+    from mdm.console import directory
+
+    monkeypatch.setattr(directory, "MEMBER_COUNT_CAP", 60)
+
+
+def test_console_group_page_counts_up_to_the_cap(app, console, scim, small_cap):
+    group = scim.create_group("Sixty")
+    add_users(app, 60, group=group["id"])
+    add_users(app, 3, prefix="gone", group=group["id"], deprovisioned_at=utcnow())
+    soup = page(console.get(f"/admin/groups/{group['id']}"))
+    nav = soup.main.find("nav", class_="pager")
+    assert text(nav).startswith("1–50 of 60 members")
+    assert column(soup, "Username") == [f"bulk{i:03d}" for i in range(50)]
+
+
+def test_console_large_group_pages_by_key(app, console, scim, small_cap):
+    group = scim.create_group("Many")
+    # Users in the group and out of it, interleaved by name, and one gone.
+    add_users(app, 130, group=group["id"])
+    add_users(app, 40, prefix="bulk-out")
+    add_users(app, 1, prefix="bulk-gone", group=group["id"], deprovisioned_at=utcnow())
+    url = f"/admin/groups/{group['id']}"
+    names = [f"bulk{i:03d}" for i in range(130)]
+    seen = []
+    soup = page(console.get(url))
+    nav = soup.main.find("nav", class_="pager")
+    assert text(nav).startswith("More than 60 members")
+    assert nav.find("a", string="First") is None
+    while True:
+        seen += column(soup, "Username")
+        nav = soup.main.find("nav", class_="pager")
+        following = nav.find("a", rel="next")
+        if following is None:
+            break
+        soup = page(console.get(following["href"]))
+    assert seen == names
+    assert [len(seen[i : i + 50]) for i in (0, 50, 100)] == [50, 50, 30]
+
+    # A search keeps its term on every page; a bad key starts again.
+    soup = page(console.get(url, query_string={"q": "bulk1", "after": "x"}))
+    assert column(soup, "Username") == [f"bulk{i:03d}" for i in range(100, 130)]
+    soup = page(console.get(url, query_string={"q": "bulk0"}))
+    following = soup.main.find("nav", class_="pager").find("a", rel="next")
+    args = parse_qs(urlsplit(following["href"]).query)
+    assert args["q"] == ["bulk0"]
+    soup = page(console.get(following["href"]))
+    assert column(soup, "Username") == [f"bulk{i:03d}" for i in range(50, 100)]

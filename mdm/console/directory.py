@@ -2,6 +2,7 @@
 
 import json
 from datetime import datetime
+from urllib.parse import urlencode
 
 from flask import abort
 from flask import current_app
@@ -10,7 +11,7 @@ from flask import redirect
 from flask import render_template
 from flask import request
 from flask import url_for
-from peewee import JOIN
+from peewee import Tuple
 from peewee import fn
 
 from ..activity import audit
@@ -26,6 +27,7 @@ from ..scim.schema import ENTERPRISE_SCHEMA
 from .activity import history
 from .base import bp
 from .base import source_label
+from .paging import PAGE_SIZE
 from .paging import Pagination
 from .paging import contains
 from .paging import page_arg
@@ -288,6 +290,12 @@ def _member_counts(groups):
     return dict(rows)
 
 
+# A group page counts members exactly up to this many; past it, it says
+# "more than" and pages by keyset, so that neither a count nor a sort
+# walks a group of a million.
+MEMBER_COUNT_CAP = 10000
+
+
 @bp.get("/groups/<scim_id>")
 def group(scim_id):
     """Show one group and a searchable page of its members."""
@@ -295,10 +303,13 @@ def group(scim_id):
     if row is None:
         abort(404)
     q = request.args.get("q", "").strip()
-    members = (
-        User.select()
-        .join(Membership, JOIN.INNER)
-        .where((Membership.group == row.id) & User.deprovisioned_at.is_null())
+    members = User.select().where(
+        User.deprovisioned_at.is_null()
+        & fn.EXISTS(
+            Membership.select(Membership.id).where(
+                (Membership.group == row.id) & (Membership.user == User.id)
+            )
+        )
     )
     if q:
         members = members.where(
@@ -306,8 +317,13 @@ def group(scim_id):
             | contains(User.user_name, q)
             | contains(User.email, q)
         )
+    total = members.select(User.id).limit(MEMBER_COUNT_CAP + 1).count()
     members = members.order_by(User.user_name, User.id)
-    pagination = Pagination(members, page_arg())
+    if total <= MEMBER_COUNT_CAP:
+        pagination = Pagination(members, page_arg(), total=total)
+    else:
+        pagination = MemberPages(members, request.args.get("after", ""))
+        pagination.cap = MEMBER_COUNT_CAP
     return render_template(
         "admin/group.html",
         group=row,
@@ -315,3 +331,31 @@ def group(scim_id):
         q=q,
         history=history(row.scim_id),
     )
+
+
+class MemberPages:
+    """A page of a large group's members after a (userName, id) key, in userName order."""
+
+    keyset = True
+    per_page = PAGE_SIZE
+
+    def __init__(self, query, after):
+        # ``after`` is "<id>:<userName>" of the last member shown; a bad one
+        # starts from the beginning.
+        pk, _, name = after.partition(":")
+        self.first = not pk.isdigit()
+        if not self.first:
+            key = Tuple(User.user_name, User.id) > Tuple(name, int(pk))
+            query = query.where(key)
+        rows = list(query.limit(self.per_page + 1))
+        self.items = rows[: self.per_page]
+        last = self.items[-1] if len(rows) > self.per_page else None
+        self.next_key = f"{last.id}:{last.user_name}" if last else None
+
+    def url(self, after=None):
+        args = request.args.to_dict()
+        args.pop("page", None)
+        args.pop("after", None)
+        if after:
+            args["after"] = after
+        return f"{request.path}?{urlencode(args)}" if args else request.path
