@@ -125,10 +125,13 @@ def streamed_response(body, slots, base_url, snapshot, status=200):
                 yield (text[start:at] + "[").encode()
                 separator = ""
                 for chunk in chunks():
-                    encoded = ", ".join(
-                        _encoder.encode(member(user_id, display, base_url))
-                        for user_id, display in chunk
-                    )
+                    # One encoder call per chunk: a list's items without its brackets.
+                    encoded = _encoder.encode(
+                        [
+                            member(user_id, display, base_url)
+                            for user_id, display in chunk
+                        ]
+                    )[1:-1]
                     yield (separator + encoded).encode()
                     separator = ", "
                 start = at + length
