@@ -497,19 +497,26 @@ class User(database.Model):
         # In batches, each its own write, so a large purge never holds the
         # write lock long enough to stall SCIM requests; ``progress`` hears
         # each batch's size.
+        from . import webhooks
+
         removed = 0
         while True:
+            events = _purge_events(cls.purgeable(through), webhooks)
             with write_transaction():
-                batch = [
-                    pk
-                    for (pk,) in cls.purgeable(through)
-                    .select(cls.id)
-                    .order_by(cls.id)
-                    .limit(PURGE_BATCH)
-                    .tuples()
-                ]
+                if events is not None:
+                    batch, events = events
+                else:
+                    batch = [
+                        pk
+                        for (pk,) in cls.purgeable(through)
+                        .select(cls.id)
+                        .order_by(cls.id)
+                        .limit(PURGE_BATCH)
+                        .tuples()
+                    ]
                 if batch:
                     removed += cls.delete().where(cls.id.in_(batch)).execute()
+                    webhooks.write(events or ())
             if not batch:
                 return removed
             if progress is not None:
@@ -518,6 +525,16 @@ class User(database.Model):
 
 # Users deleted per write by User.purge.
 PURGE_BATCH = 500
+
+
+def _purge_events(purgeable, webhooks):
+    """Return (ids, user.purged events) of the next batch with webhooks on, else None."""
+    if not webhooks.active():
+        return None
+    # Deprovisioned rows no longer change, so they are read and rendered
+    # before the write lock; at least once, a purge racing another sends twice.
+    rows = list(purgeable.order_by(User.id).limit(PURGE_BATCH))
+    return [r.id for r in rows], [webhooks.user_event("user.purged", r) for r in rows]
 
 
 class Group(database.Model):
@@ -634,6 +651,70 @@ class Setting(database.Model):
     value = TextField()
 
 
+class WebhookEndpoint(database.Model):
+    """A URL that receives signed lifecycle events (mdm.webhooks delivers them)."""
+
+    url = TextField()
+    label = TextField(default="")
+    # Event types sent, separated and surrounded by commas; "" sends all.
+    events = TextField(default="")
+    # Kept in the clear: Standard Webhooks signs with it, so a hash cannot do.
+    secret = TextField()
+    # "enabled", "failing" (a day of failures; it keeps its queue) or
+    # "disabled" (the receiver answered 410 Gone).
+    state = TextField(default="enabled")
+    failing_since = DateTimeField(null=True)
+    created_at = DateTimeField(default=utcnow)
+    updated_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "webhook_endpoint"
+
+    @property
+    def event_types(self):
+        return [t for t in self.events.split(",") if t]
+
+
+class WebhookEvent(database.Model):
+    """A lifecycle event, written in the transaction of the change it describes."""
+
+    # The Standard Webhooks message id: every attempt of every endpoint sends it.
+    msg_id = TextField(unique=True)
+    type = TextField()
+    resource_type = TextField(default="")
+    resource_id = TextField(default="")
+    timestamp = DateTimeField(default=utcnow)
+    # The delivered body's "data", as JSON text.
+    payload = TextField()
+    # The connection (its IdP) or the administrator that caused it.
+    actor = TextField(default="")
+
+    class Meta:
+        table_name = "webhook_event"
+
+
+class WebhookDelivery(database.Model):
+    """One event's delivery to one endpoint: its attempts and what the last one got."""
+
+    event = ForeignKeyField(WebhookEvent, on_delete="CASCADE", index=True)
+    endpoint = ForeignKeyField(WebhookEndpoint, on_delete="CASCADE")
+    # The resource, so a later event for it waits for an earlier one.
+    resource_key = TextField()
+    # "pending", "delivered" or "disabled" (its endpoint answered 410).
+    status = TextField(default="pending")
+    attempts = IntegerField(default=0)
+    last_status = IntegerField(null=True)
+    latency_ms = IntegerField(null=True)
+    next_try = DateTimeField(default=utcnow)
+    last_error = TextField(null=True)
+    first_failed_at = DateTimeField(null=True)
+    delivered_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = "webhook_delivery"
+        indexes = ((("endpoint", "resource_key", "id"), False),)
+
+
 # userName and displayName are unique only among live resources, so a name
 # freed by a SCIM DELETE can be provisioned again while the old row awaits purge.
 User.add_index(User.user_name, unique=True, where=User.deprovisioned_at.is_null())
@@ -662,6 +743,12 @@ Group.add_index(
 # the whole table.
 User.add_index(User.id, name="user_live_id", where=User.deprovisioned_at.is_null())
 Group.add_index(Group.id, name="group_live_id", where=Group.deprovisioned_at.is_null())
+# The worker's queue: only pending deliveries, few however many were delivered.
+WebhookDelivery.add_index(
+    WebhookDelivery.next_try,
+    name="webhook_delivery_pending",
+    where=WebhookDelivery.status == "pending",
+)
 
 
 def user_search_fields():
@@ -693,6 +780,9 @@ MODELS = [
     Admin,
     LoginFailure,
     Setting,
+    WebhookEndpoint,
+    WebhookEvent,
+    WebhookDelivery,
 ]
 # 1: SCIM tables; 2: Admin; 3: console sort and status indexes; 4: Admin.session_key;
 # 5: partial indexes for deprovisioned rows replace schema 3's plain ones;
