@@ -140,6 +140,20 @@ def create_app(test_config=None):
         # The request log on stderr: "text" (a readable line per request) or
         # "json" (one object per line, for log shippers).
         LOG_FORMAT="text",
+        # Lifecycle webhooks (mdm.webhooks): endpoints must be https:// unless
+        # on loopback or this allows plain http (a trusted internal network).
+        WEBHOOK_ALLOW_HTTP=False,
+        # Seconds one delivery attempt may take before it counts as failed.
+        WEBHOOK_TIMEOUT=10,
+        # How often the worker looks for events other processes wrote.
+        WEBHOOK_POLL_SECONDS=5,
+        # Seconds before each retry, comma separated (the last repeats);
+        # unset: 5 s, 10 s, 30 s, 1 m, 5 m, 15 m, 1 h, 2 h, 4 h, then 8 h.
+        WEBHOOK_RETRY_SCHEDULE=None,
+        # An endpoint failing this long is shown as failing (it keeps its queue).
+        WEBHOOK_FAILING_HOURS=24,
+        # Delivered events are kept this long for the delivery log.
+        WEBHOOK_RETENTION_DAYS=7,
     )
     if test_config is None:
         app.config.from_pyfile("config.py", silent=True)
@@ -181,6 +195,7 @@ def create_app(test_config=None):
     from . import models
     from . import oauth
     from . import security
+    from . import webhooks
     from .forms import csrf
     from .scim import bp as scim_bp
 
@@ -198,6 +213,7 @@ def create_app(test_config=None):
     # in reverse): by then the activity log has identified discovery's token.
     metrics.init_app(app)
     activity.init_app(app)
+    webhooks.init_app(app)
     app.json.sort_keys = False
     app.url_map.merge_slashes = False
     security.init_app(app)

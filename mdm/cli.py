@@ -15,6 +15,7 @@ from flask.cli import with_appcontext
 from . import __version__
 from . import files
 from . import hosts
+from . import webhooks
 from .activity import audit
 from .activity import writer
 from .auth import clear_failures
@@ -111,7 +112,11 @@ def serve_command(host, port, threads):
                 "Provisioning, or run `mdm token create --idp entra`.",
                 err=True,
             )
-    serve(app, host, port, threads)
+    worker = webhooks.start(app)
+    try:
+        serve(app, host, port, threads)
+    finally:
+        worker.stop()
     click.echo("mdm stopped.", err=True)
 
 
@@ -925,6 +930,123 @@ def admin_unlock(username):
     )
 
 
+@click.group("webhook")
+def webhook_group():
+    """Manage the endpoints that receive signed lifecycle events."""
+
+
+def _endpoint(endpoint_id):
+    from .models import WebhookEndpoint
+
+    endpoint = WebhookEndpoint.get_or_none(WebhookEndpoint.id == endpoint_id)
+    if endpoint is None:
+        raise click.ClickException(f"No webhook with id {endpoint_id}.")
+    return endpoint
+
+
+def _allow_http():
+    return webhooks._flag(current_app.config.get("WEBHOOK_ALLOW_HTTP"))
+
+
+@webhook_group.command("add")
+@click.argument("url")
+@click.option("--events", default="", help="Event types, comma separated [all].")
+@click.option("--label", default="", help="A name to recognise the endpoint by.")
+@with_appcontext
+def webhook_add(url, events, label):
+    """Add an endpoint; print its signing secret once on stdout."""
+    try:
+        types = webhooks.parse_events(events)
+        with database.connection_context():
+            endpoint, secret = webhooks.add_endpoint(url, types, label, _allow_http())
+    except webhooks.WebhookError as error:
+        raise click.ClickException(str(error)) from None
+    audit("Webhook Added", webhooks.describe(endpoint), actor="cli")
+    click.echo(secret)
+    click.echo(
+        f"Webhook {endpoint.id} for {url}; the signing secret is shown only now.",
+        err=True,
+    )
+
+
+@webhook_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+@with_appcontext
+def webhook_list(as_json):
+    """List endpoints without their secrets."""
+    from .models import WebhookEndpoint
+
+    with database.connection_context():
+        endpoints = list(WebhookEndpoint.select().order_by(WebhookEndpoint.id))
+        queued = webhooks.pending_counts()
+    if as_json:
+        rows = [
+            {
+                "id": e.id,
+                "url": e.url,
+                "label": e.label,
+                "events": e.event_types,
+                "state": e.state,
+                "pending": queued.get(e.id, 0),
+                "created_at": _iso(e.created_at),
+                "failing_since": _iso(e.failing_since),
+            }
+            for e in endpoints
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not endpoints:
+        click.echo("No webhooks.", err=True)
+        return
+    click.echo("ID  STATE     PENDING  URL / EVENTS / LABEL")
+    for e in endpoints:
+        click.echo(
+            f"{e.id:<3} {e.state:<9} {queued.get(e.id, 0):<8} {e.url} / "
+            f"{','.join(e.event_types) or 'all'} / {e.label or '-'}"
+        )
+
+
+@webhook_group.command("remove")
+@click.argument("endpoint_id", type=int)
+@with_appcontext
+def webhook_remove(endpoint_id):
+    """Delete an endpoint and the events queued for it."""
+    with database.connection_context():
+        endpoint = _endpoint(endpoint_id)
+        webhooks.remove_endpoint(endpoint)
+    audit("Webhook Removed", webhooks.describe(endpoint), actor="cli")
+    click.echo(f"Webhook {endpoint_id} removed.", err=True)
+
+
+@webhook_group.command("rotate-secret")
+@click.argument("endpoint_id", type=int)
+@with_appcontext
+def webhook_rotate(endpoint_id):
+    """Replace an endpoint's signing secret; print the new one once."""
+    with database.connection_context():
+        endpoint = _endpoint(endpoint_id)
+        secret = webhooks.rotate_secret(endpoint)
+    audit("Webhook Secret Rotated", webhooks.describe(endpoint), actor="cli")
+    click.echo(secret)
+
+
+@webhook_group.command("test")
+@click.argument("endpoint_id", type=int)
+@with_appcontext
+def webhook_test(endpoint_id):
+    """Send a ping event to an endpoint now and print what it answered."""
+    with database.connection_context():
+        endpoint = _endpoint(endpoint_id)
+    outcome = webhooks.ping(
+        endpoint,
+        float(current_app.config.get("WEBHOOK_TIMEOUT", 10)),
+        _allow_http(),
+    )
+    click.echo(f"Webhook {endpoint_id}: {outcome}")
+    if not outcome.ok:
+        raise SystemExit(1)
+
+
 # Every command mdm adds; mdm.__main__ offers them without building the app,
 # which only the command that runs creates (with_appcontext).
 COMMANDS = (
@@ -937,6 +1059,7 @@ COMMANDS = (
     copy_db_command,
     user_group,
     check_command,
+    webhook_group,
 )
 
 

@@ -14,6 +14,7 @@ from flask import url_for
 from peewee import Tuple
 from peewee import fn
 
+from .. import webhooks
 from ..activity import audit
 from ..db import ordering as sort_order
 from ..db import write_transaction
@@ -171,8 +172,10 @@ def purge_user(scim_id):
         return redirect(url_for("console.user", scim_id=scim_id))
     form = ConfirmForm()
     if form.validate_on_submit():
+        events = _purge_events(row)
         with write_transaction():
             row.delete_instance()
+            webhooks.write(events)
         audit(
             "User Purged",
             f"{row.user_name} ({row.scim_id}), {source_label(row.source)}",
@@ -191,6 +194,12 @@ def purge_user(scim_id):
         cancel_url=url_for("console.user", scim_id=scim_id),
         danger=True,
     )
+
+
+def _purge_events(row):
+    if not webhooks.active():
+        return ()
+    return [webhooks.user_event("user.purged", row)]
 
 
 PURGE_LISTED = 100

@@ -8,6 +8,7 @@ from flask import current_app
 from peewee import IntegrityError
 
 from .. import activity
+from .. import webhooks
 from ..db import Prepared
 from ..db import database
 from ..db import postgres
@@ -46,6 +47,7 @@ class Change:
     added: int = 0
     removed: int = 0
     save: object = None  # the UPDATE, rendered outside the lock
+    resource: dict = None  # the group for webhook events, or None without webhooks
 
     @property
     def writes(self):
@@ -159,10 +161,14 @@ def create(body, source):
     )
     pks = resolve_members(member_ids, group.scim_id) if member_ids else []
     statement = Insert(group)
+    resource = webhooks.group_resource(group) if webhooks.active() else None
     try:
         with write_transaction():
             statement.run()
-            added = membership.add(group, pks)
+            collect = [] if resource is not None else None
+            added = membership.add(group, pks, collect)
+            if resource is not None:
+                _write_events(group, resource, "group.created", collect, [])
     except IntegrityError:
         activity.note(target=data["displayName"])
         raise uniqueness_error(data) from None
@@ -232,18 +238,40 @@ def _write(group_id, prepare):
             external_id=change.data.get("externalId"),
         )
         change.save = Save(group, values, group.version)
+        if webhooks.active():
+            change.resource = webhooks.group_resource(webhooks.changed(group, values))
         return change
 
     def commit(group, change):
-        change.added, change.removed = _apply_members(group, change.members)
+        ids = ([], []) if change.resource is not None else (None, None)
+        change.added, change.removed = _apply_members(group, change.members, *ids)
         if not (change.relabels or change.added or change.removed):
             return  # nothing changed: the version stays
         try:
             change.save.run()
         except IntegrityError:
             raise uniqueness_error(change.data) from None
+        if change.resource is not None:
+            kind = "group.updated" if change.relabels else None
+            _write_events(group, change.resource, kind, *ids)
 
     return write(lambda: get_live(Group, group_id), staged, commit)
+
+
+def _write_events(group, resource, kind, added, removed):
+    """Write a group's event and its members' net changes, in batches (under the lock)."""
+    # A replace removes every member and adds the new list: only the
+    # difference is news to a receiver.
+    gone, came = set(removed), set(added)
+    added = [i for i in dict.fromkeys(added) if i not in gone]
+    removed = [i for i in dict.fromkeys(removed) if i not in came]
+    who = webhooks.actor()
+    events = (
+        [webhooks.Event(kind, resource, "Group", group.scim_id, who)] if kind else []
+    )
+    events += webhooks.members_events(resource, group.scim_id, "removed", removed, who)
+    events += webhooks.members_events(resource, group.scim_id, "added", added, who)
+    webhooks.write(events)
 
 
 def describe_change(group, change):
@@ -300,27 +328,34 @@ def _prepare_members(group, changes):
     return prepared
 
 
-def _apply_members(group, changes):
+def _apply_members(group, changes, added_ids=None, removed_ids=None):
     """Apply prepared member changes in order; return (rows added, rows removed)."""
+    # The lists, when given, collect the SCIM ids added and removed.
     added = removed = 0
     for action, argument in changes:
         if action == "add":
-            added += membership.add(group, argument)
+            added += membership.add(group, argument, added_ids)
         elif action == "remove":
-            removed += membership.remove(group, argument)
+            removed += membership.remove(group, argument, removed_ids)
         elif action == "remove_all":
-            removed += clear_members(group)
+            removed += _clear(group, removed_ids)
         elif action == "replace":
-            removed += clear_members(group)
-            added += membership.add(group, argument)
+            removed += _clear(group, removed_ids)
+            added += membership.add(group, argument, added_ids)
         elif action == "remove_where":
             matched = User.select(User.id).where(argument)
-            removed += (
-                Membership.delete()
-                .where((Membership.group == group.id) & Membership.user.in_(matched))
-                .execute()
+            query = Membership.delete().where(
+                (Membership.group == group.id) & Membership.user.in_(matched)
             )
+            removed += membership.delete(query, removed_ids)
     return added, removed
+
+
+def _clear(group, removed_ids):
+    if removed_ids is None:
+        return clear_members(group)
+    query = Membership.delete().where(Membership.group == group.id)
+    return membership.delete(query, removed_ids)
 
 
 def _merge_runs(changes):

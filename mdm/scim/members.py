@@ -48,32 +48,52 @@ def user_keys(scim_ids):
     return dict(cursor.fetchall())
 
 
-def add(group, pks):
+def add(group, pks, collect=None):
     """Add live users to a group in the given order, skipping members; return how many."""
+    # ``collect``, a list, also gets the SCIM ids of the users added (for
+    # webhook events), from the same statement.
     if not pks:
         return 0
     source, number, _ = _elements()
     users, memberships = _tables()
     p = _param()
-    cursor = database.execute_sql(
+    return _run(
         f"INSERT INTO {memberships} (group_id, user_id) "
         f"SELECT {p}, u.id FROM {source} JOIN {users} AS u ON u.id = {number} "
         "WHERE u.deprovisioned_at IS NULL ORDER BY j.key ON CONFLICT DO NOTHING",
         (group.id, json.dumps(list(pks))),
+        collect,
     )
-    return max(cursor.rowcount, 0)
 
 
-def remove(group, pks):
+def remove(group, pks, collect=None):
     """Remove users from a group, ignoring non-members; return how many were removed."""
     if not pks:
         return 0
     source, number, _ = _elements()
     _, memberships = _tables()
     p = _param()
-    cursor = database.execute_sql(
+    return _run(
         f"DELETE FROM {memberships} WHERE group_id = {p} "
         f"AND user_id IN (SELECT {number} FROM {source})",
         (group.id, json.dumps(list(pks))),
+        collect,
     )
-    return max(cursor.rowcount, 0)
+
+
+def delete(query, collect=None):
+    """Run a peewee DELETE of memberships; return how many rows went."""
+    sql, params = query.sql()
+    return _run(sql, params, collect)
+
+
+def _run(sql, params, collect):
+    if collect is None:
+        return max(database.execute_sql(sql, params).rowcount, 0)
+    users, _ = _tables()
+    # A scalar subquery in RETURNING: both engines allow it, and it names
+    # each member by SCIM id without a second pass over the rows.
+    sql += f" RETURNING (SELECT scim_id FROM {users} WHERE {users}.id = user_id)"
+    found = [row[0] for row in database.execute_sql(sql, params).fetchall()]
+    collect.extend(found)
+    return len(found)

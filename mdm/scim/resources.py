@@ -5,6 +5,7 @@ from peewee import Value
 from peewee import fn
 
 from .. import activity
+from .. import webhooks
 from ..db import Prepared
 from ..db import ordering
 from ..db import write_transaction
@@ -157,12 +158,13 @@ class Insert:
         setattr(self.row, self.key.name, cursor.fetchone()[0])
 
 
-def insert(row, uniqueness_error):
+def insert(row, uniqueness_error, events=()):
     """Insert a new row under the write lock, answering 409 when its name is taken."""
     statement = Insert(row)
     try:
         with write_transaction():
             statement.run()
+            webhooks.write(events)
     except IntegrityError:
         raise uniqueness_error from None
 
@@ -276,7 +278,19 @@ class _Deprovision:
     writes = True
 
     def __init__(self, row):
-        self.save = Save(row, versioned(row, deprovisioned_at=utcnow()), row.version)
+        values = versioned(row, deprovisioned_at=utcnow())
+        self.save = Save(row, values, row.version)
+        self.events = _deprovision_events(row, values)
+
+
+def _deprovision_events(row, values):
+    if not webhooks.active():
+        return []
+    gone = webhooks.changed(row, values)
+    if isinstance(row, User):
+        return [webhooks.user_event("user.deprovisioned", gone)]
+    resource = webhooks.group_resource(gone)
+    return [webhooks.Event("group.deleted", resource, "Group", row.scim_id)]
 
 
 def deprovision(model, scim_id, if_match=None):
@@ -288,6 +302,7 @@ def deprovision(model, scim_id, if_match=None):
 
     def commit(row, change):
         change.save.run()
+        webhooks.write(change.events)
 
     row, _ = write(lambda: get_live(model, scim_id), prepare, commit)
     target = row.user_name if model is User else row.display_name

@@ -7,6 +7,7 @@ from flask import current_app
 from peewee import IntegrityError
 
 from .. import activity
+from .. import webhooks
 from ..models import User
 from ..models import hash_password
 from ..models import mirror_user
@@ -46,6 +47,7 @@ class Change:
     password_hash: str | None = None
     ignored: tuple = ()
     save: object = None  # the UPDATE, rendered outside the lock
+    events: tuple = ()  # webhook events, serialized outside the lock
 
     @property
     def writes(self):
@@ -78,8 +80,11 @@ def create(body, resource_type, source):
     password_hash = hash_password(password) if password else None
     user = User(source=source)
     mirror_user(user, data, password_hash)
+    events = []
+    if webhooks.active():
+        events = [webhooks.user_event("user.created", user, resource_type)]
     try:
-        insert(user, uniqueness_error(data))
+        insert(user, uniqueness_error(data), events)
     except ScimError:
         activity.note(target=data["userName"])
         raise
@@ -101,7 +106,7 @@ def replace(user_id, body, resource_type, if_match=None):
         check_if_match(user, if_match)
         return Change(user.attributes, data, password_hash)
 
-    user, change = _write(user_id, prepare)
+    user, change = _write(user_id, prepare, resource_type)
     activity.note(describe_changes(change), target=user.user_name)
     return user
 
@@ -119,7 +124,7 @@ def apply_patch(user_id, body, resource_type, if_match=None):
         data, password = parse.user(resource, resource_type)
         return Change(before, data, hasher(password), tuple(result.ignored))
 
-    user, change = _write(user_id, prepare)
+    user, change = _write(user_id, prepare, resource_type)
     summary = describe_changes(change)
     if change.ignored:
         summary = "; ".join([summary, *change.ignored])
@@ -129,7 +134,7 @@ def apply_patch(user_id, body, resource_type, if_match=None):
     return user
 
 
-def _write(user_id, prepare):
+def _write(user_id, prepare, resource_type):
     def staged(user):
         # The row read is changed in place and its UPDATE rendered here,
         # outside the lock; a stale attempt starts again from a fresh read.
@@ -143,6 +148,7 @@ def _write(user_id, prepare):
             )
             values = {name: getattr(user, name) for name in columns}
             change.save = Save(user, values, expected)
+            change.events = _events(user, change, resource_type)
         return change
 
     def commit(user, change):
@@ -150,8 +156,18 @@ def _write(user_id, prepare):
             change.save.run()
         except IntegrityError:
             raise uniqueness_error(change.data) from None
+        webhooks.write(change.events)
 
     return write(lambda: get_live(User, user_id), staged, commit)
+
+
+def _events(user, change, resource_type):
+    if not webhooks.active():
+        return ()
+    types = webhooks.user_change_types(
+        change.before, change.data, bool(change.password_hash)
+    )
+    return [webhooks.user_event(t, user, resource_type) for t in types]
 
 
 def describe_changes(change):
