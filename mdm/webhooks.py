@@ -646,9 +646,22 @@ def _flag(value):
 def _schedule(value):
     if not value:
         return RETRY_SCHEDULE
-    if isinstance(value, str):
+    # MDM_ settings arrive parsed as JSON: "5" is a number, "[5, 10]" a list.
+    if isinstance(value, int | float):
+        value = [value]
+    elif isinstance(value, str):
         value = value.split(",")
-    return tuple(float(v) for v in value)
+    try:
+        steps = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        steps = ()
+    if not steps or min(steps) < 0:
+        from . import ConfigError
+
+        raise ConfigError(
+            "MDM_WEBHOOK_RETRY_SCHEDULE must list seconds, such as 5,10,30,60."
+        )
+    return steps
 
 
 def init_app(app):

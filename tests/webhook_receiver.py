@@ -11,7 +11,7 @@ from standardwebhooks import Webhook
 class Receiver:
     """Serve on 127.0.0.1; answer each POST with the next scripted status (then 200)."""
 
-    def __init__(self, statuses=(), headers=None):
+    def __init__(self, statuses=(), headers=None, port=0):
         self.statuses = list(statuses)
         self.extra_headers = headers or {}
         self.requests = []
@@ -33,7 +33,7 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
