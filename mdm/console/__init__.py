@@ -14,6 +14,7 @@ from . import clients
 from . import dashboard
 from . import directory
 from . import tokens
+from . import webhooks
 from .base import bp
 
 # Imported for the routes they add to bp.
@@ -26,6 +27,7 @@ SECTIONS = (
     activity,
     audit,
     admins,
+    webhooks,
 )
 
 

@@ -28,6 +28,7 @@ from ..models import utcnow
 from .base import SCIM_DISABLED
 from .base import bp
 from .base import expiry_warning
+from .webhooks import dashboard_banners as webhook_banners
 
 # Entra runs a cycle about every 40 minutes: two missed cycles make one overdue,
 # and the banners look at what happened within that same window.
@@ -594,7 +595,8 @@ def dashboard():
             refused_requests(now),
             now,
             current_app.config.get("SCIM_ENABLED", True),
-        ),
+        )
+        + webhook_banners(),
         day=day,
         week=week,
         week_days=daily_totals(week),

@@ -19,6 +19,7 @@ from flask import session
 from ..db import write_transaction
 from ..models import OAuthClient
 from ..models import Setting
+from ..models import WebhookEndpoint
 from ..models import utcnow
 
 PREFIX = "reveal:"
@@ -28,6 +29,8 @@ LIFETIME = timedelta(minutes=5)
 
 def kind(credential):
     """Name the kind of ``credential`` a ticket is for: "token" or "client"."""
+    if isinstance(credential, WebhookEndpoint):
+        return "webhook"
     return "client" if isinstance(credential, OAuthClient) else "token"
 
 
