@@ -22,6 +22,9 @@ from .auth import clear_failures
 from .auth import ensure_setup_code
 from .auth import forget_setup_code
 from .auth import password_problem
+from .console.directory_export import FORMATS
+from .console.directory_export import groups_text
+from .console.directory_export import users_text
 from .copydb import CopyError
 from .copydb import copy_database
 from .db import backup
@@ -34,6 +37,7 @@ from .models import IDPS
 from .models import Admin
 from .models import BearerToken
 from .models import CustomAttribute
+from .models import Group
 from .models import OAuthClient
 from .models import TokenError
 from .models import User
@@ -47,6 +51,7 @@ from .scim.errors import ScimError
 from .scim.http import user_type
 from .scim.paths import TOKEN_PATH
 from .scim.schema import CUSTOM_TYPES
+from .scim.schema import GROUP_TYPE
 from .server import default_threads
 from .server import serve
 
@@ -510,7 +515,7 @@ def copy_db_command(url):
 
 @click.group("user")
 def user_group():
-    """List provisioned users and purge deprovisioned ones."""
+    """List, export and purge users."""
 
 
 class FilterError(click.ClickException):
@@ -606,6 +611,56 @@ def _echo_json_users(batches, resource_type):
     click.echo("[]" if separator == "[\n" else "\n]")
 
 
+def _export_options(command):
+    """Add the options `mdm user export` and `mdm group export` share."""
+    command = click.option(
+        "--output",
+        "-o",
+        type=click.Path(dir_okay=False, writable=True, allow_dash=True),
+        default="-",
+        help="Write to this file instead of standard output.",
+    )(command)
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(FORMATS),
+        default="csv",
+        show_default=True,
+        help="CSV (cells a spreadsheet would run as formulas are defused) or JSON.",
+    )(command)
+
+
+def _write_export(chunks, output):
+    """Write the text ``chunks`` to ``output`` ("-" for standard output) as they come."""
+    with click.open_file(output, "w", encoding="utf-8", atomic=output != "-") as out:
+        for chunk in chunks:
+            out.write(chunk)
+
+
+@user_group.command("export")
+@_export_options
+@click.option(
+    "--filter",
+    "filter_",
+    metavar="SCIM-FILTER",
+    help="Only users matching a SCIM filter, e.g. 'active eq false'.",
+)
+@with_appcontext
+def user_export(fmt, output, filter_):
+    """Export provisioned users with their groups as CSV or JSON, read in batches."""
+    with database.connection_context():
+        query = User.live()
+        if filter_ is not None:
+            try:
+                where = filters.to_expression(filters.parse(filter_), user_type())
+            except ScimError as error:
+                raise FilterError(
+                    f"Bad --filter: {error.detail or error.scim_type}"
+                ) from None
+            query = query.where(where)
+    _write_export(users_text(query, fmt), output)
+
+
 @user_group.command("purge")
 @click.option(
     "--older-than",
@@ -635,6 +690,34 @@ def user_purge(older_than, yes):
     click.echo(
         f"Purged {removed} deprovisioned user{'s' if removed != 1 else ''}.", err=True
     )
+
+
+@click.group("group")
+def group_group():
+    """Export provisioned groups."""
+
+
+@group_group.command("export")
+@_export_options
+@click.option(
+    "--filter",
+    "filter_",
+    metavar="SCIM-FILTER",
+    help="Only groups matching a SCIM filter, e.g. 'displayName sw \"Sales\"'.",
+)
+@with_appcontext
+def group_export(fmt, output, filter_):
+    """Export provisioned groups with their members as CSV or JSON, read in batches."""
+    query = Group.live()
+    if filter_ is not None:
+        try:
+            where = filters.to_expression(filters.parse(filter_), GROUP_TYPE)
+        except ScimError as error:
+            raise FilterError(
+                f"Bad --filter: {error.detail or error.scim_type}"
+            ) from None
+        query = query.where(where)
+    _write_export(groups_text(query, fmt), output)
 
 
 # A credential expiring this soon is reported by `mdm check`.
@@ -1058,6 +1141,7 @@ COMMANDS = (
     backup_command,
     copy_db_command,
     user_group,
+    group_group,
     check_command,
     webhook_group,
 )

@@ -633,6 +633,19 @@ class CustomAttribute(database.Model):
         return tuple((name, kind) for _, name, kind in sorted(json.loads(text)))
 
 
+class SavedSearch(database.Model):
+    """A Users page search an administrator saved under a name."""
+
+    name = NoCaseField(unique=True)
+    # The page's query string, e.g. "status=disabled&filter=...".
+    query = TextField(default="")
+    created_by = TextField(default="")
+    created_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "saved_search"
+
+
 class LoginFailure(database.Model):
     """A failed sign-in or setup attempt, counted per account or address by every process."""
 
@@ -783,6 +796,7 @@ MODELS = [
     WebhookEndpoint,
     WebhookEvent,
     WebhookDelivery,
+    SavedSearch,
 ]
 # 1: SCIM tables; 2: Admin; 3: console sort and status indexes; 4: Admin.session_key;
 # 5: partial indexes for deprovisioned rows replace schema 3's plain ones;

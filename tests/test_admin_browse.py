@@ -213,7 +213,7 @@ def test_users_filter_form(console, people):
     labels = {
         text(label): form.find(id=label["for"]) for label in form.find_all("label")
     }
-    assert set(labels) == {"Search", "Source", "Status", "Group"}
+    assert set(labels) == {"Search", "Source", "Status", "Group", "SCIM filter"}
     options = {
         name: [text(o) for o in control.find_all("option")]
         for name, control in labels.items()

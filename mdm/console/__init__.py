@@ -13,6 +13,7 @@ from . import audit
 from . import clients
 from . import dashboard
 from . import directory
+from . import directory_out
 from . import tokens
 from . import webhooks
 from .base import bp
@@ -21,6 +22,7 @@ from .base import bp
 SECTIONS = (
     dashboard,
     directory,
+    directory_out,
     tokens,
     clients,
     attributes,

@@ -28,6 +28,7 @@ from ..scim.schema import ENTERPRISE_SCHEMA
 from .activity import history
 from .base import bp
 from .base import source_label
+from .directory_out import advanced_search
 from .paging import PAGE_SIZE
 from .paging import Pagination
 from .paging import contains
@@ -87,6 +88,7 @@ def users():
         group_pk = group.id if group is not None else -1
         members = Membership.select(Membership.user).where(Membership.group == group_pk)
         query = query.where(User.id.in_(members))
+    query, filter_problem = advanced_search(query)
     key = USER_SORTS.get(sort, User.user_name)
     ordering = sort_order(key, order == "desc")
     query = query.order_by(ordering, User.id)
@@ -107,6 +109,7 @@ def users():
         order=order,
         deprovisioned=deprovisioned,
         any_users=pagination.total or User.select().exists(),
+        filter_problem=filter_problem,
     )
 
 

@@ -1,0 +1,234 @@
+"""Users and User Groups exports, the Users page's SCIM filter search and saved searches."""
+
+from urllib.parse import parse_qsl
+from urllib.parse import urlencode
+
+from flask import flash
+from flask import redirect
+from flask import request
+from flask import url_for
+from flask_login import current_user
+from flask_wtf import FlaskForm
+from peewee import IntegrityError
+from wtforms import HiddenField
+from wtforms import StringField
+from wtforms.validators import DataRequired
+from wtforms.validators import Length
+
+from ..activity import audit
+from ..db import false
+from ..db import write_transaction
+from ..models import IDPS
+from ..models import Group
+from ..models import Membership
+from ..models import SavedSearch
+from ..models import User
+from ..models import utcnow
+from ..scim import filters
+from ..scim.errors import ScimError
+from ..scim.http import user_type
+from .base import bp
+from .directory_export import groups_text
+from .directory_export import users_text
+from .export import attachment
+from .export import stamp
+from .paging import contains
+from .paging import filter_args
+from .paging import query_url
+
+MIMETYPES = {"csv": "text/csv", "json": "application/json"}
+# The Users page's query arguments a saved search keeps.
+SEARCH_ARGS = ("q", "source", "status", "group", "filter", "sort", "order")
+SAVED_LISTED = 200
+
+
+def export_link(endpoint, fmt):
+    """Link to the ``fmt`` export ``endpoint`` carrying this page's filters."""
+    args = filter_args()
+    base = url_for(endpoint, fmt=fmt)
+    return f"{base}?{urlencode(args)}" if args else base
+
+
+bp.add_app_template_global(export_link)
+
+
+#
+# SCIM filter search
+#
+
+
+def scim_filter(text):
+    """Compile a SCIM filter on users into a where-clause; raise ScimError when it is bad."""
+    # The same steps as GET /Users?filter=, so the page and the API agree.
+    return filters.to_expression(filters.parse(text), user_type())
+
+
+def filter_problem(error):
+    """Say what is wrong with a SCIM filter, as the admin reads it."""
+    return f"Bad SCIM filter: {error.detail or error.scim_type}"
+
+
+def advanced_search(query):
+    """Narrow ``query`` by the page's SCIM filter; return (query, problem or None)."""
+    text = request.args.get("filter", "").strip()
+    if not text:
+        return query, None
+    try:
+        return query.where(scim_filter(text)), None
+    except ScimError as error:
+        # A bad filter matches nobody, so it never reads as "everyone".
+        return query.where(false()), filter_problem(error)
+
+
+def filtered_users(args):
+    """Return the users the Users page lists for ``args``; raise ScimError for a bad filter."""
+    query = User.select()
+    q = args.get("q", "").strip()
+    if q:
+        query = query.where(
+            contains(User.display_name, q)
+            | contains(User.user_name, q)
+            | contains(User.email, q)
+            | contains(User.given_name, q)
+            | contains(User.family_name, q)
+            | contains(User.department, q)
+            | contains(User.title, q)
+            | (User.external_id == q)
+        )
+    source = args.get("source", "")
+    if source in IDPS:
+        query = query.where(User.source == source)
+    status = args.get("status", "")
+    if status == "active":
+        query = query.where(User.deprovisioned_at.is_null() & User.active)
+    elif status == "disabled":
+        query = query.where(User.deprovisioned_at.is_null() & ~User.active)
+    elif status == "deprovisioned":
+        query = query.where(User.deprovisioned_at.is_null(False))
+    group_id = args.get("group", "")
+    if group_id:
+        group = Group.get_or_none(Group.scim_id == group_id)
+        members = Membership.select(Membership.user).where(
+            Membership.group == (group.id if group is not None else -1)
+        )
+        query = query.where(User.id.in_(members))
+    text = args.get("filter", "").strip()
+    if text:
+        query = query.where(scim_filter(text))
+    return query
+
+
+def filtered_groups(args):
+    """Return the live groups the User Groups page lists for ``args``."""
+    query = Group.live()
+    q = args.get("q", "").strip()
+    if q:
+        query = query.where(contains(Group.display_name, q) | (Group.external_id == q))
+    return query
+
+
+@bp.get("/users.<any(csv, json):fmt>")
+def users_export(fmt):
+    """Download the users the Users page's filters match, every page of them."""
+    try:
+        query = filtered_users(request.args)
+    except ScimError as error:
+        flash(filter_problem(error), "danger")
+        return redirect(query_url("console.users", filter_args()))
+    return attachment(users_text(query, fmt), MIMETYPES[fmt], f"users-{stamp()}.{fmt}")
+
+
+@bp.get("/groups.<any(csv, json):fmt>")
+def groups_export(fmt):
+    """Download the groups the User Groups page's search matches, with their members."""
+    query = filtered_groups(request.args)
+    return attachment(
+        groups_text(query, fmt), MIMETYPES[fmt], f"user-groups-{stamp()}.{fmt}"
+    )
+
+
+#
+# Saved searches
+#
+
+
+class SaveSearchForm(FlaskForm):
+    name = StringField(
+        "Name",
+        validators=[DataRequired(), Length(max=100)],
+        filters=[lambda text: text.strip() if text else text],
+    )
+    query = HiddenField()
+
+
+def search_query(text):
+    """Keep only the Users page's own arguments of a query string, in a fixed order."""
+    args = dict(parse_qsl(text or "", keep_blank_values=False))
+    return urlencode([(k, args[k]) for k in SEARCH_ARGS if args.get(k)])
+
+
+def saved_searches():
+    """Return the saved searches by name, for the Users page."""
+    return list(SavedSearch.select().order_by(SavedSearch.name).limit(SAVED_LISTED))
+
+
+def save_search_form():
+    """Return the form that saves the Users page's current search."""
+    form = SaveSearchForm(formdata=None)
+    form.query.data = search_query(urlencode(filter_args()))
+    return form
+
+
+def saved_search_url(saved):
+    """Link to the Users page with a saved search's filters."""
+    base = url_for("console.users")
+    return f"{base}?{saved.query}" if saved.query else base
+
+
+bp.add_app_template_global(saved_searches)
+bp.add_app_template_global(save_search_form)
+bp.add_app_template_global(saved_search_url)
+
+
+@bp.post("/users/searches")
+def save_search():
+    """Save the Users page's current search under a name."""
+    form = SaveSearchForm()
+    query = search_query(form.query.data)
+    back = url_for("console.users") + (f"?{query}" if query else "")
+    if not form.validate():
+        flash("Give the search a name of at most 100 characters.", "danger")
+        return redirect(back)
+    name = form.name.data
+    try:
+        with write_transaction():
+            saved = SavedSearch.create(
+                name=name,
+                query=query,
+                created_by=_admin_name(),
+                created_at=utcnow(),
+            )
+    except IntegrityError:
+        flash(f"A saved search named “{name}” already exists.", "danger")
+        return redirect(back)
+    audit("Search Saved", f"{saved.name}: {query or '(all users)'}")
+    flash(f"Search “{saved.name}” saved.", "success")
+    return redirect(back)
+
+
+@bp.post("/users/searches/<int:search_id>/delete")
+def delete_search(search_id):
+    """Delete one saved search."""
+    saved = SavedSearch.get_or_none(SavedSearch.id == search_id)
+    if saved is None:
+        flash("That saved search no longer exists.", "info")
+        return redirect(url_for("console.users"))
+    with write_transaction():
+        saved.delete_instance()
+    audit("Saved Search Deleted", saved.name)
+    flash(f"Saved search “{saved.name}” deleted.", "success")
+    return redirect(url_for("console.users"))
+
+
+def _admin_name():
+    return current_user.username
