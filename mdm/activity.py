@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 from flask import current_app
 from flask import g
+from flask import has_request_context
 from flask import request
 from werkzeug.exceptions import HTTPException
 
@@ -163,6 +164,14 @@ def note(summary=None, resource_type=None, resource_id=None, target=None):
         g.activity_resource_id = resource_id
     if target is not None:
         g.activity_target = target
+
+
+def note_ignored(resource_type, attribute):
+    """Let the PATCH engine name an attribute it ignored, for the mapping health counts."""
+    # A set on the request: a PATCH retried after a concurrent write, or an
+    # attribute named twice, counts once per request.
+    if has_request_context():
+        g.setdefault("mapping_ignored", set()).add((resource_type, attribute[:256]))
 
 
 NOTES = (
@@ -321,6 +330,10 @@ def _record(response):
             request_id(),
         ),
     )
+    ignored = notes.get("mapping_ignored")
+    if ignored:
+        token = notes.get("scim_token")
+        writer.ignore(utcnow(), token.idp if token is not None else "", ignored)
     return response
 
 

@@ -121,7 +121,25 @@ class Refusal(activity_db.Model):
         )
 
 
-ACTIVITY_MODELS = [ActivityEntry, AuditEvent, Refusal]
+class MappingIssue(activity_db.Model):
+    """An attribute a connection sends that mdm ignores: how often, and when last."""
+
+    idp = TextField()
+    resource_type = TextField()
+    attribute = TextField()
+    requests = IntegerField(default=0)
+    first_seen = DateTimeField()
+    last_seen = DateTimeField()
+
+    class Meta:
+        table_name = "mapping_issue"
+        indexes = ((("idp", "resource_type", "attribute"), True),)
+
+
+ACTIVITY_MODELS = [ActivityEntry, AuditEvent, Refusal, MappingIssue]
+# Distinct ignored attributes kept at most: an IdP inventing names cannot
+# grow the table, or the writer's memory, without bound.
+MAPPING_ISSUES_MAX = 500
 
 # Refusals are counted per ten minutes; within one bucket, at most this many
 # (status, reason, connection, token key, address) rows are kept apart, and the
@@ -199,6 +217,7 @@ class Writer:
         self.max_rows = 500000
         self.dropped = 0
         self.refusals = {}
+        self.ignored = {}
         self._last_prune = 0.0
 
     def start(self):
@@ -242,6 +261,23 @@ class Writer:
         if not self.wake.is_set():
             self.wake.set()
 
+    def ignore(self, when, idp, names):
+        """Count the (resource type, attribute) ``names`` one request of ``idp`` sent in vain."""
+        with self.lock:
+            for resource_type, attribute in names:
+                key = (idp or "", resource_type, attribute)
+                counted = self.ignored.get(key)
+                if counted is not None:
+                    counted[0] += 1
+                    counted[1] = when
+                elif len(self.ignored) < MAPPING_ISSUES_MAX:
+                    self.ignored[key] = [1, when]
+
+    def _take_ignored(self):
+        with self.lock:
+            taken, self.ignored = self.ignored, {}
+        return taken
+
     def _take_refusals(self):
         with self.lock:
             taken, self.refusals = self.refusals, {}
@@ -255,7 +291,7 @@ class Writer:
             self.hurry.clear()
             # Cleared before draining: a row appended after the drain sets it again.
             self.wake.clear()
-            while self.pending or self.refusals:
+            while self.pending or self.refusals or self.ignored:
                 batch = []
                 while self.pending and len(batch) < self.BATCH:
                     batch.append(self.pending.popleft())
@@ -275,6 +311,7 @@ class Writer:
         # Taken after the batch: a flush marker then follows every refusal
         # counted before it.
         refusals = self._take_refusals()
+        ignored = self._take_ignored()
         # One INSERT takes rows of one shape: tuples, or dicts with the same keys.
         groups = {}
         for model, row in batch:
@@ -282,11 +319,13 @@ class Writer:
                 continue  # a flush marker
             shape = None if type(row) is tuple else frozenset(row)
             groups.setdefault((model, shape), []).append(row)
-        if not groups and not refusals:
+        if not groups and not refusals and not ignored:
             return
         with activity_db.connection_context(), activity_db.atomic():
             if refusals:
                 _count_refusals(refusals)
+            if ignored:
+                _count_ignored(ignored)
             for (model, shape), rows in groups.items():
                 if shape is None:
                     fields = [model._meta.fields[name] for name in ENTRY_COLUMNS]
@@ -413,6 +452,43 @@ def _count_refusals(refusals):
             )
             .execute()
         )
+
+
+def _count_ignored(ignored):
+    """Add counted ignored attributes to their rows, new ones while there is room."""
+    room = MAPPING_ISSUES_MAX - MappingIssue.select().count()
+    for (idp, resource_type, attribute), (count, last) in ignored.items():
+        known = (
+            MappingIssue.select(MappingIssue.id)
+            .where(
+                (MappingIssue.idp == idp)
+                & (MappingIssue.resource_type == resource_type)
+                & (MappingIssue.attribute == attribute)
+            )
+            .exists()
+        )
+        if not known:
+            if room <= 0:
+                continue
+            room -= 1
+        MappingIssue.insert(
+            idp=_without_nul(idp),
+            resource_type=resource_type,
+            attribute=_without_nul(attribute),
+            requests=count,
+            first_seen=last,
+            last_seen=last,
+        ).on_conflict(
+            conflict_target=[
+                MappingIssue.idp,
+                MappingIssue.resource_type,
+                MappingIssue.attribute,
+            ],
+            update={
+                MappingIssue.requests: MappingIssue.requests + EXCLUDED.requests,
+                MappingIssue.last_seen: EXCLUDED.last_seen,
+            },
+        ).execute()
 
 
 def _has_row(key):

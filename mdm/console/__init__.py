@@ -14,6 +14,7 @@ from . import clients
 from . import dashboard
 from . import directory
 from . import directory_out
+from . import mapping
 from . import tokens
 from . import webhooks
 from .base import bp
@@ -23,6 +24,7 @@ SECTIONS = (
     dashboard,
     directory,
     directory_out,
+    mapping,
     tokens,
     clients,
     attributes,

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from dataclasses import field
 
+from ..activity import note_ignored
 from . import filters
 from . import multivalued
 from . import parse
@@ -185,6 +186,7 @@ class _Patch:
         # Failing the request would also drop an "active" change sent with it
         # (docs/entra.md §3.5), so unknown attributes are only noted.
         note = f"Ignored {text!r}: not an attribute of {self.type.name}."
+        note_ignored(self.type.name, text)
         if note not in self.noted:
             self.noted.add(note)
             self.result.ignored.append(note)
