@@ -6,6 +6,7 @@ so the rest of the code builds one query for both.
 
 import functools
 import inspect
+import random
 import threading
 import time
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from urllib.parse import urlsplit
 from peewee import SQL
 from peewee import Case
 from peewee import Cast
+from peewee import DatabaseError
 from peewee import DatabaseProxy
 from peewee import Entity
 from peewee import NodeList
@@ -51,7 +53,6 @@ database.initialize(PooledSqliteDatabase(None, pragmas=PRAGMAS))
 _write_lock = threading.Lock()
 
 # pg_advisory_xact_lock keys: one per purpose, arbitrary but fixed.
-WRITE_LOCK_KEY = 0x6D646D01
 MIGRATE_LOCK_KEY = 0x6D646D02
 PRUNE_LOCK_KEY = 0x6D646D03
 
@@ -578,35 +579,126 @@ def json_flag(expr):
 
 @contextmanager
 def write_transaction():
-    """Run a write transaction that holds the database's one write lock from the start."""
+    """Run a write transaction: SQLite's one writer at a time, PostgreSQL's row locks."""
     # SQLite: a deferred transaction that reads and then writes can fail with
     # SQLITE_BUSY when another writer got in between; IMMEDIATE waits on
     # busy_timeout instead (which still covers writers in other processes,
-    # such as the CLI). PostgreSQL: a transaction-scoped advisory lock gives
-    # every process the same one-writer-at-a-time rule, so a read followed by
-    # a write inside the transaction never sees another writer's changes
-    # interleaved.
-    asked = time.perf_counter()
+    # such as the CLI). PostgreSQL: writers run side by side at READ
+    # COMMITTED, so a transaction that reads, checks and writes locks what it
+    # checks (lock_row, lock_named) or relies on a unique constraint.
     if postgres():
-        with database.atomic():
-            database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
-            _locked(asked)
-            yield
+        if database.in_transaction():
+            with database.atomic():
+                yield
+            return
+        _row_locks.waited = 0.0
+        try:
+            with database.atomic():
+                yield
+        finally:
+            _observe(_row_locks.waited)
         return
+    asked = time.perf_counter()
     with _write_lock, database.atomic("IMMEDIATE"):
         _locked(asked)
         yield
 
 
-# Called with the seconds a write transaction waited for the write lock
-# (mdm.metrics sets it; this module imports nothing of the app).
+# Called once per write transaction with the seconds it waited for its lock:
+# SQLite's write slot, or on PostgreSQL the row and named locks it took, none
+# for a write that needs none (mdm.metrics sets it; this module imports
+# nothing of the app).
 lock_wait_observer = None
+
+# The seconds this thread's PostgreSQL write transaction waited on locks.
+_row_locks = threading.local()
 
 
 def _locked(asked):
+    waited = time.perf_counter() - asked
+    if postgres():
+        _row_locks.waited = getattr(_row_locks, "waited", 0.0) + waited
+    else:
+        _observe(waited)
+
+
+def _observe(seconds):
     observer = lock_wait_observer
     if observer is not None:
-        observer(time.perf_counter() - asked)
+        observer(seconds)
+
+
+def lock_row(model, pk, version=None):
+    """Lock a live row until the transaction ends (PostgreSQL); False if it is gone or moved on."""
+    # SQLite's writer is alone already. With ``version``, a row at another
+    # version counts as moved on: the caller's change was prepared from it.
+    if not postgres():
+        return True
+    query = model.select(model.id).where(
+        (model.id == pk) & model.deprovisioned_at.is_null()
+    )
+    if version is not None:
+        query = query.where(model.version == version)
+    asked = time.perf_counter()
+    found = query.for_update().exists()
+    _locked(asked)
+    return found
+
+
+def lock_named(name):
+    """Hold a lock named ``name`` until the transaction ends (PostgreSQL)."""
+    # For checks no row or constraint can hold, such as "at most two tokens
+    # per connection": every process checking ``name`` waits its turn.
+    if postgres():
+        asked = time.perf_counter()
+        database.execute_sql(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"mdm:{name}",)
+        )
+        _locked(asked)
+
+
+def locking(query):
+    """Return ``query`` locking the rows it reads until the transaction ends (PostgreSQL)."""
+    return query.for_update() if postgres() else query
+
+
+# SQLSTATEs of a transaction PostgreSQL aborted for losing a race with
+# another: serialization_failure and deadlock_detected. Run again, it can
+# succeed; nothing of it was written.
+RETRYABLE = ("40001", "40P01")
+WRITE_ATTEMPTS = 5
+RETRY_WAIT = 0.02
+
+
+class WriteConflict(Exception):
+    """A write lost to concurrent writers on every attempt; asking again may succeed."""
+
+
+def conflicted(error):
+    """Return True if ``error`` is PostgreSQL aborting a transaction that may be retried."""
+    # Peewee wraps the driver's error, passing it as the first argument.
+    for cause in (error, *error.args[:1], error.__cause__, error.__context__):
+        if getattr(cause, "pgcode", None) in RETRYABLE:
+            return True
+    return False
+
+
+def retried(body, attempts=WRITE_ATTEMPTS):
+    """Return ``body()``, a whole write transaction, run again when PostgreSQL aborts it."""
+    # Only a transaction of its own can run again: inside another, the
+    # outer one is lost with it. The wait is jittered so that the losers of
+    # a deadlock do not meet again at once.
+    if database.in_transaction():
+        return body()
+    for attempt in range(attempts):
+        try:
+            return body()
+        except DatabaseError as error:
+            if not conflicted(error):
+                raise
+            if attempt == attempts - 1:
+                raise WriteConflict() from error
+            time.sleep(random.uniform(0.5, 1.5) * RETRY_WAIT * 2**attempt)
 
 
 def schema_version(db, name):

@@ -87,7 +87,8 @@ class Metrics:
         )
         self.lock_wait = Histogram(
             "mdm_write_lock_wait_seconds",
-            "Time a write transaction waited for the database's write lock.",
+            "Time a write waited for its lock: SQLite's write slot, or on PostgreSQL "
+            "the row or named lock it takes.",
             buckets=LOCK_WAIT_BUCKETS,
             registry=self.registry,
         )

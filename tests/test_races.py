@@ -11,7 +11,6 @@ import uuid
 import pytest
 
 from mdm import create_app
-from mdm.db import WRITE_LOCK_KEY
 
 from .conftest import ENGINE
 from .conftest import database_config
@@ -252,7 +251,6 @@ def _outside_writer(path, deadline, held):
                 cursor.execute("BEGIN IMMEDIATE")
             else:
                 cursor.execute("BEGIN")
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
             cursor.execute("UPDATE bearer_token SET label = label")
             time.sleep(0.03)
             cursor.execute("COMMIT")

@@ -7,7 +7,11 @@ from peewee import fn
 from .. import activity
 from .. import webhooks
 from ..db import Prepared
+from ..db import WriteConflict
+from ..db import lock_row
 from ..db import ordering
+from ..db import postgres
+from ..db import retried
 from ..db import write_transaction
 from ..models import Group
 from ..models import User
@@ -53,23 +57,54 @@ def write(read, prepare, commit):
     # under the lock, raising Stale when the row's version moved since
     # read(). A stale change is prepared again from a fresh read; the last
     # attempt reads and prepares under the lock, so every write lands.
+    # On PostgreSQL the lock is the row's own: taken first, before any
+    # membership row, so writers to one resource queue in one order and
+    # writers to different resources never wait on each other.
     for _ in range(ATTEMPTS - 1):
         row = read()
         change = prepare(row)
         if not change.writes:
             return row, change
-        try:
+
+        def attempt(row=row, change=change):
             with write_transaction():
+                if not lock_row(type(row), row.id, row.version):
+                    raise Stale()
                 commit(row, change)
+
+        try:
+            _retried(attempt)
             return row, change
         except Stale:
             continue
-    with write_transaction():
-        row = read()
-        change = prepare(row)
-        if change.writes:
-            commit(row, change)
-    return row, change
+
+    def last():
+        with write_transaction():
+            row = read()
+            if postgres():
+                lock_row(type(row), row.id)
+                # Read again under the lock, which holds the row where it is
+                # (or read() answers 404: it was deprovisioned meanwhile).
+                row = read()
+            change = prepare(row)
+            if change.writes:
+                commit(row, change)
+            return row, change
+
+    return _retried(last)
+
+
+def _retried(body):
+    """Run a write transaction, again if PostgreSQL aborts it; a 503 if it never lands."""
+    try:
+        return retried(body)
+    except WriteConflict:
+        raise ScimError(
+            503,
+            None,
+            "The change conflicted with concurrent changes; retry the request.",
+            {"Retry-After": "1"},
+        ) from None
 
 
 # Writes are rendered once per model and column set, with a marker for each
@@ -161,10 +196,14 @@ class Insert:
 def insert(row, uniqueness_error, events=()):
     """Insert a new row under the write lock, answering 409 when its name is taken."""
     statement = Insert(row)
-    try:
+
+    def attempt():
         with write_transaction():
             statement.run()
             webhooks.write(events)
+
+    try:
+        _retried(attempt)
     except IntegrityError:
         raise uniqueness_error from None
 
