@@ -29,6 +29,7 @@ from werkzeug.security import check_password_hash
 
 from .activity import audit
 from .db import database
+from .db import lock_named
 from .db import write_transaction
 from .forms import LoginForm
 from .forms import LogoutForm
@@ -319,6 +320,7 @@ def ensure_setup_code(app):
         if code and not setup_code_expired(app):
             return code
         with write_transaction():
+            lock_named("setup code")
             if code:
                 # Only the expired code: another process may have replaced it.
                 Setting.delete().where(

@@ -30,6 +30,7 @@ from .copydb import copy_database
 from .db import backup
 from .db import database
 from .db import is_url
+from .db import lock_named
 from .db import postgres
 from .db import true
 from .db import write_transaction
@@ -986,6 +987,7 @@ def admin_remove(username):
         # Counted and deleted under the write lock, so two removals at once
         # cannot both pass the count.
         with write_transaction():
+            lock_named("admins")
             last = Admin.select().count() <= 1
             if not last:
                 admin.delete_instance()

@@ -22,7 +22,10 @@ from .db import database
 from .db import json_get
 from .db import json_rows
 from .db import lock_for_migration
+from .db import lock_named
+from .db import locking
 from .db import postgres
+from .db import retried
 from .db import schema_version
 from .db import set_schema_version
 from .db import trigram_candidates
@@ -118,6 +121,8 @@ class Credential(database.Model):
                 raise TokenError("The expiry must be a positive number of days.")
             expires_at = utcnow() + timedelta(days=expires_in_days)
         with write_transaction():
+            # Counted and inserted by one process at a time per connection.
+            lock_named(f"{cls._meta.table_name}:{idp}")
             if cls.select().where(cls.idp == idp).count() >= cls.limit:
                 raise TokenError(
                     f"{IDPS[idp]} already has {cls.limit} {cls.noun}s; "
@@ -292,6 +297,10 @@ class OAuthClient(Credential):
     def remove(self):
         """Delete the client and its access tokens."""
         with write_transaction():
+            # The client's row first, as a grant locks it: one order, no deadlock.
+            locking(OAuthClient.select(OAuthClient.id)).where(
+                OAuthClient.id == self.id
+            ).exists()
             AccessToken.delete().where(AccessToken.client == self.id).execute()
             self.delete_instance()
 
@@ -333,28 +342,39 @@ class OAuthClient(Credential):
         key = secrets.token_hex(8)
         token = f"{ACCESS_TOKEN_PREFIX}_{key}_{secrets.token_urlsafe(32)}"
         digest = self._hash(token)
-        with write_transaction():
-            # The secret was checked before the lock: if the client was renewed,
-            # set Inactive or removed since, its revocation stands.
-            current = (
-                OAuthClient.select(OAuthClient.secret_hash, OAuthClient.active)
-                .where(OAuthClient.id == self.id)
-                .first()
-            )
-            if (
-                current is None
-                or not current.active
-                or current.secret_hash != self.secret_hash
-            ):
-                return None
-            AccessToken.prune(self, now)
-            AccessToken.create(
-                client=self.id,
-                key=key,
-                token_hash=digest,
-                issued_at=now,
-                expires_at=expires_at,
-            )
+
+        def issue():
+            with write_transaction():
+                # The secret was checked before the lock: if the client was
+                # renewed, set Inactive or removed since, its revocation
+                # stands. The client's row stays locked until the token is
+                # in, so a renewal waits and then revokes it too, and grants
+                # to one client keep to its PER_CLIENT cap.
+                current = (
+                    locking(
+                        OAuthClient.select(OAuthClient.secret_hash, OAuthClient.active)
+                    )
+                    .where(OAuthClient.id == self.id)
+                    .first()
+                )
+                if (
+                    current is None
+                    or not current.active
+                    or current.secret_hash != self.secret_hash
+                ):
+                    return False
+                AccessToken.prune(self, now)
+                AccessToken.create(
+                    client=self.id,
+                    key=key,
+                    token_hash=digest,
+                    issued_at=now,
+                    expires_at=expires_at,
+                )
+                return True
+
+        if not retried(issue):
+            return None
         return token, max(1, int((expires_at - now).total_seconds()))
 
     @classmethod

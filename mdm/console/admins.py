@@ -15,6 +15,7 @@ from ..auth import password_accepted
 from ..auth import renew_session
 from ..auth import sign_in_wait
 from ..auth import wait_message
+from ..db import lock_named
 from ..db import write_transaction
 from ..forms import AddAdminForm
 from ..forms import ChangePasswordForm
@@ -33,6 +34,7 @@ def admins():
         # Hashing is slow on purpose: do it before taking the write lock.
         password_hash = hash_password(form.password.data)
         with write_transaction():
+            lock_named("admins")
             taken = Admin.select().where(Admin.username == username).exists()
             if not taken:
                 Admin.create(username=username, password_hash=password_hash)
@@ -63,6 +65,8 @@ def remove_admin(admin_id):
         # Counted and deleted under the write lock, so two removals at once
         # cannot both pass the count and leave no administrator.
         with write_transaction():
+            # One process at a time counts and removes, as in `mdm admin remove`.
+            lock_named("admins")
             last = Admin.select().count() <= 1
             if not last:
                 admin.delete_instance()

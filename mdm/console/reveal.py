@@ -70,8 +70,10 @@ def take(token):
     session.pop("reveal")
     with write_transaction():
         row = Setting.get_or_none(Setting.name == str(ticket.get("name")))
-        if row is not None:
-            row.delete_instance()
+        # Only the request whose DELETE removed the row takes the secret:
+        # two at once with one session may both have read it.
+        if row is not None and row.delete_instance() != 1:
+            row = None
     if row is None:
         return None
     value = json.loads(row.value)
