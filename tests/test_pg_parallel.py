@@ -1,0 +1,275 @@
+"""PostgreSQL writes run side by side: row locks, retries, and one winner per race."""
+
+import json
+import threading
+
+import pytest
+
+from mdm import create_app
+from mdm.db import WRITE_ATTEMPTS
+from mdm.db import database
+from mdm.db import lock_row
+from mdm.db import write_transaction
+from mdm.models import User
+
+from . import crashload as crash
+from .conftest import ENGINE
+from .conftest import database_config
+from .conftest import database_url
+from .conftest import integrity_problems
+from .conftest import issue_token
+from .conftest import live_server
+from .conftest import raw_connection
+from .test_multiprocess import _all_at_once
+from .test_multiprocess import _call
+from .test_races import Live
+
+USER = "urn:ietf:params:scim:schemas:core:2.0:User"
+PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
+
+
+def _rename(name):
+    return {
+        "schemas": [PATCH_OP],
+        "Operations": [{"op": "replace", "path": "displayName", "value": name}],
+    }
+
+
+if ENGINE == "postgresql":
+
+    @pytest.fixture
+    def served(tmp_path):
+        """Serve a fresh app in this process; yield (app, Live)."""
+        path = tmp_path / "mdm.sqlite"
+        app = create_app(
+            {"TESTING": True, "SECRET_KEY": "parallel", **database_config(path)}
+        )
+        _, secret = issue_token(app, "entra")
+        with live_server(app) as port:
+            yield app, Live(port, secret, path)
+
+    def _create_user(live, name):
+        status, body = live.call(
+            "POST", "/Users", {"schemas": [USER], "userName": name}
+        )
+        assert status == 201, body
+        return body["id"]
+
+    def test_a_write_to_one_user_does_not_wait_for_a_write_to_another(served):
+        """User A locked mid-write: a PATCH of B lands at once; A's waits, then builds on it."""
+        app, live = served
+        a, b = _create_user(live, "a@x"), _create_user(live, "b@x")
+        held, release, done = threading.Event(), threading.Event(), threading.Event()
+
+        def hold_a():
+            # A write of A that has locked its row and not yet committed.
+            with app.app_context(), database.connection_context():
+                with write_transaction():
+                    row = User.get(User.scim_id == a)
+                    assert lock_row(User, row.id, row.version)
+                    held.set()
+                    release.wait(10)
+                    User.update(display_name="Held", version=User.version + 1).where(
+                        User.id == row.id
+                    ).execute()
+            done.set()
+
+        holder = threading.Thread(target=hold_a, daemon=True)
+        holder.start()
+        assert held.wait(10)
+        try:
+            status, body = live.call("PATCH", f"/Users/{b}", _rename("Bee"))
+            # Answered while A's transaction is still open.
+            assert not done.is_set()
+            assert (status, body["displayName"], body["meta"]["version"]) == (
+                200,
+                "Bee",
+                'W/"2"',
+            )
+            patched = {}
+            writer = threading.Thread(
+                target=lambda: patched.update(
+                    result=live.call("PATCH", f"/Users/{a}", _rename("Ay"))
+                ),
+                daemon=True,
+            )
+            writer.start()
+            writer.join(0.5)
+            assert writer.is_alive(), "the PATCH of A did not wait for A's row lock"
+        finally:
+            release.set()
+        holder.join(10)
+        writer.join(30)
+        # The waiting PATCH saw A move on, and applied itself to the new version.
+        status, body = patched["result"]
+        assert (status, body["displayName"], body["meta"]["version"]) == (
+            200,
+            "Ay",
+            'W/"3"',
+        )
+        conn = raw_connection(live.path)
+        try:
+            cursor = conn.cursor()
+            cursor.execute(
+                'SELECT scim_id, display_name, version FROM "user" ORDER BY id'
+            )
+            assert cursor.fetchall() == [(a, "Ay", 3), (b, "Bee", 2)]
+        finally:
+            conn.close()
+
+    def _abort_updates(path, code, times):
+        """Make the next ``times`` UPDATEs of users fail with SQLSTATE ``code``."""
+        conn = raw_connection(path)
+        try:
+            cursor = conn.cursor()
+            cursor.execute("CREATE SEQUENCE update_attempts")
+            cursor.execute(
+                "CREATE FUNCTION abort_update() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                f"BEGIN IF nextval('update_attempts') <= {int(times)} THEN "
+                f"RAISE EXCEPTION 'lost a race' USING ERRCODE = '{code}'; "
+                "END IF; RETURN NEW; END $$"
+            )
+            cursor.execute(
+                'CREATE TRIGGER abort_update BEFORE UPDATE ON "user" '
+                "FOR EACH ROW EXECUTE FUNCTION abort_update()"
+            )
+        finally:
+            conn.close()
+
+    def _attempts_and_name(path, scim_id):
+        conn = raw_connection(path)
+        try:
+            cursor = conn.cursor()
+            cursor.execute("SELECT last_value FROM update_attempts")
+            (attempts,) = cursor.fetchone()
+            cursor.execute(
+                'SELECT display_name, version FROM "user" WHERE scim_id = %s',
+                (scim_id,),
+            )
+            return attempts, cursor.fetchone()
+        finally:
+            conn.close()
+
+    @pytest.mark.parametrize("code", ["40001", "40P01"])
+    def test_a_write_aborted_by_a_conflict_is_retried(served, code):
+        """Serialization failures and deadlocks short of the limit: the PATCH lands once."""
+        _, live = served
+        user_id = _create_user(live, "retry@x")
+        _abort_updates(live.path, code, WRITE_ATTEMPTS - 1)
+        status, body = live.call("PATCH", f"/Users/{user_id}", _rename("Retried"))
+        assert (status, body["displayName"], body["meta"]["version"]) == (
+            200,
+            "Retried",
+            'W/"2"',
+        )
+        assert _attempts_and_name(live.path, user_id) == (
+            WRITE_ATTEMPTS,
+            ("Retried", 2),
+        )
+
+    @pytest.mark.parametrize("code", ["40001", "40P01"])
+    def test_a_write_that_always_conflicts_is_a_503(served, code):
+        """Every attempt aborted: a SCIM 503 asking for a retry, and nothing written."""
+        _, live = served
+        user_id = _create_user(live, "busy@x")
+        _abort_updates(live.path, code, WRITE_ATTEMPTS)
+        conn = live.connect()
+        try:
+            conn.request(
+                "PATCH",
+                f"/scim/v2/Users/{user_id}",
+                body=json.dumps(_rename("Never")),
+                headers={
+                    "Authorization": f"Bearer {live.secret}",
+                    "Content-Type": "application/scim+json",
+                },
+            )
+            response = conn.getresponse()
+            body = json.loads(response.read())
+            assert (response.status, response.getheader("Retry-After")) == (503, "1")
+        finally:
+            conn.close()
+        assert body == {
+            "schemas": [ERROR],
+            "status": "503",
+            "detail": "The change conflicted with concurrent changes; retry the request.",
+        }
+        assert _attempts_and_name(live.path, user_id) == (
+            WRITE_ATTEMPTS,
+            (None, 1),
+        )
+
+    @pytest.fixture
+    def servers(tmp_path, monkeypatch):
+        """Start two server processes sharing one instance folder and one database."""
+        monkeypatch.setenv("MDM_DATABASE_URL", database_url(tmp_path / "mdm.sqlite"))
+        instance = str(tmp_path)
+        token = crash.create_token(instance)
+        started = []
+        try:
+            for name in ("a", "b"):
+                log = str(tmp_path / f"serve-{name}.log")
+                started.append((crash.start_server(instance, log), log))
+            yield [port for (_, port), _ in started], token, [log for _, log in started]
+        finally:
+            for (process, _), _ in started:
+                crash.stop_server(process)
+
+    def test_races_across_two_processes_keep_one_winner_and_every_change(
+        servers, tmp_path
+    ):
+        """userName races through two processes: one 201 each; concurrent PATCHes all land."""
+        ports, token, logs = servers
+        for round_ in range(3):
+            calls = [
+                (
+                    lambda i=i, round_=round_: _call(
+                        ports[i % 2],
+                        token,
+                        "POST",
+                        "/Users",
+                        crash.user_body(f"Same{round_}{'X' if i % 2 else 'x'}@x"),
+                    )
+                )
+                for i in range(10)
+            ]
+            statuses = sorted(status for status, _ in _all_at_once(calls))
+            assert statuses == [201] + [409] * 9
+        status, listed = _call(ports[1], token, "GET", "/Users?count=10")
+        assert status == 200
+        assert sorted(user["userName"].lower() for user in listed["Resources"]) == [
+            "same0x@x",
+            "same1x@x",
+            "same2x@x",
+        ]
+
+        # Ten PATCHes of one user, each adding an email, through both processes.
+        user_id = listed["Resources"][0]["id"]
+        emails = [f"e{i}@x" for i in range(10)]
+        calls = [
+            (
+                lambda i=i, email=email: _call(
+                    ports[i % 2],
+                    token,
+                    "PATCH",
+                    f"/Users/{user_id}",
+                    {
+                        "schemas": [PATCH_OP],
+                        "Operations": [
+                            {"op": "add", "path": "emails", "value": [{"value": email}]}
+                        ],
+                    },
+                )
+            )
+            for i, email in enumerate(emails)
+        ]
+        assert {status for status, _ in _all_at_once(calls)} == {200}
+        status, body = _call(ports[0], token, "GET", f"/Users/{user_id}")
+        assert status == 200
+        stored = {email["value"] for email in body.get("emails", [])}
+        assert stored >= set(emails)
+        assert body["meta"]["version"] == f'W/"{1 + len(emails)}"'
+        for log in logs:
+            assert crash.server_errors(log) == []
+        assert integrity_problems(tmp_path / "mdm.sqlite") == []
