@@ -640,7 +640,10 @@ def lock_row(model, pk, version=None):
     if version is not None:
         query = query.where(model.version == version)
     asked = time.perf_counter()
-    found = query.for_update().exists()
+    # The lock an UPDATE of the row takes: it leaves alone the key-share
+    # locks of membership inserts naming the row, so adding a user to a
+    # group never waits on a change to that user.
+    found = query.for_update("FOR NO KEY UPDATE").exists()
     _locked(asked)
     return found
 
