@@ -17,6 +17,7 @@ from datetime import timedelta
 
 from flask import current_app
 from peewee import EXCLUDED
+from peewee import SQL
 from peewee import BooleanField
 from peewee import DatabaseProxy
 from peewee import DateTimeField
@@ -47,19 +48,19 @@ SCHEMA_VERSION = 4
 class ActivityEntry(activity_db.Model):
     """One SCIM request as the identity provider sent it and as it was answered."""
 
-    time = DateTimeField(default=utcnow, index=True)
-    idp = TextField(null=True, index=True)
+    time = DateTimeField(default=utcnow)
+    idp = TextField(null=True)
     token_key = TextField(null=True)
     client_address = TextField(null=True)
     user_agent = TextField(null=True)
     method = TextField()
     path = TextField()
     query = TextField(default="")
-    resource_type = TextField(null=True, index=True)
-    resource_id = TextField(null=True, index=True)
+    resource_type = TextField(null=True)
+    resource_id = TextField(null=True)
     target = TextField(null=True)
     summary = TextField(default="")
-    status = IntegerField(index=True)
+    status = IntegerField()
     scim_type = TextField(null=True)
     detail = TextField(null=True)
     duration_ms = FloatField(default=0)
@@ -136,6 +137,38 @@ class MappingIssue(activity_db.Model):
         indexes = ((("idp", "resource_type", "attribute"), True),)
 
 
+# Every list of activity is newest first (time, then id). Each console filter
+# has an index that leads with its column and goes on in that order, so a
+# page reads its 50 rows off the index whatever the size of the log.
+ActivityEntry.add_index(ActivityEntry.time, ActivityEntry.id, name="activity_time_id")
+FILTERED_COLUMNS = ("idp", "resource_type", "resource_id", "method", "status")
+for _name in FILTERED_COLUMNS:
+    ActivityEntry.add_index(
+        ActivityEntry._meta.fields[_name],
+        ActivityEntry.time,
+        ActivityEntry.id,
+        name=f"activity_{_name}_time_id",
+    )
+# Failures are few: the dashboard's last error of each connection, and the
+# 4xx and 5xx filters, find them here instead of among the successes. The
+# condition is SQL text so that it matches a query's own literal condition.
+FAILED = SQL("status >= 400")
+ActivityEntry.add_index(
+    ActivityEntry.idp,
+    ActivityEntry.time,
+    ActivityEntry.id,
+    name="activity_failed_idp_time_id",
+    where=FAILED,
+)
+# The single-column indexes of schema 4, which the ones above replace.
+REPLACED_INDEXES = (
+    "activity_time",
+    "activity_idp",
+    "activity_resource_type",
+    "activity_resource_id",
+    "activity_status",
+)
+
 ACTIVITY_MODELS = [ActivityEntry, AuditEvent, Refusal, MappingIssue]
 # Distinct ignored attributes kept at most: an IdP inventing names cannot
 # grow the table, or the writer's memory, without bound.
@@ -192,6 +225,39 @@ ENTRY_COLUMNS = (
 )
 
 
+# The most characters each text column of an activity row keeps, in
+# ENTRY_COLUMNS order (None: not text). Bodies arrive truncated to 16 KiB
+# (mdm.activity.MAX_BODY) with a note of the full length; the rest are cut
+# here, so no row holds more than ENTRY_MAX_CHARS characters of text, and the
+# table at most ACTIVITY_MAX_ROWS such rows.
+BODY_CHARS = 16 * 1024 + 64
+COLUMN_CHARS = (
+    None,  # time
+    64,  # idp
+    64,  # token_key
+    64,  # client_address
+    512,  # user_agent
+    16,  # method
+    2048,  # path
+    2048,  # query
+    32,  # resource_type
+    256,  # resource_id
+    512,  # target
+    1024,  # summary
+    None,  # status
+    64,  # scim_type
+    2048,  # detail
+    None,  # duration_ms
+    BODY_CHARS,  # request_body
+    BODY_CHARS,  # response_body
+    None,  # operation
+    128,  # request_id
+)
+ENTRY_MAX_CHARS = sum(n for n in COLUMN_CHARS if n)
+# Audit details are written by this server, but may quote what an admin typed.
+AUDIT_DETAILS_CHARS = 4096
+
+
 #
 # The buffered writer
 #
@@ -219,6 +285,7 @@ class Writer:
         self.refusals = {}
         self.ignored = {}
         self._last_prune = 0.0
+        self._since_prune = 0
 
     def start(self):
         with self.lock:
@@ -329,11 +396,19 @@ class Writer:
             for (model, shape), rows in groups.items():
                 if shape is None:
                     fields = [model._meta.fields[name] for name in ENTRY_COLUMNS]
-                    rows = [tuple(_without_nul(v) for v in row) for row in rows]
+                    rows = [
+                        tuple(
+                            _stored(v, n)
+                            for v, n in zip(row, COLUMN_CHARS, strict=True)
+                        )
+                        for row in rows
+                    ]
+                    self._since_prune += len(rows)
                 else:
                     fields = None
                     rows = [
-                        {k: _without_nul(v) for k, v in row.items()} for row in rows
+                        {k: _stored(v, AUDIT_DETAILS_CHARS) for k, v in row.items()}
+                        for row in rows
                     ]
                 for start in range(0, len(rows), ROWS_PER_INSERT):
                     chunk = rows[start : start + ROWS_PER_INSERT]
@@ -341,10 +416,15 @@ class Writer:
                         model.insert_many(chunk, fields=fields).execute()
                     else:
                         _insert_entries(model, fields, chunk)
-            if time.monotonic() - self._last_prune > 300:
+            # Every five minutes, and sooner under a flood: after a tenth of
+            # the row cap, so the table never holds much more than the cap.
+            if time.monotonic() - self._last_prune > 300 or self._since_prune >= max(
+                1, self.max_rows // 10
+            ):
                 self._last_prune = time.monotonic()
                 # Each process prunes on its own clock; one at a time is enough.
                 if try_lock_for_pruning(activity_db):
+                    self._since_prune = 0
                     prune(self.retention_days, self.max_rows)
 
     def flush(self, timeout=10):
@@ -507,6 +587,14 @@ def _has_row(key):
     )
 
 
+def _stored(value, limit):
+    """Return a column value as stored: NUL escaped, text cut to ``limit`` characters."""
+    value = _without_nul(value)
+    if type(value) is str and limit and len(value) > limit:
+        return value[:limit]
+    return value
+
+
 def _without_nul(value):
     if type(value) is str and "\x00" in value:
         # PostgreSQL refuses NUL in text; one such row must not sink its batch.
@@ -566,6 +654,8 @@ def bind(target):
         schema_version(activity_db, "activity")
         activity_db.create_tables(ACTIVITY_MODELS, safe=True)
         _add_missing_columns()
+        for name in REPLACED_INDEXES:
+            activity_db.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
         set_schema_version(activity_db, "activity", SCHEMA_VERSION)
 
 
