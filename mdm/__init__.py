@@ -121,6 +121,9 @@ def create_app(test_config=None):
         ACTIVITY_LOG=True,
         ACTIVITY_RETENTION_DAYS=30,
         ACTIVITY_MAX_ROWS=500000,
+        # Console listings and dashboard figures count rows up to this many and
+        # show "more than" beyond it, so a page view never counts a million rows.
+        COUNT_CAP=10000,
         # Bearer token a Prometheus scrape of /metrics must send; unset, there
         # is no /metrics. With several processes on one host, also set
         # PROMETHEUS_MULTIPROC_DIR (prometheus-client's multiprocess mode).

@@ -17,6 +17,7 @@ from ..activity import ActivityEntry
 from ..activity import AuditEvent
 from ..activity import Refusal
 from ..activity import activity_db
+from ..activity_store import FAILED
 from ..db import hour_label
 from ..models import IDPS
 from ..models import BearerToken
@@ -28,6 +29,7 @@ from ..models import utcnow
 from .base import SCIM_DISABLED
 from .base import bp
 from .base import expiry_warning
+from .paging import capped_counts
 from .webhooks import dashboard_banners as webhook_banners
 
 # Entra runs a cycle about every 40 minutes: two missed cycles make one overdue,
@@ -49,27 +51,23 @@ Bucket = namedtuple("Bucket", "start ok failed")
 
 
 def directory_counts():
-    """Count users by status, live groups and live memberships with aggregate queries only."""
+    """Count users by status, live groups and live memberships, each up to the count cap."""
+    # Each count stops at the cap (a Count that says "more than"): exact
+    # figures of a million rows would scan them on every view of the page.
     live = User.deprovisioned_at.is_null()
-    users = (
-        User.select(
-            fn.COUNT(Case(None, [(live & User.active, 1)])),
-            fn.COUNT(Case(None, [(live & ~User.active, 1)])),
-            fn.COUNT(Case(None, [(~live, 1)])),
-        )
-        .tuples()
-        .get()
+    active, disabled, deprovisioned, groups, memberships = capped_counts(
+        [
+            User.select().where(live & User.active),
+            User.select().where(live & ~User.active),
+            User.select().where(User.deprovisioned_at.is_null(False)),
+            Group.live(),
+            Membership.select()
+            .join(User)
+            .switch(Membership)
+            .join(Group)
+            .where(live & Group.deprovisioned_at.is_null()),
+        ]
     )
-    groups = Group.live().count()
-    memberships = (
-        Membership.select(fn.COUNT(Membership.id))
-        .join(User)
-        .switch(Membership)
-        .join(Group)
-        .where(User.deprovisioned_at.is_null() & Group.deprovisioned_at.is_null())
-        .scalar()
-    )
-    active, disabled, deprovisioned = users
     return {
         "active": active,
         "disabled": disabled,
@@ -248,8 +246,8 @@ Connection = namedtuple(
 
 def _latest(idp, condition):
     """Return the last recorded activity row for ``idp`` matching ``condition``, or None."""
-    # The writer appends rows in time order, so the highest id is the newest; ordering
-    # by id walks the idp index backwards, where ordering by time sorts every row.
+    # Newest first as the (idp, time, id) indexes hold the rows: the first match
+    # walking one backwards is the answer.
     return (
         ActivityEntry.select(
             ActivityEntry.id,
@@ -261,7 +259,7 @@ def _latest(idp, condition):
             ActivityEntry.detail,
         )
         .where((ActivityEntry.idp == idp) & condition)
-        .order_by(ActivityEntry.id.desc())
+        .order_by(ActivityEntry.time.desc(), ActivityEntry.id.desc())
         .first()
     )
 
@@ -339,7 +337,8 @@ def connections(now, counts):
             own_clients = clients.get(idp, [])
             active_clients = sum(1 for c in own_clients if c.status == "Active")
             success = _latest(idp, ActivityEntry.status < 400)
-            error = _latest(idp, ActivityEntry.status >= 400)
+            # The partial index of failures is chosen for its own condition only.
+            error = _latest(idp, FAILED)
             times = [e.time for e in (success, error) if e is not None]
             last = max(times) if times else None
             (

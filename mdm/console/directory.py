@@ -31,6 +31,7 @@ from .base import source_label
 from .directory_out import advanced_search
 from .paging import PAGE_SIZE
 from .paging import Pagination
+from .paging import capped_count
 from .paging import contains
 from .paging import page_arg
 
@@ -94,7 +95,9 @@ def users():
     query = query.order_by(ordering, User.id)
     pagination = Pagination(query, page_arg())
     groups = groups_of([u.id for u in pagination.items])
-    deprovisioned = User.select().where(User.deprovisioned_at.is_null(False)).count()
+    deprovisioned = capped_count(
+        User.select().where(User.deprovisioned_at.is_null(False))
+    )
     return render_template(
         "admin/users.html",
         pagination=pagination,

@@ -8,8 +8,12 @@ from datetime import time
 from datetime import timedelta
 from urllib.parse import urlencode
 
+from flask import current_app
 from flask import request
 from flask import url_for
+from peewee import SQL
+from peewee import Select
+from peewee import fn
 
 from ..db import like
 from ..models import utcnow
@@ -22,23 +26,103 @@ QUICK_RANGES = {
 }
 
 
+# Listings count their rows up to this many, then say "more than": an exact
+# count of a million rows costs a scan on every page view (MDM_COUNT_CAP).
+COUNT_CAP = 10000
+
+
+class Count:
+    """A row count: exact, or only known to be more than ``value``."""
+
+    def __init__(self, value, exact=True):
+        self.value = value
+        self.exact = exact
+
+    def __add__(self, other):
+        return Count(self.value + other.value, self.exact and other.exact)
+
+    def __bool__(self):
+        return bool(self.value)
+
+    def __eq__(self, other):
+        if isinstance(other, Count):
+            return (self.value, self.exact) == (other.value, other.exact)
+        return self.exact and self.value == other
+
+    def __hash__(self):
+        return hash((self.value, self.exact))
+
+    def __str__(self):
+        return str(self.value) if self.exact else f"more than {self.value:,}"
+
+    def __repr__(self):
+        return f"Count({self.value!r}, exact={self.exact!r})"
+
+
+def count_cap():
+    """Return the number of rows a listing counts before it says "more than"."""
+    try:
+        return max(1, int(current_app.config.get("COUNT_CAP", COUNT_CAP)))
+    except (RuntimeError, TypeError, ValueError):
+        return COUNT_CAP
+
+
+def capped_count(query, cap=None):
+    """Count the rows of ``query`` up to ``cap``; beyond it, a Count "more than cap"."""
+    return capped_counts([query], cap)[0]
+
+
+def capped_counts(queries, cap=None):
+    """Count the rows of each query up to ``cap``, all in one statement."""
+    cap = count_cap() if cap is None else cap
+    # LIMIT in a subquery: the database stops after cap + 1 rows, in whatever
+    # order is cheapest.
+    columns = [
+        Select(
+            [query.select(SQL("1")).order_by().limit(cap + 1).alias(f"_capped{i}")],
+            [fn.COUNT(SQL("1"))],
+        )
+        for i, query in enumerate(queries)
+    ]
+    found = Select(columns=columns).tuples().execute(queries[0]._database)
+    return [Count(cap, exact=False) if n > cap else Count(n) for n in next(iter(found))]
+
+
 class Pagination:
     """One page of a query, with links that keep the rest of the query string."""
 
+    # The total is counted up to the cap; above it there is no last page to
+    # link to, and "Next" is shown when the page read one row beyond itself.
+
     def __init__(self, query, page, per_page=PAGE_SIZE, total=None):
-        self.total = query.count() if total is None else total
+        if total is None:
+            total = capped_count(query)
+        elif not isinstance(total, Count):
+            total = Count(total)
+        self.total = total
+        self.exact = total.exact
         self.per_page = per_page
-        self.pages = max(1, math.ceil(self.total / per_page))
-        self.page = min(max(1, page), self.pages)
-        self.items = list(query.paginate(self.page, per_page))
+        self.pages = max(1, math.ceil(total.value / per_page))
+        if self.exact:
+            self.page = min(max(1, page), self.pages)
+        else:
+            self.page = max(1, page)
+        offset = (self.page - 1) * per_page
+        rows = list(query.limit(per_page + 1).offset(offset))
+        self.items = rows[:per_page]
+        self.has_next = len(rows) > per_page
 
     @property
     def first_item(self):
-        return 0 if not self.total else (self.page - 1) * self.per_page + 1
+        if not self.items:
+            return 0
+        return (self.page - 1) * self.per_page + 1
 
     @property
     def last_item(self):
-        return min(self.total, self.page * self.per_page)
+        if not self.items:
+            return 0
+        return (self.page - 1) * self.per_page + len(self.items)
 
     def url(self, page):
         args = request.args.to_dict()
