@@ -95,6 +95,13 @@ def window_start(now, hours):
 
 def hourly_rows(since):
     """Return (hour "YYYY-MM-DD HH", succeeded, failed) per hour since ``since``, grouped in SQL."""
+    query, refused = hourly_queries(since)
+    with activity_db.connection_context():
+        return list(query) + list(refused)
+
+
+def hourly_queries(since):
+    """The queries of hourly_rows: logged requests, and refused ones counted apart."""
     hour = hour_label(ActivityEntry.time)
     failed = ActivityEntry.status >= 400
     query = (
@@ -121,8 +128,7 @@ def hourly_rows(since):
         .group_by(refused_hour)
         .tuples()
     )
-    with activity_db.connection_context():
-        return list(query) + list(refused)
+    return query, refused
 
 
 def hourly_series(rows, now, hours):
@@ -266,6 +272,11 @@ def _latest(idp, condition):
 
 def window_counts(now):
     """Return {idp: (24 h requests, failed, Bulk operations, failed, cycle total, failed)}."""
+    return {row[0]: row[1:] for row in window_query(now)}
+
+
+def window_query(now):
+    """The query of window_counts: one row of counts per connection."""
     failed = ActivityEntry.status >= 400
     recent = ActivityEntry.time >= now - CYCLE
     # A /Bulk request is one HTTP request; its operations are counted apart.
@@ -274,7 +285,7 @@ def window_counts(now):
     # Grouping on an expression, not the bare column, keeps SQLite on the time
     # index (a range of one day) instead of walking the idp index over every row.
     idp = ActivityEntry.idp.concat("")
-    query = (
+    return (
         ActivityEntry.select(
             idp,
             fn.COUNT(Case(None, [(request, 1)])),
@@ -288,7 +299,6 @@ def window_counts(now):
         .group_by(idp)
         .tuples()
     )
-    return {row[0]: row[1:] for row in query}
 
 
 def connection_state(idp, tokens, active_tokens, last_request, now):
