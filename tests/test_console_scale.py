@@ -13,6 +13,7 @@ from mdm.activity import writer
 from mdm.activity_store import COLUMN_CHARS
 from mdm.activity_store import ENTRY_COLUMNS
 from mdm.activity_store import ENTRY_MAX_CHARS
+from mdm.activity_store import bind
 from mdm.console import dashboard
 from mdm.console.activity import activity_query
 from mdm.console.paging import newest_first
@@ -337,6 +338,19 @@ def test_old_single_column_activity_indexes_are_replaced(app):
         "activity_status_time_id",
     } <= names
     assert not names & {"activity_idp", "activity_time", "activity_status"}
+
+
+def test_an_existing_activity_table_trades_its_old_indexes(app):
+    """Opening a schema-4 activity table drops its single-column indexes, adds the new."""
+    writer.flush()
+    with activity_db.connection_context():
+        activity_db.execute_sql('DROP INDEX "activity_idp_time_id"')
+        activity_db.execute_sql('CREATE INDEX "activity_idp" ON "activity" ("idp")')
+    bind(app.config["ACTIVITY_DATABASE"])
+    with activity_db.connection_context():
+        names = {i.name for i in activity_db.get_indexes("activity")}
+    assert "activity_idp_time_id" in names
+    assert "activity_idp" not in names
 
 
 #
