@@ -239,26 +239,31 @@ def served_form(port, path, form, headers):
 #
 
 
-def plan(db, query):
+def plan(db, query, ordered=True):
     """Return the query plan of a peewee query as one string."""
     sql, params = query.sql()
     if postgres(db):
         with db.atomic():
-            # The test tables are tiny; on them a sequential scan is always cheapest.
+            # The test tables are tiny; on them a sequential scan and a sort are
+            # always cheapest. Off, a plan still scanning or sorting has no index
+            # that serves the query.
             db.execute_sql("SET LOCAL enable_seqscan = off")
+            if ordered:
+                db.execute_sql("SET LOCAL enable_sort = off")
+            db.execute_sql("SET LOCAL enable_bitmapscan = off")
             rows = db.execute_sql("EXPLAIN " + sql, params).fetchall()
         return "\n".join(row[0] for row in rows)
     rows = db.execute_sql("EXPLAIN QUERY PLAN " + sql, params).fetchall()
     return "\n".join(row[-1] for row in rows)
 
 
-def uses_index(found, name):
-    return re.search(rf"\b{name}\b", found) is not None
+def uses_index(found, *names):
+    return any(re.search(rf"\b{name}\b", found) for name in names)
 
 
 ACTIVITY_FILTERS = [
     ({"idp": "entra"}, "activity_idp_time_id"),
-    ({"idp": "none"}, "activity_idp_time_id"),
+    ({"idp": "none"}, ("activity_no_idp_time_id", "activity_idp_time_id")),
     ({"type": "Group"}, "activity_resource_type_time_id"),
     ({"resource": "abc"}, "activity_resource_id_time_id"),
     ({"method": "DELETE"}, "activity_method_time_id"),
@@ -273,7 +278,7 @@ def test_activity_filters_read_their_index_in_page_order(app, args, index):
     query = query.order_by(*newest_first(ActivityEntry)).limit(51)
     with activity_db.connection_context():
         found = plan(activity_db, query)
-    assert uses_index(found, index), found
+    assert uses_index(found, *([index] if isinstance(index, str) else index)), found
     # Rows come off the index newest first: no sort of the matches.
     if postgres(activity_db):
         assert "Sort" not in found, found
@@ -285,7 +290,8 @@ def test_activity_outcome_filter_uses_the_status_index(app):
     query, _, _ = activity_query(MultiDict({"outcome": "5xx"}))
     query = query.order_by(*newest_first(ActivityEntry)).limit(51)
     with activity_db.connection_context():
-        found = plan(activity_db, query)
+        # A range of statuses is not in time order: its few rows are sorted.
+        found = plan(activity_db, query, ordered=False)
     assert uses_index(found, "activity_status_time_id"), found
 
 
