@@ -104,6 +104,31 @@ def test_filtered_users_and_groups_pages_cap_their_counts(app, console, scim):
     assert pager(console.get("/admin/groups?q=Team+1")) == "1–1 of 1 groups Page 1 of 1"
 
 
+def members_column(console):
+    soup = page(console.get("/admin/groups"))
+    return {
+        text(row.find("td", attrs={"data-label": "Name"})): text(
+            row.find("td", attrs={"data-label": "Members"})
+        )
+        for row in soup.main.find("tbody").find_all("tr")
+    }
+
+
+def test_group_member_counts_cap_and_follow_deletes(app, console, scim):
+    app.config["COUNT_CAP"] = 2
+    users = [scim.create_user(f"m{i}@example.com") for i in range(3)]
+    scim.create_group("Staff", members=[u["id"] for u in users])
+    scim.create_group("Pair", members=[u["id"] for u in users[:2]])
+    scim.create_group("Empty")
+    assert members_column(console) == {
+        "Empty": "0",
+        "Pair": "2",
+        "Staff": "more than 2",
+    }
+    assert scim.delete(f"/Users/{users[0]['id']}").status_code == 204
+    assert members_column(console) == {"Empty": "0", "Pair": "1", "Staff": "2"}
+
+
 def test_dashboard_counts_above_the_cap_say_more_than(app, console, scim):
     app.config["COUNT_CAP"] = 2
     users = [scim.create_user(f"u{i}@example.com") for i in range(3)]

@@ -32,6 +32,7 @@ from .directory_out import advanced_search
 from .paging import PAGE_SIZE
 from .paging import Pagination
 from .paging import capped_count
+from .paging import capped_counts
 from .paging import contains
 from .paging import page_arg
 
@@ -292,17 +293,16 @@ def groups():
 
 
 def _member_counts(groups):
-    pks = [g.id for g in groups]
-    if not pks:
+    """Return {group id: live members}, each counted up to the cap, in one statement."""
+    if not groups:
         return {}
-    rows = (
-        Membership.select(Membership.group, fn.COUNT(Membership.id))
+    queries = [
+        Membership.select()
         .join(User)
-        .where(Membership.group.in_(pks) & User.deprovisioned_at.is_null())
-        .group_by(Membership.group)
-        .tuples()
-    )
-    return dict(rows)
+        .where((Membership.group == g.id) & User.deprovisioned_at.is_null())
+        for g in groups
+    ]
+    return dict(zip([g.id for g in groups], capped_counts(queries), strict=True))
 
 
 # A group page counts members exactly up to this many; past it, it says
