@@ -669,8 +669,10 @@ def bind(target):
     with activity_db.connection_context(), activity_db.atomic():
         lock_for_migration(activity_db)
         schema_version(activity_db, "activity")
+        # Columns first: the new indexes name columns an old table lacks.
+        if activity_db.table_exists("activity"):
+            _add_missing_columns()
         activity_db.create_tables(ACTIVITY_MODELS, safe=True)
-        _add_missing_columns()
         for name in REPLACED_INDEXES:
             activity_db.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
         set_schema_version(activity_db, "activity", SCHEMA_VERSION)

@@ -312,6 +312,8 @@ def test_an_older_activity_database_is_upgraded_with_nothing_lost(app):
 def test_schema_2_activity_gains_the_operation_column_with_nothing_lost(app):
     activity.writer.flush()
     with activity_db.connection_context():
+        # A schema-2 table had no index naming the column.
+        activity_db.execute_sql('DROP INDEX "activity_time_id"')
         activity_db.execute_sql("ALTER TABLE activity DROP COLUMN operation")
         activity_db.execute_sql(
             "INSERT INTO activity (time, method, path, query, summary, status, "
