@@ -7,6 +7,7 @@ so the rest of the code builds one query for both.
 import functools
 import inspect
 import random
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -487,6 +488,24 @@ def json_get(document, keys, kind="string"):
         return fn.json_extract(document, _json_path(keys))
     value = fn.jsonb_extract_path(Cast(document, "jsonb"), *[str(k) for k in keys])
     return _typed(value, kind)
+
+
+# Characters a JSON key may have to be written into SQL as a literal.
+_LITERAL_KEY = re.compile(r"^[A-Za-z0-9:._$-]+$")
+
+
+def json_get_indexed(document, keys, kind="string"):
+    """Return ``json_get`` with the keys written into the SQL, so an index on it can match."""
+    # An expression index is used only when the query repeats its expression
+    # exactly, and an index cannot take parameters: the keys (schema names,
+    # never client text) are literals here and in the index alike. Keys with
+    # other characters stay parameters; no index can name them.
+    if not all(_LITERAL_KEY.match(str(key)) for key in keys):
+        return json_get(document, keys, kind)
+    if not postgres():
+        return fn.json_extract(document, SQL(f"'{_json_path(keys)}'"))
+    labels = [SQL(f"'{key}'") for key in keys]
+    return _typed(fn.jsonb_extract_path(Cast(document, "jsonb"), *labels), kind)
 
 
 def json_rows(*columns):

@@ -14,16 +14,19 @@ from peewee import BooleanField
 from peewee import DateTimeField
 from peewee import ForeignKeyField
 from peewee import IntegerField
+from peewee import ModelIndex
 from peewee import TextField
 
 from .db import NoCaseField
 from .db import Prepared
 from .db import database
 from .db import json_get
+from .db import json_get_indexed
 from .db import json_rows
 from .db import lock_for_migration
 from .db import lock_named
 from .db import locking
+from .db import nocase
 from .db import postgres
 from .db import retried
 from .db import schema_version
@@ -775,6 +778,17 @@ Group.add_index(
 # startIndex reaches its OFFSET through this small index instead of walking
 # the whole table.
 User.add_index(User.id, name="user_live_id", where=User.deprovisioned_at.is_null())
+# Filters on the enterprise department use the mirrored column; only users
+# with one are indexed.
+User.add_index(User.department, where=User.department.is_null(False))
+# Live users set Inactive, a few of every directory: "active eq false" and
+# the console's "disabled only" read them here, in id order, with the
+# condition written as both write it.
+User.add_index(
+    User.id,
+    name="user_disabled",
+    where=(~User.active) & User.deprovisioned_at.is_null(),
+)
 Group.add_index(Group.id, name="group_live_id", where=Group.deprovisioned_at.is_null())
 # The worker's queue: only pending deliveries, few however many were delivered.
 WebhookDelivery.add_index(
@@ -850,7 +864,37 @@ def migrate():
         database.create_tables(MODELS, safe=True)
         _add_missing_columns()
         trigram_index(User, user_search_fields(), SEARCHED_LISTS)
+        for index in _attribute_indexes():
+            database.execute(index)
         set_schema_version(database, "mdm", SCHEMA_VERSION)
+
+
+# Enterprise attributes directories look users up by (RFC 7643 §4.3); each
+# gets an expression index on the value the filter compiler reads from
+# ``data``. Their names below are the index names.
+INDEXED_ATTRIBUTES = {
+    "user_employee_number": (ENTERPRISE_USER, "employeeNumber"),
+    "user_cost_center": (ENTERPRISE_USER, "costCenter"),
+    "user_organization": (ENTERPRISE_USER, "organization"),
+    "user_division": (ENTERPRISE_USER, "division"),
+    "user_manager": (ENTERPRISE_USER, "manager", "value"),
+}
+
+
+def _attribute_indexes():
+    """Return the expression indexes of INDEXED_ATTRIBUTES, created if missing."""
+    # The attributes are caseExact false, so the filter compares the value
+    # case-insensitively and the index holds it so. Partial: users without
+    # the attribute, often most of them, cost nothing.
+    indexes = []
+    for name, keys in INDEXED_ATTRIBUTES.items():
+        value = json_get_indexed(User.data, keys)
+        indexes.append(
+            ModelIndex(User, (nocase(value),), name=name, safe=True).where(
+                value.is_null(False)
+            )
+        )
+    return indexes
 
 
 def init_app(app):

@@ -500,6 +500,8 @@ def make_user(user_name, created, data, **columns):
         display_name=data.get("displayName"),
         given_name=name.get("givenName"),
         family_name=name.get("familyName"),
+        # Mirrored as models.mirror_user does; filters read the column.
+        department=data.get(ENT, {}).get("department"),
         active=data.get("active", True),
         data=json.dumps({"userName": user_name, **data}),
         created=created,

@@ -16,11 +16,13 @@ from ...db import is_not_true
 from ...db import json_elements
 from ...db import json_flag
 from ...db import json_get
+from ...db import json_get_indexed
 from ...db import json_type
 from ...db import like
 from ...db import nocase
 from ...db import substring
 from ...db import true
+from ...models import ENTERPRISE_USER
 from ...models import Group
 from ...models import Membership
 from ...models import User
@@ -158,7 +160,9 @@ def _condition(operand, op, value):
         if operand.json:
             # JSON true reads back as 1; tolerate "true" text left by lax clients.
             return fn.lower(x).in_(["1", "true"] if wanted else ["0", "false"])
-        return x == wanted
+        # "NOT active" as the console writes it, matching the partial index
+        # of disabled users (models.py).
+        return x == wanted if wanted else ~x
     if operand.type in ("integer", "decimal"):
         wanted = as_number(value)
         if wanted is None:
@@ -311,7 +315,11 @@ class _ResourceScope:
                     column if isinstance(column, _Operand) else _column(column, target)
                 )
         keys = self.json_keys(schema, attribute) + ((sub.name,) if sub else ())
-        expr = json_get(self.model.data, _json_keys(*keys), target.type)
+        if self.has_data and keys == (ENTERPRISE_USER, "department"):
+            # Mirrored on the row (schema 8) and indexed there.
+            return _column(self.model.department, target)
+        # The same SQL as the expression indexes on the user's data (models.py).
+        expr = json_get_indexed(self.model.data, _json_keys(*keys), target.type)
         return _Operand(expr, target.type, target.case_exact, json=True)
 
     def column(self, name, sub):
