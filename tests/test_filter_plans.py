@@ -169,9 +169,33 @@ def test_filter_plan_uses_index(app, scim, directory, caplog, text, index):
             assert index in plan, f"{sql}\n{plan}"
 
 
+def test_console_disabled_users_uses_index(app, console, directory, caplog):
+    """The console's default order, by userName."""
+    queries = [
+        (sql, params)
+        for sql, params in _user_queries(
+            caplog, lambda: console.get("/admin/users?status=disabled")
+        )
+        if 'NOT "t1"."active"' in sql
+    ]
+    # The page and its count.
+    assert len(queries) == 2, queries
+    with app.app_context(), database.connection_context():
+        if TEST_DATABASE_URL:
+            database.execute_sql("SET enable_seqscan = off")
+        for sql, params in queries:
+            plan = _explain(sql, params)
+            assert "user_disabled" in plan, f"{sql}\n{plan}"
+
+
 def test_migrate_creates_missing_indexes(app):
     with app.app_context(), database.connection_context():
-        names = ["user_department", "user_disabled", *INDEXED_ATTRIBUTES]
+        names = [
+            "user_department",
+            "user_disabled",
+            "user_disabled_name",
+            *INDEXED_ATTRIBUTES,
+        ]
         for name in names:
             database.execute_sql(f'DROP INDEX "{name}"')
         # As a schema-9 database made before them: migrate adds them again.
