@@ -778,9 +778,15 @@ Group.add_index(
 # startIndex reaches its OFFSET through this small index instead of walking
 # the whole table.
 User.add_index(User.id, name="user_live_id", where=User.deprovisioned_at.is_null())
-# Filters on the enterprise department use the mirrored column; only users
-# with one are indexed.
-User.add_index(User.department, where=User.department.is_null(False))
+# Filters on the enterprise department use the mirrored column. Only live
+# users with one, and their active flag: "department eq x and active eq true"
+# and its totalResults count are read from the index alone.
+User.add_index(
+    User.department,
+    User.active,
+    name="user_department",
+    where=User.department.is_null(False) & User.deprovisioned_at.is_null(),
+)
 # Live users set Inactive, a few of every directory: "active eq false" and
 # the console's "disabled only" read them here, in id order, with the
 # condition written as both write it.
@@ -891,16 +897,15 @@ INDEXED_ATTRIBUTES = {
 def _attribute_indexes():
     """Return the expression indexes of INDEXED_ATTRIBUTES, created if missing."""
     # The attributes are caseExact false, so the filter compares the value
-    # case-insensitively and the index holds it so. Partial: users without
-    # the attribute, often most of them, cost nothing.
+    # case-insensitively and the index holds it so. Partial: only live users
+    # (every filter asks for them) with the attribute, often few. Like the
+    # department's, each carries the active flag.
     indexes = []
     for name, keys in INDEXED_ATTRIBUTES.items():
         value = json_get_indexed(User.data, keys)
-        indexes.append(
-            ModelIndex(User, (nocase(value),), name=name, safe=True).where(
-                value.is_null(False)
-            )
-        )
+        index = ModelIndex(User, (nocase(value), User.active), name=name, safe=True)
+        where = value.is_null(False) & User.deprovisioned_at.is_null()
+        indexes.append(index.where(where))
     return indexes
 
 
