@@ -1,6 +1,7 @@
 """Attribute filters read indexes (EXPLAIN shows each), and answer right as values change."""
 
 import functools
+import json
 import logging
 from urllib.parse import quote
 
@@ -13,7 +14,10 @@ from mdm.models import migrate
 from mdm.models import mirror_user
 from mdm.models import new_id
 
+from . import served
+from .conftest import SCIM
 from .conftest import TEST_DATABASE_URL
+from .conftest import issue_token
 
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 LIST = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
@@ -268,3 +272,46 @@ def test_filters_follow_updates(scim, directory):
         1,
         [ada],
     )
+
+
+def test_served_upgrade_adds_the_indexes_filters_use(app, tmp_path):
+    """``mdm serve`` on a schema-9 database without them creates them, then uses them."""
+    _, secret = issue_token(app)
+    names = ["user_department", "user_disabled", *INDEXED_ATTRIBUTES]
+    with app.app_context(), database.connection_context():
+        for name in names:
+            database.execute_sql(f'DROP INDEX "{name}"')
+    headers = {"Authorization": f"Bearer {secret}", "Content-Type": SCIM}
+    process, port = served.start(served.environment(tmp_path), tmp_path / "serve.log")
+    try:
+        created = []
+        for user_name, number in (
+            ("ada@example.com", "E-1"),
+            ("bob@example.com", None),
+        ):
+            body = {"schemas": [USER], "userName": user_name}
+            if number:
+                body[ENTERPRISE] = {"employeeNumber": number, "department": "Ops"}
+            response, raw = served.request(
+                port, "POST", "/scim/v2/Users", body, headers
+            )
+            assert response.status == 201, raw
+            created.append(json.loads(raw)["id"])
+        text = (
+            f'{ENTERPRISE}:employeeNumber eq "e-1" and {ENTERPRISE}:department eq "OPS"'
+        )
+        path = f"/scim/v2/Users?filter={quote(text)}&attributes=id"
+        response, raw = served.request(port, "GET", path, headers=headers)
+        assert response.status == 200, raw
+        assert json.loads(raw) == {
+            "schemas": [LIST],
+            "totalResults": 1,
+            "startIndex": 1,
+            "itemsPerPage": 1,
+            "Resources": [{"schemas": [USER], "id": created[0]}],
+        }
+    finally:
+        assert served.stop(process) == 0
+    with app.app_context(), database.connection_context():
+        present = {index.name for index in database.get_indexes("user")}
+    assert set(names) <= present
