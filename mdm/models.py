@@ -778,15 +778,6 @@ Group.add_index(
 # startIndex reaches its OFFSET through this small index instead of walking
 # the whole table.
 User.add_index(User.id, name="user_live_id", where=User.deprovisioned_at.is_null())
-# Filters on the enterprise department use the mirrored column. Only live
-# users with one, and their active flag: "department eq x and active eq true"
-# and its totalResults count are read from the index alone.
-User.add_index(
-    User.department,
-    User.active,
-    name="user_department",
-    where=User.department.is_null(False) & User.deprovisioned_at.is_null(),
-)
 # Live users set Inactive, a few of every directory: "active eq false" and
 # the console's "disabled only" read them here, in id order, with the
 # condition written as both write it.
@@ -895,16 +886,23 @@ INDEXED_ATTRIBUTES = {
 
 
 def _attribute_indexes():
-    """Return the expression indexes of INDEXED_ATTRIBUTES, created if missing."""
-    # The attributes are caseExact false, so the filter compares the value
-    # case-insensitively and the index holds it so. Partial: only live users
-    # (every filter asks for them) with the attribute, often few. Like the
-    # department's, each carries the active flag.
-    indexes = []
+    """Return the indexes attribute filters use, created if missing after the columns."""
+    # Filters on the enterprise department use the mirrored column (added
+    # by _add_missing_columns to older tables, hence not in create_tables).
+    # Only live users with one, and their active flag: "department eq x and
+    # active eq true" and its totalResults count read the index alone.
+    live = User.deprovisioned_at.is_null()
+    department = ModelIndex(
+        User, (User.department, User.active), name="user_department", safe=True
+    )
+    indexes = [department.where(User.department.is_null(False) & live)]
+    # The enterprise attributes are caseExact false, so the filter compares
+    # the value case-insensitively and the index holds it so. Partial in the
+    # same way: only live users with the attribute, often few.
     for name, keys in INDEXED_ATTRIBUTES.items():
         value = json_get_indexed(User.data, keys)
         index = ModelIndex(User, (nocase(value), User.active), name=name, safe=True)
-        where = value.is_null(False) & User.deprovisioned_at.is_null()
+        where = value.is_null(False) & live
         indexes.append(index.where(where))
     return indexes
 
