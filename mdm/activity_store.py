@@ -41,8 +41,9 @@ PRAGMAS = {"journal_mode": "wal", "busy_timeout": 15000, "synchronous": "normal"
 activity_db = DatabaseProxy()
 activity_db.initialize(PooledSqliteDatabase(None, pragmas=PRAGMAS))
 # 2: the refusal table (requests without a valid token, counted);
-# 3: Bulk operations as rows of their own; 4: each row's request id.
-SCHEMA_VERSION = 4
+# 3: Bulk operations as rows of their own; 4: each row's request id;
+# 5: an index per console filter in time order, and mapping issues.
+SCHEMA_VERSION = 5
 
 
 class ActivityEntry(activity_db.Model):

@@ -841,8 +841,11 @@ MODELS = [
 # 6: login failures and shared settings, so several processes can serve;
 # 7: partial indexes of live ids for deep list pages;
 # 8: department and title mirrored on users, for the console's search;
-# 9: OAuth clients and their access tokens.
-SCHEMA_VERSION = 9
+# 9: OAuth clients and their access tokens;
+# 10: the substring index (an FTS5 trigram table kept by triggers on SQLite,
+#     pg_trgm GIN on PostgreSQL), indexes for attribute filters and disabled
+#     users, webhook endpoints, events and deliveries, and saved searches.
+SCHEMA_VERSION = 10
 
 # The enterprise extension (RFC 7643 §4.3), whose department users mirror.
 ENTERPRISE_USER = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
