@@ -19,12 +19,15 @@ from flask import current_app
 from peewee import EXCLUDED
 from peewee import SQL
 from peewee import BooleanField
+from peewee import Case
 from peewee import DatabaseProxy
 from peewee import DateTimeField
 from peewee import FloatField
 from peewee import IntegerField
+from peewee import NodeList
 from peewee import TextField
 from peewee import Value
+from peewee import fn
 from playhouse.pool import PooledSqliteDatabase
 
 from .db import close_pool
@@ -178,6 +181,121 @@ ActivityEntry.add_index(
     name="activity_failed_idp_time_id",
     where=FAILED,
 )
+
+
+class ActivityCount(activity_db.Model):
+    """Activity rows counted per ten minutes, connection, kind and outcome: the dashboard's figures."""
+
+    # Kept by the writer in the transaction that inserts the rows, and
+    # lowered by prune as it deletes them, so it always counts the rows the
+    # log holds. Rows of no connection count under "": NULLs never conflict
+    # in a unique index, so an upsert could not find their row.
+
+    bucket = DateTimeField()
+    idp = TextField(default="")
+    operation = BooleanField()
+    failed = BooleanField()
+    requests = IntegerField(default=0)
+
+    class Meta:
+        table_name = "activity_count"
+        indexes = ((("bucket", "idp", "operation", "failed"), True),)
+
+
+COUNT_BUCKET_MINUTES = 10
+
+
+def count_bucket(when):
+    """Return the start of the ten-minute bucket ``when`` is counted in."""
+    return when.replace(
+        minute=when.minute - when.minute % COUNT_BUCKET_MINUTES,
+        second=0,
+        microsecond=0,
+    )
+
+
+def bucket_ceiling(when):
+    """Return the first bucket start at or after ``when``."""
+    start = count_bucket(when)
+    return start if start == when else start + timedelta(minutes=COUNT_BUCKET_MINUTES)
+
+
+def _bucket_sql(column):
+    """Return SQL for the start of the ten-minute bucket of a time column."""
+    if postgres(activity_db):
+        return NodeList(
+            (
+                SQL("date_trunc('hour',"),
+                column,
+                SQL(") + floor(date_part('minute',"),
+                column,
+                SQL(
+                    f") / {COUNT_BUCKET_MINUTES}) * interval '{COUNT_BUCKET_MINUTES} minutes'"
+                ),
+            )
+        )
+    # SQLite stores times as text, "YYYY-MM-DD HH:MM:SS.ffffff".
+    return fn.substr(column, 1, 15).concat("0:00")
+
+
+COUNT_KEY = [
+    ActivityCount.bucket,
+    ActivityCount.idp,
+    ActivityCount.operation,
+    ActivityCount.failed,
+]
+
+
+def _add_counts(counts):
+    """Add {(bucket, idp, operation, failed): n} to the rollup, in key order."""
+    # Key order: two processes adding to the same rows on PostgreSQL lock
+    # them in the same order and never deadlock.
+    rows = [
+        {"bucket": b, "idp": i, "operation": o, "failed": f, "requests": n}
+        for (b, i, o, f), n in sorted(counts.items())
+    ]
+    for start in range(0, len(rows), ROWS_PER_INSERT):
+        (
+            ActivityCount.insert_many(rows[start : start + ROWS_PER_INSERT])
+            .on_conflict(
+                conflict_target=COUNT_KEY,
+                update={
+                    ActivityCount.requests: ActivityCount.requests + EXCLUDED.requests
+                },
+            )
+            .execute()
+        )
+
+
+def _count_entries(condition, sign=1):
+    """Add (or with sign -1, take away) the counts of the entries matching ``condition``, in one statement."""
+    bucket = _bucket_sql(ActivityEntry.time)
+    idp = fn.COALESCE(ActivityEntry.idp, "")
+    failed = Case(None, [(ActivityEntry.status >= 400, True)], False)
+    query = (
+        ActivityEntry.select(
+            bucket, idp, ActivityEntry.operation, failed, fn.COUNT(1) * sign
+        )
+        .where(condition)
+        .group_by(bucket, idp, ActivityEntry.operation, failed)
+    )
+    (
+        ActivityCount.insert_from(query, COUNT_KEY + [ActivityCount.requests])
+        .on_conflict(
+            conflict_target=COUNT_KEY,
+            update={ActivityCount.requests: ActivityCount.requests + EXCLUDED.requests},
+        )
+        .execute()
+    )
+
+
+def recount():
+    """Count every activity row into the rollup afresh (upgrade, rows inserted by hand)."""
+    with activity_db.connection_context(), activity_db.atomic():
+        ActivityCount.delete().execute()
+        _count_entries(SQL("1 = 1"))
+
+
 # The single-column indexes of schema 4, which the ones above replace.
 REPLACED_INDEXES = (
     "activity_time",
@@ -187,7 +305,7 @@ REPLACED_INDEXES = (
     "activity_status",
 )
 
-ACTIVITY_MODELS = [ActivityEntry, AuditEvent, Refusal, MappingIssue]
+ACTIVITY_MODELS = [ActivityEntry, AuditEvent, Refusal, MappingIssue, ActivityCount]
 # Distinct ignored attributes kept at most: an IdP inventing names cannot
 # grow the table, or the writer's memory, without bound.
 MAPPING_ISSUES_MAX = 500
@@ -240,6 +358,10 @@ ENTRY_COLUMNS = (
     "response_body",
     "operation",
     "request_id",
+)
+
+TIME, IDP, STATUS, OPERATION = (
+    ENTRY_COLUMNS.index(name) for name in ("time", "idp", "status", "operation")
 )
 
 
@@ -422,6 +544,15 @@ class Writer:
                         for row in rows
                     ]
                     self._since_prune += len(rows)
+                    counts = collections.Counter(
+                        (
+                            count_bucket(row[TIME]),
+                            row[IDP] or "",
+                            bool(row[OPERATION]),
+                            row[STATUS] >= 400,
+                        )
+                        for row in rows
+                    )
                 else:
                     fields = None
                     rows = [
@@ -434,6 +565,8 @@ class Writer:
                         model.insert_many(chunk, fields=fields).execute()
                     else:
                         _insert_entries(model, fields, chunk)
+                if shape is None:
+                    _add_counts(counts)
             # Every five minutes, and sooner under a flood: after a tenth of
             # the row cap, so the table never holds much more than the cap.
             if time.monotonic() - self._last_prune > 300 or self._since_prune >= max(
@@ -638,6 +771,8 @@ def current_logger():
 def prune(retention_days, max_rows):
     """Delete activity older than the retention period, then the oldest beyond max_rows."""
     cutoff = utcnow() - timedelta(days=retention_days)
+    # The rollup counts what the log holds: the deleted rows leave it too.
+    _count_entries(ActivityEntry.time < cutoff, -1)
     ActivityEntry.delete().where(ActivityEntry.time < cutoff).execute()
     AuditEvent.delete().where(AuditEvent.time < cutoff - timedelta(days=335)).execute()
     newest_kept = (
@@ -648,7 +783,9 @@ def prune(retention_days, max_rows):
         .scalar()
     )
     if newest_kept is not None:
+        _count_entries(ActivityEntry.id <= newest_kept, -1)
         ActivityEntry.delete().where(ActivityEntry.id <= newest_kept).execute()
+    ActivityCount.delete().where(ActivityCount.requests <= 0).execute()
     Refusal.delete().where(Refusal.last_time < cutoff).execute()
     newest_kept = (
         Refusal.select(Refusal.id)
@@ -673,7 +810,10 @@ def bind(target):
         # Columns first: the new indexes name columns an old table lacks.
         if activity_db.table_exists("activity"):
             _add_missing_columns()
+        backfill = not activity_db.table_exists("activity_count")
         activity_db.create_tables(ACTIVITY_MODELS, safe=True)
+        if backfill:
+            _count_entries(SQL("1 = 1"))
         for name in REPLACED_INDEXES:
             activity_db.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
         set_schema_version(activity_db, "activity", SCHEMA_VERSION)

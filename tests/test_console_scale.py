@@ -325,14 +325,25 @@ def test_dashboard_activity_queries_use_indexes(app):
     with activity_db.connection_context():
         success = plan(activity_db, _latest_query("entra", ActivityEntry.status < 400))
         failure = plan(activity_db, _latest_query("entra", dashboard.FAILED))
-        window = plan(activity_db, dashboard.window_query(now))
-        hourly = plan(
-            activity_db, dashboard.hourly_queries(dashboard.window_start(now, 168))[0]
+        counted, day_edge, cycle_edge = (
+            plan(activity_db, q, ordered=False) for q in dashboard.window_queries(now)
+        )
+        hourly, before, _ = (
+            plan(activity_db, q, ordered=False)
+            for q in dashboard.hourly_queries(dashboard.window_start(now, 168))
         )
     assert uses_index(success, "activity_idp_time_id"), success
     assert uses_index(failure, "activity_failed_idp_time_id"), failure
-    # The day's counts read a range of the time index and nothing else.
-    for found in (window, hourly):
+    # The windows' whole buckets and the charts read the rollup, through its
+    # index, never the log's rows.
+    for found in (counted, hourly):
+        assert uses_index(found, "activitycount_bucket_idp_operation_failed"), found
+        assert "activity_time_id" not in found, found
+        assert not re.search(r"\bactivity\b", found.replace("activity_count", "")), (
+            found
+        )
+    # The partial buckets at the windows' starts read a range of the time index.
+    for found in (day_edge, cycle_edge, before):
         assert uses_index(found, "activity_time_id"), found
         if not postgres(activity_db):
             assert "COVERING INDEX activity_time_id" in found, found

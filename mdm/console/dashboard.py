@@ -10,6 +10,7 @@ from flask import current_app
 from flask import render_template
 from flask import url_for
 from peewee import Case
+from peewee import Value
 from peewee import fn
 from werkzeug.routing import BuildError
 
@@ -18,6 +19,8 @@ from ..activity import AuditEvent
 from ..activity import Refusal
 from ..activity import activity_db
 from ..activity_store import FAILED
+from ..activity_store import ActivityCount
+from ..activity_store import bucket_ceiling
 from ..db import hour_label
 from ..models import IDPS
 from ..models import BearerToken
@@ -95,24 +98,42 @@ def window_start(now, hours):
 
 def hourly_rows(since):
     """Return (hour "YYYY-MM-DD HH", succeeded, failed) per hour since ``since``, grouped in SQL."""
-    query, refused = hourly_queries(since)
     with activity_db.connection_context():
-        return list(query) + list(refused)
+        return [row for query in hourly_queries(since) for row in query]
 
 
 def hourly_queries(since):
-    """The queries of hourly_rows: logged requests, and refused ones counted apart."""
-    hour = hour_label(ActivityEntry.time)
-    failed = ActivityEntry.status >= 400
-    query = (
-        ActivityEntry.select(
+    """The queries of hourly_rows: the rollup, rows before its first bucket, refused requests."""
+    # The rollup's ten-minute buckets divide hours, so an hour-aligned
+    # ``since`` (the charts') reads the rollup alone; otherwise the rows
+    # before its first bucket are counted from the log.
+    edge = bucket_ceiling(since)
+    hour = hour_label(ActivityCount.bucket)
+    counted = (
+        ActivityCount.select(
             hour,
+            fn.SUM(Case(None, [(ActivityCount.failed, 0)], ActivityCount.requests)),
+            fn.SUM(Case(None, [(ActivityCount.failed, ActivityCount.requests)], 0)),
+        )
+        # HTTP requests: a /Bulk request's operations are rows of their own.
+        .where((ActivityCount.bucket >= edge) & (ActivityCount.operation == False))  # noqa: E712
+        .group_by(hour)
+        .tuples()
+    )
+    entry_hour = hour_label(ActivityEntry.time)
+    failed = ActivityEntry.status >= 400
+    before = (
+        ActivityEntry.select(
+            entry_hour,
             fn.COUNT(Case(None, [(~failed, 1)])),
             fn.COUNT(Case(None, [(failed, 1)])),
         )
-        # HTTP requests: a /Bulk request's operations are rows of their own.
-        .where((ActivityEntry.time >= since) & (ActivityEntry.operation == False))  # noqa: E712
-        .group_by(hour)
+        .where(
+            (ActivityEntry.time >= since)
+            & (ActivityEntry.time < edge)
+            & (ActivityEntry.operation == False)  # noqa: E712
+        )
+        .group_by(entry_hour)
         .tuples()
     )
     # Requests without a valid token are counted apart.
@@ -128,7 +149,7 @@ def hourly_queries(since):
         .group_by(refused_hour)
         .tuples()
     )
-    return query, refused
+    return counted, before, refused
 
 
 def hourly_series(rows, now, hours):
@@ -272,30 +293,74 @@ def _latest(idp, condition):
 
 def window_counts(now):
     """Return {idp: (24 h requests, failed, Bulk operations, failed, cycle total, failed)}."""
-    return {row[0]: row[1:] for row in window_query(now)}
+    # Keyed None for rows of no connection, which the rollup keeps under "".
+    found = {}
+    for query in window_queries(now):
+        for idp, *figures in query:
+            known = found.get(idp or None, (0,) * 6)
+            found[idp or None] = tuple(
+                a + (b or 0) for a, b in zip(known, figures, strict=True)
+            )
+    return found
 
 
-def window_query(now):
-    """The query of window_counts: one row of counts per connection."""
+def window_queries(now):
+    """The queries of window_counts: the rollup, then the rows before its first buckets."""
+    # The windows end now and start mid-bucket: whole buckets come from the
+    # rollup, the part before the first whole bucket (under ten minutes)
+    # from the log, so the figures are exact.
+    day, cycle = now - timedelta(hours=24), now - CYCLE
+    day_edge, cycle_edge = bucket_ceiling(day), bucket_ceiling(cycle)
+    count = ActivityCount.requests
+    operation = ActivityCount.operation
+    failed = ActivityCount.failed
+    recent = ActivityCount.bucket >= cycle_edge
+    counted = (
+        ActivityCount.select(
+            ActivityCount.idp,
+            fn.SUM(Case(None, [(operation, 0)], count)),
+            fn.SUM(Case(None, [(~operation & failed, count)], 0)),
+            fn.SUM(Case(None, [(operation, count)], 0)),
+            fn.SUM(Case(None, [(operation & failed, count)], 0)),
+            fn.SUM(Case(None, [(recent, count)], 0)),
+            fn.SUM(Case(None, [(recent & failed, count)], 0)),
+        )
+        .where(ActivityCount.bucket >= day_edge)
+        .group_by(ActivityCount.idp)
+        .tuples()
+    )
+    return (
+        counted,
+        _entry_counts(day, day_edge, day=True),
+        _entry_counts(cycle, cycle_edge, day=False),
+    )
+
+
+def _entry_counts(since, until, day):
+    """Count the log's rows from ``since`` to ``until`` per connection, in window_counts' columns."""
     failed = ActivityEntry.status >= 400
-    recent = ActivityEntry.time >= now - CYCLE
     # A /Bulk request is one HTTP request; its operations are counted apart.
     operation = ActivityEntry.operation == True  # noqa: E712 (SQL, not Python)
     request = ActivityEntry.operation == False  # noqa: E712
     # Grouping on an expression, not the bare column, keeps SQLite on the time
-    # index (a range of one day) instead of walking the idp index over every row.
-    idp = ActivityEntry.idp.concat("")
-    return (
-        ActivityEntry.select(
-            idp,
+    # index (a range of minutes) instead of walking the idp index over every row.
+    idp = fn.COALESCE(ActivityEntry.idp, "")
+    if day:
+        figures = [
             fn.COUNT(Case(None, [(request, 1)])),
             fn.COUNT(Case(None, [(request & failed, 1)])),
             fn.COUNT(Case(None, [(operation, 1)])),
             fn.COUNT(Case(None, [(operation & failed, 1)])),
-            fn.COUNT(Case(None, [(recent, 1)])),
-            fn.COUNT(Case(None, [(recent & failed, 1)])),
-        )
-        .where(ActivityEntry.time >= now - timedelta(hours=24))
+            Value(0),
+            Value(0),
+        ]
+    else:
+        # These rows are in the rollup's first day bucket already; only the
+        # cycle's figures lack them.
+        figures = [Value(0)] * 4 + [fn.COUNT(1), fn.COUNT(Case(None, [(failed, 1)]))]
+    return (
+        ActivityEntry.select(idp, *figures)
+        .where((ActivityEntry.time >= since) & (ActivityEntry.time < until))
         .group_by(idp)
         .tuples()
     )
