@@ -524,6 +524,9 @@ class Writer:
         for model, row in batch:
             if model is None:
                 continue  # a flush marker
+            if model is ActivityEntry and type(row) is not tuple:
+                # Every entry goes the tuple way, so that it is counted.
+                row = _entry_tuple(row)
             shape = None if type(row) is tuple else frozenset(row)
             groups.setdefault((model, shape), []).append(row)
         if not groups and not refusals and not ignored:
@@ -587,6 +590,18 @@ class Writer:
         self.hurry.set()
         self.wake.set()
         done.wait(timeout)
+
+
+def _entry_tuple(row):
+    """Return an ActivityEntry dict as a tuple in ENTRY_COLUMNS order, defaults filled."""
+    values = []
+    for name in ENTRY_COLUMNS:
+        if name in row:
+            values.append(row[name])
+            continue
+        default = ActivityEntry._meta.fields[name].default
+        values.append(default() if callable(default) else default)
+    return tuple(values)
 
 
 def _insert_entries(model, fields, rows):
