@@ -4,9 +4,11 @@ import collections
 from datetime import timedelta
 
 import pytest
+from bs4 import BeautifulSoup
 from peewee import Case
 from peewee import fn
 
+from mdm import create_app
 from mdm.activity import ActivityEntry
 from mdm.activity import activity_db
 from mdm.activity import writer
@@ -18,6 +20,12 @@ from mdm.activity_store import prune
 from mdm.console import dashboard
 from mdm.db import hour_label
 from mdm.models import utcnow
+
+from . import served
+from .conftest import database_config
+from .test_console_scale import BULK
+from .test_console_scale import CORE
+from .test_console_scale import served_form
 
 # Mid-bucket and in the past, so both windows (24 h and the 80-minute cycle)
 # start and end inside a ten-minute bucket: a now of 13:27:41 starts them at
@@ -258,3 +266,100 @@ def test_an_upgraded_log_is_counted_in_one_backfill(app):
     # Opening it again counts nothing twice.
     bind(app.config["ACTIVITY_DATABASE"])
     assert_figures_match_the_rows()
+
+
+def test_served_dashboard_counts_what_the_server_logged(tmp_path):
+    """``mdm serve`` counts its own requests into the rollup, and its dashboard shows them."""
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    env = served.environment(instance)
+    secret = served.mdm(env, "token", "create", "--idp", "entra").stdout.strip()
+    password = "correct horse battery staple 9"
+    served.mdm(env, "admin", "create", "alice", "--password-stdin", input=password)
+    process, port = served.start(env, tmp_path / "serve.log")
+    try:
+        auth = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+        sent = [
+            (
+                "POST",
+                "/scim/v2/Users",
+                {"schemas": [CORE], "userName": "a@example.com"},
+            ),
+            (
+                "POST",
+                "/scim/v2/Users",
+                {"schemas": [CORE], "userName": "b@example.com"},
+            ),
+            (
+                "POST",
+                "/scim/v2/Users",
+                {"schemas": [CORE], "userName": "a@example.com"},
+            ),
+            ("GET", "/scim/v2/Users/missing", None),
+            (
+                "POST",
+                "/scim/v2/Bulk",
+                {
+                    "schemas": [BULK],
+                    "Operations": [
+                        {
+                            "method": "POST",
+                            "path": "/Users",
+                            "bulkId": "c",
+                            "data": {"schemas": [CORE], "userName": "c@example.com"},
+                        },
+                        {"method": "DELETE", "path": "/Users/missing"},
+                    ],
+                },
+            ),
+        ]
+        statuses = [
+            served.request(port, method, path, body, auth)[0].status
+            for method, path, body in sent
+        ]
+        assert statuses == [201, 201, 409, 404, 200]
+    finally:
+        # Stopping flushes the server's activity writer.
+        assert served.stop(process) == 0
+    process, port = served.start(env, tmp_path / "serve2.log")
+    try:
+        soup = dashboard_page(port, sign_in(port, password))
+        assert (
+            text(soup.select_one("#connection-entra .dash-day")),
+            text(soup.select_one(".dash-summary")),
+        ) == (
+            "5 requests, 2 failed; 2 Bulk operations, 1 failed",
+            "5 requests, 2 failed (40.0%).",
+        )
+    finally:
+        assert served.stop(process) == 0
+    # What the server counted is what it logged.
+    create_app({"SECRET_KEY": "x", **database_config(instance / "mdm.sqlite")})
+    assert rollup_rows() == rollup_from_rows()
+    assert sum(rollup_rows().values()) == 7
+
+
+def sign_in(port, password):
+    """Sign in to the served console as alice; return the session cookie."""
+    response, body = served.request(port, "GET", "/login")
+    cookie = response.getheader("Set-Cookie").split(";")[0]
+    token = BeautifulSoup(body, "html.parser").find(
+        "input", attrs={"name": "csrf_token"}
+    )
+    form = {"username": "alice", "password": password}
+    if token is not None:
+        form["csrf_token"] = token["value"]
+    headers = {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"}
+    response, _ = served_form(port, "/login", form, headers)
+    assert response.status == 302
+    return response.getheader("Set-Cookie").split(";")[0]
+
+
+def dashboard_page(port, cookie):
+    response, body = served.request(port, "GET", "/admin/", headers={"Cookie": cookie})
+    assert response.status == 200
+    return BeautifulSoup(body, "html.parser")
+
+
+def text(node):
+    return " ".join(node.get_text().split())
