@@ -268,7 +268,7 @@ def _add_counts(counts):
 
 
 def _count_entries(condition, sign=1):
-    """Add (or with sign -1, take away) the counts of the entries matching ``condition``, in one statement."""
+    """Add (sign -1: take away) the counts of the entries matching ``condition``, in one statement."""
     bucket = _bucket_sql(ActivityEntry.time)
     idp = fn.COALESCE(ActivityEntry.idp, "")
     failed = Case(None, [(ActivityEntry.status >= 400, True)], False)
@@ -279,6 +279,16 @@ def _count_entries(condition, sign=1):
         .where(condition)
         .group_by(bucket, idp, ActivityEntry.operation, failed)
     )
+    if postgres(activity_db):
+        # Rows locked in the writer's key order (_add_counts sorts in Python,
+        # by code point: collation "C"), so a prune under a flood and another
+        # process's batch never deadlock on the newest buckets.
+        query = query.order_by(
+            bucket,
+            NodeList((idp, SQL('COLLATE "C"'))),
+            ActivityEntry.operation,
+            failed,
+        )
     (
         ActivityCount.insert_from(query, COUNT_KEY + [ActivityCount.requests])
         .on_conflict(
