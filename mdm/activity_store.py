@@ -45,7 +45,8 @@ activity_db = DatabaseProxy()
 activity_db.initialize(PooledSqliteDatabase(None, pragmas=PRAGMAS))
 # 2: the refusal table (requests without a valid token, counted);
 # 3: Bulk operations as rows of their own; 4: each row's request id;
-# 5: an index per console filter in time order, and mapping issues.
+# 5: an index per console filter in time order, mapping issues, and counts
+#    per ten minutes for the dashboard.
 SCHEMA_VERSION = 5
 
 
