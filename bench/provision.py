@@ -197,6 +197,7 @@ def start_server(
     token=None,
     threads=None,
     oauth=False,
+    start_timeout=30,
 ):
     """Start mdm on a scratch instance and return (process, url, token)."""
     env = dict(os.environ, MDM_INSTANCE_PATH=instance)
@@ -234,7 +235,7 @@ def start_server(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_for(port)
+    wait_for(port, start_timeout)
     url = f"http://127.0.0.1:{port}/scim/v2"
     Client(url, token).send("GET", "/ServiceProviderConfig")
     print(f"first request answered {time.monotonic() - started:.2f} s after start")

@@ -746,8 +746,13 @@ def measure(instance, meta, args):
     os.environ["MDM_ACTIVITY_MAX_ROWS"] = str(
         max(500000, 2 * meta["activity_rows"] + 1000000)
     )
+    # An upgrade builds indexes and fills the dashboard's rollup over the
+    # whole activity log before the server listens.
     server, url, token = start_server(
-        instance, database_url=meta["database_url"], token=meta["token"]
+        instance,
+        database_url=meta["database_url"],
+        token=meta["token"],
+        start_timeout=1800,
     )
     peak = Peak(server.pid)
     try:
