@@ -13,9 +13,11 @@ from flask import request
 from flask import url_for
 from peewee import SQL
 from peewee import Select
+from peewee import Tuple
 from peewee import fn
 
 from ..db import like
+from ..db import ordering as sort_order
 from ..models import utcnow
 
 PAGE_SIZE = 50
@@ -144,7 +146,8 @@ def sort_url(column):
     same = args.get("sort") == column
     args["order"] = "desc" if same and args.get("order", "asc") == "asc" else "asc"
     args["sort"] = column
-    args.pop("page", None)
+    for name in ("page", "after", "before"):
+        args.pop(name, None)
     return f"{request.path}?{urlencode(args)}"
 
 
@@ -206,7 +209,8 @@ def time_filters(field, args):
 def filter_args():
     """Return this page's query arguments without the page number."""
     args = request.args.to_dict()
-    args.pop("page", None)
+    for name in ("page", "after", "before"):
+        args.pop(name, None)
     return args
 
 
@@ -224,3 +228,103 @@ def quick_range_url(key):
     if key:
         args["range"] = key
     return query_url(request.endpoint, args)
+
+
+class KeysetPages(Pagination):
+    """Pages of ``query`` in (key, id) order whose Next and Previous links seek past a row."""
+
+    # Past the capped count an OFFSET would walk every row above the page:
+    # "Next" names the last row shown (after=<id>) and "Previous" the first
+    # (before=<id>), and the page seeks there through the key's index, so a
+    # page a million rows down costs what the first does. A bare page number
+    # (typed by hand) still uses OFFSET.
+
+    def __init__(
+        self, query, model, key, page, total, descending=False, per_page=PAGE_SIZE
+    ):
+        self.total = total
+        self.exact = False
+        self.per_page = per_page
+        self.pages = max(1, math.ceil(total.value / per_page))
+        self.page = max(1, page)
+        order = (query, model, key)
+        after = _row_key(model, key, request.args.get("after", ""))
+        before = _row_key(model, key, request.args.get("before", ""))
+        if after is not None:
+            rows = _seek(*order, descending, after, per_page + 1)
+            self.items = rows[:per_page]
+            self.has_next = len(rows) > per_page
+        elif before is not None:
+            # The rows before it are the rows after it in the opposite order.
+            rows = _seek(*order, not descending, before, per_page)
+            self.items = rows[::-1]
+            self.has_next = True
+        else:
+            offset = (self.page - 1) * per_page
+            rows = list(query.limit(per_page + 1).offset(offset))
+            self.items = rows[:per_page]
+            self.has_next = len(rows) > per_page
+
+    def url(self, page):
+        args = request.args.to_dict()
+        args.pop("after", None)
+        args.pop("before", None)
+        args["page"] = page
+        if self.items and page == self.page + 1:
+            args["after"] = self.items[-1].id
+        elif self.items and page == self.page - 1 and page > 1:
+            args["before"] = self.items[0].id
+        return f"{request.path}?{urlencode(args)}"
+
+
+def _row_key(model, key, pk):
+    """Return (key, id) of the row ``pk`` names, or None for a bad or purged one."""
+    if not pk.isdigit():
+        return None
+    return model.select(key, model.id).where(model.id == int(pk)).tuples().first()
+
+
+def _seek(query, model, key, descending, last, limit):
+    """Return up to ``limit`` rows of ``query`` that follow ``last`` in listing order."""
+    rows = []
+    for segment in _segments(query, model, key, descending, last):
+        rows.extend(segment.limit(limit - len(rows)))
+        if len(rows) >= limit:
+            break
+    return rows
+
+
+def keyset_order(key, model, descending):
+    """Return the ORDER BY of a keyset listing: NULL keys first ascending, last descending."""
+    return sort_order(key, descending), (model.id.desc() if descending else model.id)
+
+
+def _segments(query, model, key, descending, last):
+    """Yield the queries whose rows, one after the other, follow ``last`` in listing order."""
+    # NULL keys and the others are read apart, so each part is a plain range
+    # of the (key, id) index; a row value cannot compare a NULL.
+    nulls = query.where(key.is_null()).order_by(
+        model.id.desc() if descending else model.id
+    )
+    values = query.where(key.is_null(False)) if key.null else query
+    values = values.order_by(
+        *((key.desc(), model.id.desc()) if descending else (key, model.id))
+    )
+    if last is not None:
+        value, pk = last
+        if value is None:
+            nulls = nulls.where(model.id < pk if descending else model.id > pk)
+        else:
+            past = Tuple(key, model.id)
+            past = past < Tuple(value, pk) if descending else past > Tuple(value, pk)
+            values = values.where(past)
+    parts = [values, nulls] if descending else [nulls, values]
+    if last is not None and last[0] is None:
+        # Past a NULL key: ascending, every value is still ahead; descending,
+        # only NULLs are.
+        parts = parts[-1:] if descending else parts
+    elif last is not None:
+        parts = parts if descending else parts[1:]
+    if not key.null:
+        parts = [values]
+    return parts
