@@ -16,6 +16,7 @@ from peewee import fn
 
 from .. import webhooks
 from ..activity import audit
+from ..db import false
 from ..db import ordering as sort_order
 from ..db import write_transaction
 from ..forms import ConfirmForm
@@ -24,16 +25,22 @@ from ..models import Group
 from ..models import Membership
 from ..models import User
 from ..models import groups_of
+from ..scim.errors import ScimError
 from ..scim.schema import ENTERPRISE_SCHEMA
 from .activity import history
 from .base import bp
 from .base import source_label
-from .directory_out import advanced_search
+from .directory_out import filter_problem as problem
+from .directory_out import filtered_users
+from .directory_out import member_count
+from .directory_out import membership
 from .paging import PAGE_SIZE
+from .paging import KeysetPages
 from .paging import Pagination
 from .paging import capped_count
 from .paging import capped_counts
 from .paging import contains
+from .paging import keyset_order
 from .paging import page_arg
 
 #
@@ -58,43 +65,21 @@ def users():
     group_id = request.args.get("group", "")
     sort = request.args.get("sort", "username")
     order = request.args.get("order", "asc")
-
-    query = User.select()
-    if q:
-        found = (
-            contains(User.display_name, q)
-            | contains(User.user_name, q)
-            | contains(User.email, q)
-            | contains(User.given_name, q)
-            | contains(User.family_name, q)
-            | contains(User.department, q)
-            | contains(User.title, q)
-            | (User.external_id == q)
-        )
-        # The substring index narrows the users first; an externalId equal
-        # to the search also contains it, so the index holds those too.
-        candidates = User.search_candidates(q)
-        query = query.where(found if candidates is None else candidates & found)
-    if source in IDPS:
-        query = query.where(User.source == source)
-    if status == "active":
-        query = query.where(User.deprovisioned_at.is_null() & User.active)
-    elif status == "disabled":
-        query = query.where(User.deprovisioned_at.is_null() & ~User.active)
-    elif status == "deprovisioned":
-        query = query.where(User.deprovisioned_at.is_null(False))
-    group = None
-    if group_id:
-        group = by_scim_id(Group, group_id)
-        # A stale link to a purged group matches nobody, not everybody.
-        group_pk = group.id if group is not None else -1
-        members = Membership.select(Membership.user).where(Membership.group == group_pk)
-        query = query.where(User.id.in_(members))
-    query, filter_problem = advanced_search(query)
+    filter_problem = None
+    try:
+        query, group = filtered_users(request.args, small_group=MEMBER_COUNT_CAP)
+    except ScimError as error:
+        # A bad filter matches nobody, so it never reads as "everyone".
+        query, filter_problem = User.select().where(false()), problem(error)
+        group = by_scim_id(Group, group_id) if group_id else None
     key = USER_SORTS.get(sort, User.user_name)
-    ordering = sort_order(key, order == "desc")
-    query = query.order_by(ordering, User.id)
-    pagination = Pagination(query, page_arg())
+    descending = order == "desc"
+    query = query.order_by(*keyset_order(key, User, descending))
+    total = capped_count(query)
+    if total.exact:
+        pagination = Pagination(query, page_arg(), total=total)
+    else:
+        pagination = KeysetPages(query, User, key, page_arg(), total, descending)
     groups = groups_of([u.id for u in pagination.items])
     deprovisioned = capped_count(
         User.select().where(User.deprovisioned_at.is_null(False))
@@ -320,26 +305,24 @@ def group(scim_id):
     q = request.args.get("q", "").strip()
     live = User.deprovisioned_at.is_null()
     if q:
-        live &= (
+        found = (
             contains(User.display_name, q)
             | contains(User.user_name, q)
             | contains(User.email, q)
         )
-    # Counted from the group's memberships, so a small group costs little
-    # however large the directory.
-    joined = User.select().join(Membership).where((Membership.group == row.id) & live)
-    total = joined.select(Membership.id).limit(MEMBER_COUNT_CAP + 1).count()
-    if total <= MEMBER_COUNT_CAP:
-        members = joined.order_by(User.user_name, User.id)
+        # The substring index narrows the users first, as on the Users page.
+        candidates = User.search_candidates(q)
+        live &= found if candidates is None else candidates & found
+    total = member_count(row.id, MEMBER_COUNT_CAP, live)
+    if total.exact:
+        joined = User.select().join(Membership).where(Membership.group == row.id)
+        members = joined.where(live).order_by(User.user_name, User.id)
         pagination = Pagination(members, page_arg(), total=total)
     else:
         # Walk users in userName order through its index, keeping members,
         # rather than sort the whole group: past the cap a group is common
         # enough among users that a page of members is found soon.
-        in_group = Membership.select(Membership.id).where(
-            (Membership.group == row.id) & (Membership.user == User.id)
-        )
-        members = User.select().where(live & fn.EXISTS(in_group))
+        members = User.select().where(live & fn.EXISTS(membership(row.id)))
         members = members.order_by(User.user_name, User.id)
         pagination = MemberPages(members, request.args.get("after", ""))
         pagination.cap = MEMBER_COUNT_CAP

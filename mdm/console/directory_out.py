@@ -1,4 +1,4 @@
-"""Users and User Groups exports, the Users page's SCIM filter search and saved searches."""
+"""The Users page's filters, shared by its exports; exports, saved searches."""
 
 from urllib.parse import parse_qsl
 from urllib.parse import urlencode
@@ -10,13 +10,13 @@ from flask import url_for
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from peewee import IntegrityError
+from peewee import fn
 from wtforms import HiddenField
 from wtforms import StringField
 from wtforms.validators import DataRequired
 from wtforms.validators import Length
 
 from ..activity import audit
-from ..db import false
 from ..db import write_transaction
 from ..models import IDPS
 from ..models import Group
@@ -32,6 +32,7 @@ from .directory_export import groups_text
 from .directory_export import users_text
 from .export import attachment
 from .export import stamp
+from .paging import capped_count
 from .paging import contains
 from .paging import filter_args
 from .paging import query_url
@@ -68,24 +69,18 @@ def filter_problem(error):
     return f"Bad SCIM filter: {error.detail or error.scim_type}"
 
 
-def advanced_search(query):
-    """Narrow ``query`` by the page's SCIM filter; return (query, problem or None)."""
-    text = request.args.get("filter", "").strip()
-    if not text:
-        return query, None
-    try:
-        return query.where(scim_filter(text)), None
-    except ScimError as error:
-        # A bad filter matches nobody, so it never reads as "everyone".
-        return query.where(false()), filter_problem(error)
-
-
-def filtered_users(args):
-    """Return the users the Users page lists for ``args``; raise ScimError for a bad filter."""
+def filtered_users(args, small_group=None):
+    """Return (the users the Users page lists for ``args``, their group); raise ScimError for a bad filter."""
+    # With ``small_group``, a group of at most that many members is read
+    # from its memberships and sorted; a larger one (or any, without it) is
+    # a lookup per user, so a page walks users in its order through an
+    # index and stops after a page of members.
+    text = args.get("filter", "").strip()
+    matches = scim_filter(text) if text else None
     query = User.select()
     q = args.get("q", "").strip()
     if q:
-        query = query.where(
+        found = (
             contains(User.display_name, q)
             | contains(User.user_name, q)
             | contains(User.email, q)
@@ -95,6 +90,10 @@ def filtered_users(args):
             | contains(User.title, q)
             | (User.external_id == q)
         )
+        # The substring index narrows the users first; an externalId equal
+        # to the search also contains it, so the index holds those too.
+        candidates = User.search_candidates(q)
+        query = query.where(found if candidates is None else candidates & found)
     source = args.get("source", "")
     if source in IDPS:
         query = query.where(User.source == source)
@@ -105,17 +104,39 @@ def filtered_users(args):
         query = query.where(User.deprovisioned_at.is_null() & ~User.active)
     elif status == "deprovisioned":
         query = query.where(User.deprovisioned_at.is_null(False))
+    group = None
     group_id = args.get("group", "")
     if group_id:
-        group = Group.get_or_none(Group.scim_id == group_id)
-        members = Membership.select(Membership.user).where(
-            Membership.group == (group.id if group is not None else -1)
-        )
-        query = query.where(User.id.in_(members))
-    text = args.get("filter", "").strip()
-    if text:
-        query = query.where(scim_filter(text))
-    return query
+        # NUL is never stored, and PostgreSQL refuses it even as a parameter.
+        if "\x00" not in group_id:
+            group = Group.get_or_none(Group.scim_id == group_id)
+        # A stale link to a purged group matches nobody, not everybody.
+        group_pk = group.id if group is not None else -1
+        if small_group is not None and member_count(group_pk, small_group).exact:
+            query = query.join(Membership).where(Membership.group == group_pk)
+        else:
+            query = query.where(fn.EXISTS(membership(group_pk)))
+    if matches is not None:
+        query = query.where(matches)
+    return query, group
+
+
+def membership(group_pk):
+    """Return the membership of the outer query's user in the group ``group_pk``."""
+    # Read from the unique (group, user) index, one probe per user.
+    return Membership.select(Membership.id).where(
+        (Membership.group == group_pk) & (Membership.user == User.id)
+    )
+
+
+def member_count(group_pk, cap, where=None):
+    """Count the group's members matching ``where`` up to ``cap``, from its memberships."""
+    # Read from the group's memberships, so a small group costs little
+    # however large the directory.
+    query = User.select().join(Membership).where(Membership.group == group_pk)
+    if where is not None:
+        query = query.where(where)
+    return capped_count(query, cap)
 
 
 def filtered_groups(args):
@@ -131,7 +152,7 @@ def filtered_groups(args):
 def users_export(fmt):
     """Download the users the Users page's filters match, every page of them."""
     try:
-        query = filtered_users(request.args)
+        query, _ = filtered_users(request.args)
     except ScimError as error:
         flash(filter_problem(error), "danger")
         return redirect(query_url("console.users", filter_args()))
