@@ -259,6 +259,10 @@ class KeysetPages(Pagination):
             rows = _seek(*order, not descending, before, per_page)
             self.items = rows[::-1]
             self.has_next = True
+        elif self.page == 1:
+            rows = _seek(*order, descending, None, per_page + 1)
+            self.items = rows[:per_page]
+            self.has_next = len(rows) > per_page
         else:
             offset = (self.page - 1) * per_page
             rows = list(query.limit(per_page + 1).offset(offset))
@@ -307,9 +311,7 @@ def _segments(query, model, key, descending, last):
         model.id.desc() if descending else model.id
     )
     values = query.where(key.is_null(False)) if key.null else query
-    values = values.order_by(
-        *((key.desc(), model.id.desc()) if descending else (key, model.id))
-    )
+    values = values.order_by(*keyset_order(key, model, descending))
     if last is not None:
         value, pk = last
         if value is None:
