@@ -33,6 +33,7 @@ from .base import source_label
 from .directory_out import filter_problem as problem
 from .directory_out import filtered_users
 from .directory_out import member_count
+from .directory_out import members_of
 from .directory_out import membership
 from .paging import PAGE_SIZE
 from .paging import KeysetPages
@@ -315,8 +316,7 @@ def group(scim_id):
         live &= found if candidates is None else candidates & found
     total = member_count(row.id, MEMBER_COUNT_CAP, live)
     if total.exact:
-        joined = User.select().join(Membership).where(Membership.group == row.id)
-        members = joined.where(live).order_by(User.user_name, User.id)
+        members = members_of(row.id).where(live).order_by(User.user_name, User.id)
         pagination = Pagination(members, page_arg(), total=total)
     else:
         # Walk users in userName order through its index, keeping members,

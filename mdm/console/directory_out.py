@@ -9,6 +9,7 @@ from flask import request
 from flask import url_for
 from flask_login import current_user
 from flask_wtf import FlaskForm
+from peewee import JOIN
 from peewee import IntegrityError
 from peewee import fn
 from wtforms import HiddenField
@@ -17,6 +18,7 @@ from wtforms.validators import DataRequired
 from wtforms.validators import Length
 
 from ..activity import audit
+from ..db import postgres
 from ..db import write_transaction
 from ..models import IDPS
 from ..models import Group
@@ -76,8 +78,7 @@ def filtered_users(args, small_group=None):
     # a lookup per user, so a page walks users in its order through an
     # index and stops after a page of members.
     text = args.get("filter", "").strip()
-    matches = scim_filter(text) if text else None
-    query = User.select()
+    conditions = [scim_filter(text)] if text else []
     q = args.get("q", "").strip()
     if q:
         found = (
@@ -93,17 +94,18 @@ def filtered_users(args, small_group=None):
         # The substring index narrows the users first; an externalId equal
         # to the search also contains it, so the index holds those too.
         candidates = User.search_candidates(q)
-        query = query.where(found if candidates is None else candidates & found)
+        conditions.append(found if candidates is None else candidates & found)
     source = args.get("source", "")
     if source in IDPS:
-        query = query.where(User.source == source)
+        conditions.append(User.source == source)
     status = args.get("status", "")
     if status == "active":
-        query = query.where(User.deprovisioned_at.is_null() & User.active)
+        conditions.append(User.deprovisioned_at.is_null() & User.active)
     elif status == "disabled":
-        query = query.where(User.deprovisioned_at.is_null() & ~User.active)
+        conditions.append(User.deprovisioned_at.is_null() & ~User.active)
     elif status == "deprovisioned":
-        query = query.where(User.deprovisioned_at.is_null(False))
+        conditions.append(User.deprovisioned_at.is_null(False))
+    query = User.select()
     group = None
     group_id = args.get("group", "")
     if group_id:
@@ -113,12 +115,10 @@ def filtered_users(args, small_group=None):
         # A stale link to a purged group matches nobody, not everybody.
         group_pk = group.id if group is not None else -1
         if small_group is not None and member_count(group_pk, small_group).exact:
-            query = query.join(Membership).where(Membership.group == group_pk)
+            query = members_of(group_pk)
         else:
-            query = query.where(fn.EXISTS(membership(group_pk)))
-    if matches is not None:
-        query = query.where(matches)
-    return query, group
+            conditions.append(fn.EXISTS(membership(group_pk)))
+    return (query.where(*conditions) if conditions else query), group
 
 
 def membership(group_pk):
@@ -129,11 +129,25 @@ def membership(group_pk):
     )
 
 
+def members_of(group_pk):
+    """Return the users of the group ``group_pk``, read from its memberships."""
+    # SQLite's statistics say how many memberships a group has on average,
+    # not this group's; CROSS JOIN is its documented way to keep the
+    # memberships as the outer loop, so a small group never walks all users.
+    # PostgreSQL knows each group's share and joins as it should.
+    if postgres():
+        query = Membership.select(User).join(User, on=(Membership.user == User.id))
+        return query.where(Membership.group == group_pk).objects(User)
+    query = Membership.select(User).join(User, JOIN.CROSS)
+    joined = (Membership.user == User.id) & (Membership.group == group_pk)
+    return query.where(joined).objects(User)
+
+
 def member_count(group_pk, cap, where=None):
     """Count the group's members matching ``where`` up to ``cap``, from its memberships."""
     # Read from the group's memberships, so a small group costs little
     # however large the directory.
-    query = User.select().join(Membership).where(Membership.group == group_pk)
+    query = members_of(group_pk)
     if where is not None:
         query = query.where(where)
     return capped_count(query, cap)
