@@ -304,7 +304,7 @@ def keyset_order(key, model, descending):
 
 
 def _segments(query, model, key, descending, last):
-    """Yield the queries whose rows, one after the other, follow ``last`` in listing order."""
+    """Return the queries whose rows, one after the other, follow ``last`` in listing order."""
     # NULL keys and the others are read apart, so each part is a plain range
     # of the (key, id) index; a row value cannot compare a NULL.
     nulls = query.where(key.is_null()).order_by(
