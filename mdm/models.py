@@ -845,7 +845,8 @@ MODELS = [
 # 9: OAuth clients and their access tokens;
 # 10: the substring index (an FTS5 trigram table kept by triggers on SQLite,
 #     pg_trgm GIN on PostgreSQL), indexes for attribute filters and disabled
-#     users, webhook endpoints, events and deliveries, and saved searches.
+#     users, indexes for each console sort key, webhook endpoints, events
+#     and deliveries, and saved searches.
 SCHEMA_VERSION = 10
 
 # The enterprise extension (RFC 7643 §4.3), whose department users mirror.
