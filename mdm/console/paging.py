@@ -16,6 +16,7 @@ from peewee import Select
 from peewee import Tuple
 from peewee import fn
 
+from ..db import database
 from ..db import like
 from ..db import ordering as sort_order
 from ..models import utcnow
@@ -71,14 +72,15 @@ def count_cap():
 
 def capped_count(query, cap=None):
     """Count the rows of ``query`` up to ``cap``; beyond it, a Count "more than cap"."""
-    return capped_counts([query], cap)[0]
-
-
-def capped_counts(queries, cap=None):
-    """Count the rows of each query up to ``cap``, all in one statement."""
     cap = count_cap() if cap is None else cap
-    # LIMIT in a subquery: the database stops after cap + 1 rows, in whatever
-    # order is cheapest.
+    # COUNT over the query as a subquery keeps its LIMIT: the database stops
+    # after cap + 1 rows, in whatever order is cheapest.
+    return _capped(query.select(SQL("1")).order_by().limit(cap + 1).count(), cap)
+
+
+def capped_counts(queries, cap=None, db=database):
+    """Count the rows of each query of ``db`` up to ``cap``, all in one statement."""
+    cap = count_cap() if cap is None else cap
     columns = [
         Select(
             [query.select(SQL("1")).order_by().limit(cap + 1).alias(f"_capped{i}")],
@@ -86,8 +88,12 @@ def capped_counts(queries, cap=None):
         )
         for i, query in enumerate(queries)
     ]
-    found = Select(columns=columns).tuples().execute(queries[0]._database)
-    return [Count(cap, exact=False) if n > cap else Count(n) for n in next(iter(found))]
+    found = Select(columns=columns).tuples().execute(db)
+    return [_capped(n, cap) for n in next(iter(found))]
+
+
+def _capped(n, cap):
+    return Count(cap, exact=False) if n > cap else Count(n)
 
 
 class Pagination:
