@@ -15,13 +15,13 @@ from mdm.models import User
 from . import crashload as crash
 from .conftest import ENGINE
 from .conftest import database_config
-from .conftest import database_url
 from .conftest import integrity_problems
 from .conftest import issue_token
 from .conftest import live_server
 from .conftest import raw_connection
 from .test_multiprocess import _all_at_once
 from .test_multiprocess import _call
+from .test_multiprocess import servers  # noqa: F401 (a fixture)
 from .test_races import Live
 
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -199,22 +199,6 @@ if ENGINE == "postgresql":
             WRITE_ATTEMPTS,
             (None, 1),
         )
-
-    @pytest.fixture
-    def servers(tmp_path, monkeypatch):
-        """Start two server processes sharing one instance folder and one database."""
-        monkeypatch.setenv("MDM_DATABASE_URL", database_url(tmp_path / "mdm.sqlite"))
-        instance = str(tmp_path)
-        token = crash.create_token(instance)
-        started = []
-        try:
-            for name in ("a", "b"):
-                log = str(tmp_path / f"serve-{name}.log")
-                started.append((crash.start_server(instance, log), log))
-            yield [port for (_, port), _ in started], token, [log for _, log in started]
-        finally:
-            for (process, _), _ in started:
-                crash.stop_server(process)
 
     def test_races_across_two_processes_keep_one_winner_and_every_change(
         servers, tmp_path
