@@ -234,7 +234,7 @@ def test_provisioned_users_and_groups_appear_and_purge(live, page):
     page.get_by_label("Search").fill("ann")
     page.get_by_role("button", name="Apply").click()
     expect(page).to_have_url(
-        f"{base}/admin/users?q=ann&source=&status=&group=&sort=username&order=asc"
+        f"{base}/admin/users?q=ann&source=&status=&group=&filter=&sort=username&order=asc"
     )
     expect(page.get_by_role("row")).to_have_count(2)
 
