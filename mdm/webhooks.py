@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from peewee import SQL
 from peewee import Value
 from peewee import fn
+from playhouse.shortcuts import model_to_dict
 
 from .db import database
 from .db import postgres
@@ -322,7 +323,7 @@ def user_event(type, user, resource_type=None, who=None):
 
 def changed(row, values):
     """Return a copy of ``row`` with ``values`` set, as it will be once written."""
-    copy = type(row)(**row.__data__)
+    copy = type(row)(**model_to_dict(row, recurse=False))
     for name, value in values.items():
         setattr(copy, name, value)
     return copy
