@@ -151,8 +151,8 @@ def run_phase(name, jobs, url, token, clients, expect, rate=None, quiet=False):
 
 
 @contextlib.contextmanager
-def scratch_schema(url):
-    """Yield a URL for a new, empty schema in the PostgreSQL database ``url``; drop it after."""
+def scratch_schema(url, keep=False):
+    """Yield (URL, name) of a new, empty schema in the PostgreSQL database ``url``; drop it after unless ``keep``."""
     import secrets
     from urllib.parse import quote
 
@@ -165,13 +165,20 @@ def scratch_schema(url):
     name = f"bench_{secrets.token_hex(4)}"
     try:
         with conn.cursor() as cursor:
+            # In public, as an administrator would install them, so that
+            # migrate's own CREATE EXTENSION IF NOT EXISTS finds them there.
             cursor.execute("CREATE EXTENSION IF NOT EXISTS citext SCHEMA public")
+            try:
+                cursor.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public")
+            except psycopg2.Error as error:
+                print(f"pg_trgm not installed: {error}".strip())
             cursor.execute(f"CREATE SCHEMA {name}")
         options = quote(f"-c search_path={name},public")
-        yield f"{url}{'&' if '?' in url else '?'}options={options}"
+        yield f"{url}{'&' if '?' in url else '?'}options={options}", name
     finally:
-        with conn.cursor() as cursor:
-            cursor.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+        if not keep:
+            with conn.cursor() as cursor:
+                cursor.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
         conn.close()
 
 
@@ -182,7 +189,7 @@ def scratch(database_url):
         if not database_url:
             yield instance, None
             return
-        with scratch_schema(database_url) as url:
+        with scratch_schema(database_url) as (url, _):
             yield instance, url
 
 

@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.provision import PATCH_OP  # noqa: E402
 from bench.provision import rss_mib  # noqa: E402
+from bench.provision import scratch_schema  # noqa: E402
 from bench.provision import start_server  # noqa: E402
 
 ADMIN_USER = "bench"
@@ -79,41 +80,6 @@ def user_data(i):
 #
 # Building the directory
 #
-
-
-@contextlib.contextmanager
-def scratch_database(database_url, keep):
-    """Yield a URL for a new schema in the PostgreSQL database; drop it after unless ``keep``."""
-    import secrets
-    from urllib.parse import quote
-
-    import psycopg2
-    from playhouse.db_url import parse
-
-    params = parse(database_url)
-    conn = psycopg2.connect(dbname=params.pop("database"), **params)
-    conn.autocommit = True
-    name = f"bench_{secrets.token_hex(4)}"
-    try:
-        with conn.cursor() as cursor:
-            # In public, as an administrator would install them, so that
-            # migrate's own CREATE EXTENSION IF NOT EXISTS finds them there.
-            cursor.execute("CREATE EXTENSION IF NOT EXISTS citext SCHEMA public")
-            try:
-                cursor.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public")
-            except psycopg2.Error as error:
-                print(f"pg_trgm not installed: {error}".strip())
-            cursor.execute(f"CREATE SCHEMA {name}")
-        options = quote(f"-c search_path={name},public")
-        yield (
-            f"{database_url}{'&' if '?' in database_url else '?'}options={options}",
-            name,
-        )
-    finally:
-        if not keep:
-            with conn.cursor() as cursor:
-                cursor.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
-        conn.close()
 
 
 def open_app(instance, database_url):
@@ -219,14 +185,15 @@ def user_rows(first, last, postgresql):
     return [[sqlite_value(v) for v in row] for row in rows]
 
 
-def insert_rows(model, fields, rows):
-    """Insert what user_rows built in one transaction: COPY text, or rows for SQLite."""
+def insert_rows(model, fields, rows, db=None):
+    """Insert COPY text or SQLite rows into ``model``'s table in one transaction."""
     from mdm.db import database
 
+    db = database if db is None else db
     table = model._meta.table_name
     columns = ", ".join(f'"{f.column_name}"' for f in fields)
-    with database.atomic():
-        cursor = database.cursor()
+    with db.atomic():
+        cursor = db.cursor()
         if isinstance(rows, str):
             # COPY: one stream per chunk; row triggers still fire.
             cursor.copy_expert(
@@ -435,19 +402,7 @@ def insert_activity(model, fields, rows):
     """Insert COPY text or SQLite rows into an activity table in one transaction."""
     from mdm.activity_store import activity_db
 
-    table = model._meta.table_name
-    columns = ", ".join(f'"{f.column_name}"' for f in fields)
-    with activity_db.atomic():
-        cursor = activity_db.cursor()
-        if isinstance(rows, str):
-            cursor.copy_expert(
-                f'COPY "{table}" ({columns}) FROM STDIN', io.StringIO(rows)
-            )
-        else:
-            marks = ", ".join("?" for _ in fields)
-            cursor.executemany(
-                f'INSERT INTO "{table}" ({columns}) VALUES ({marks})', rows
-            )
+    insert_rows(model, fields, rows, activity_db)
 
 
 def directory_bytes(instance):
@@ -970,7 +925,7 @@ def main():
         url = schema = None
         if args.database_url:
             url, schema = stack.enter_context(
-                scratch_database(args.database_url, args.keep)
+                scratch_schema(args.database_url, args.keep)
             )
         if args.keep:
             # Written first, so that --drop finds the schema of a failed build.

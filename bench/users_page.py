@@ -32,7 +32,7 @@ def main():
 
     with tempfile.TemporaryDirectory() as instance:
         if args.database_url:
-            with scale.scratch_database(args.database_url, False) as (url, _):
+            with scale.scratch_schema(args.database_url) as (url, _):
                 run(scale, instance, url, args)
         else:
             run(scale, instance, "", args)
