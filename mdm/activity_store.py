@@ -47,7 +47,7 @@ activity_db.initialize(PooledSqliteDatabase(None, pragmas=PRAGMAS))
 # 3: Bulk operations as rows of their own; 4: each row's request id;
 # 5: an index per console filter in time order, mapping issues, and counts
 #    per ten minutes for the dashboard.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class ActivityEntry(activity_db.Model):
@@ -155,7 +155,7 @@ ActivityEntry.add_index(
     ActivityEntry.idp,
     name="activity_time_id",
 )
-FILTERED_COLUMNS = ("idp", "resource_type", "resource_id", "method", "status")
+FILTERED_COLUMNS = ("idp", "resource_type", "resource_id", "method")
 for _name in FILTERED_COLUMNS:
     ActivityEntry.add_index(
         ActivityEntry._meta.fields[_name],
@@ -174,7 +174,8 @@ ActivityEntry.add_index(
 # Failures are few: the dashboard's last error of each connection, and the
 # 4xx and 5xx filters, find them here instead of among the successes. The
 # condition is SQL text so that it matches a query's own literal condition.
-FAILED = SQL("status >= 400")
+FAILED_TEXT = "status >= 400"
+FAILED = SQL(FAILED_TEXT)
 ActivityEntry.add_index(
     ActivityEntry.idp,
     ActivityEntry.time,
@@ -182,6 +183,28 @@ ActivityEntry.add_index(
     name="activity_failed_idp_time_id",
     where=FAILED,
 )
+
+
+def outcome_condition(floor):
+    """Return the condition for statuses ``floor`` to ``floor`` + 99, as the indexes below match it."""
+    # SQL text, not a bound range: SQLite uses a partial index only when the
+    # query repeats its condition term for term. A failure range carries
+    # FAILED's term too, so that a connection's failures read its index.
+    text = f"status >= {floor} AND status < {floor + 100}"
+    return SQL(f"{FAILED_TEXT} AND {text}" if floor >= 400 else text)
+
+
+# The 4xx and 5xx filters read their few rows newest first from these. A
+# range of statuses is not in time order on an index by status, so such an
+# index sorted every match, and it tempted planners into sorting the 2xx
+# filter's millions; the 2xx filter walks the time index instead.
+for _floor in (400, 500):
+    ActivityEntry.add_index(
+        ActivityEntry.time,
+        ActivityEntry.id,
+        name=f"activity_{_floor // 100}xx_time_id",
+        where=SQL(f"status >= {_floor} AND status < {_floor + 100}"),
+    )
 
 
 class ActivityCount(activity_db.Model):
@@ -314,6 +337,8 @@ REPLACED_INDEXES = (
     "activity_resource_type",
     "activity_resource_id",
     "activity_status",
+    # Schema 5's index by status, which the 4xx and 5xx indexes replace.
+    "activity_status_time_id",
 )
 
 ACTIVITY_MODELS = [ActivityEntry, AuditEvent, Refusal, MappingIssue, ActivityCount]

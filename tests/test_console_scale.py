@@ -19,6 +19,8 @@ from mdm.console.activity import activity_query
 from mdm.console.paging import newest_first
 from mdm.db import database
 from mdm.db import postgres
+from mdm.db import schema_version
+from mdm.db import set_schema_version
 from mdm.models import Group
 from mdm.models import User
 from mdm.models import utcnow
@@ -311,13 +313,58 @@ def test_activity_filters_read_their_index_in_page_order(app, args, index):
         assert "TEMP B-TREE" not in found, found
 
 
-def test_activity_outcome_filter_uses_the_status_index(app):
-    query, _, _ = activity_query(MultiDict({"outcome": "5xx"}))
+OUTCOME_FILTERS = [
+    ({"outcome": "4xx"}, "activity_4xx_time_id"),
+    ({"outcome": "5xx"}, "activity_5xx_time_id"),
+    ({"outcome": "4xx", "range": "24h"}, "activity_4xx_time_id"),
+    # Either index reads failures only, newest first.
+    (
+        {"outcome": "5xx", "idp": "entra"},
+        ("activity_failed_idp_time_id", "activity_5xx_time_id"),
+    ),
+    # Most rows succeed: the time index finds a page of them at once.
+    ({"outcome": "2xx"}, "activity_time_id"),
+]
+
+
+@pytest.mark.parametrize(("args", "index"), OUTCOME_FILTERS)
+def test_activity_outcome_filters_read_their_rows_in_page_order(app, args, index):
+    query, _, _ = activity_query(MultiDict(args))
     query = query.order_by(*newest_first(ActivityEntry)).limit(51)
     with activity_db.connection_context():
-        # A range of statuses is not in time order: its few rows are sorted.
-        found = plan(activity_db, query, ordered=False)
-    assert uses_index(found, "activity_status_time_id"), found
+        found = plan(activity_db, query)
+    assert uses_index(found, *([index] if isinstance(index, str) else index)), found
+    if postgres(activity_db):
+        assert "Sort" not in found, found
+    else:
+        assert "TEMP B-TREE" not in found, found
+
+
+def test_activity_outcome_filters_find_exactly_their_statuses(app):
+    writer.flush()
+    statuses = [200, 201, 204, 304, 399, 400, 401, 409, 499, 500, 503, 599]
+    with activity_db.connection_context():
+        ActivityEntry.delete().execute()
+        ActivityEntry.insert_many(
+            [
+                {
+                    "time": utcnow(),
+                    "method": "GET",
+                    "path": "/scim/v2/Users",
+                    "status": s,
+                }
+                for s in statuses
+            ]
+        ).execute()
+        found = {}
+        for outcome in ("2xx", "4xx", "5xx"):
+            query, _, _ = activity_query(MultiDict({"outcome": outcome}))
+            found[outcome] = sorted(e.status for e in query)
+    assert found == {
+        "2xx": [200, 201, 204],
+        "4xx": [400, 401, 409, 499],
+        "5xx": [500, 503, 599],
+    }
 
 
 def test_dashboard_activity_queries_use_indexes(app):
@@ -377,9 +424,15 @@ def test_old_single_column_activity_indexes_are_replaced(app):
         "activity_time_id",
         "activity_idp_time_id",
         "activity_failed_idp_time_id",
-        "activity_status_time_id",
+        "activity_4xx_time_id",
+        "activity_5xx_time_id",
     } <= names
-    assert not names & {"activity_idp", "activity_time", "activity_status"}
+    assert not names & {
+        "activity_idp",
+        "activity_time",
+        "activity_status",
+        "activity_status_time_id",
+    }
 
 
 def test_an_existing_activity_table_trades_its_old_indexes(app):
@@ -393,6 +446,25 @@ def test_an_existing_activity_table_trades_its_old_indexes(app):
         names = {i.name for i in activity_db.get_indexes("activity")}
     assert "activity_idp_time_id" in names
     assert "activity_idp" not in names
+
+
+def test_a_schema_5_activity_table_trades_its_status_index(app):
+    """Opening a schema-5 activity table drops its index by status, adds the 4xx and 5xx ones."""
+    writer.flush()
+    with activity_db.connection_context():
+        activity_db.execute_sql('DROP INDEX "activity_4xx_time_id"')
+        activity_db.execute_sql('DROP INDEX "activity_5xx_time_id"')
+        activity_db.execute_sql(
+            'CREATE INDEX "activity_status_time_id" ON "activity" ("status", "time", "id")'
+        )
+        set_schema_version(activity_db, "activity", 5)
+    bind(app.config["ACTIVITY_DATABASE"])
+    with activity_db.connection_context():
+        names = {i.name for i in activity_db.get_indexes("activity")}
+        version = schema_version(activity_db, "activity")
+    assert {"activity_4xx_time_id", "activity_5xx_time_id"} <= names
+    assert "activity_status_time_id" not in names
+    assert version == 6
 
 
 #

@@ -12,6 +12,7 @@ from ..activity import Refusal
 from ..activity import activity_db
 from ..activity import writer
 from ..activity_store import REFUSAL_ROWS_PER_BUCKET
+from ..activity_store import outcome_condition
 from ..models import IDPS
 from ..models import Group
 from ..models import User
@@ -72,10 +73,7 @@ def activity_query(args):
         idp = ""
     outcome = args.get("outcome", "")
     if outcome in OUTCOMES:
-        floor = int(outcome[0]) * 100
-        conditions.append(
-            (ActivityEntry.status >= floor) & (ActivityEntry.status < floor + 100)
-        )
+        conditions.append(outcome_condition(int(outcome[0]) * 100))
     else:
         outcome = ""
     method = args.get("method", "").upper()
