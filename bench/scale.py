@@ -770,6 +770,12 @@ def rows_scim(timer, meta, server, peak):
             'SCIM `enterprise…:department eq "Dept 7" and active eq true`',
             f'{ENTERPRISE}:department eq "Dept 7" and active eq true',
         ),
+        (
+            'SCIM `enterprise…:department eq "Dept 7"`',
+            f'{ENTERPRISE}:department eq "Dept 7"',
+        ),
+        ("SCIM `active eq true`", "active eq true"),
+        ("SCIM `active eq false`", "active eq false"),
         ('SCIM `name.familyName ew "…"`', f'name.familyName ew "{i % 100000}"'),
         ('SCIM `userName co "…"`', f'userName co "{i:07d}"'),
         ('SCIM `displayName sw "…"`', f'displayName sw "User {i // 10}"'),
@@ -785,6 +791,10 @@ def rows_scim(timer, meta, server, peak):
     timer.scim_each(
         "SCIM `externalId eq`",
         [scim_filter(f'externalId eq "ext{k:07d}"') for k in picks],
+    )
+    timer.scim_each(
+        "SCIM `enterprise…:employeeNumber eq`",
+        [scim_filter(f'{ENTERPRISE}:employeeNumber eq "{k}"') for k in picks],
     )
     timer.scim_each(
         "SCIM `displayName sw`",

@@ -845,6 +845,75 @@ def test_passwords_in_operations_are_redacted(app, scim):
 #
 
 
+def counting_transactions(monkeypatch):
+    """Count the write transactions the Bulk user POSTs open."""
+    from mdm.scim import resources
+
+    opened = []
+    real = resources.write_transaction
+
+    def counted():
+        opened.append(1)
+        return real()
+
+    monkeypatch.setattr(resources, "write_transaction", counted)
+    return opened
+
+
+def test_user_posts_share_transactions_and_still_fail_alone(app, scim, monkeypatch):
+    scim.create_user("taken")
+    operations = [post_user(f"u{n}", f"load{n:03d}") for n in range(250)]
+    operations[120] = post_user("u120", "taken")
+    operations[180] = {"method": "POST", "path": "/Users", "data": {"active": True}}
+    opened = counting_transactions(monkeypatch)
+    body = bulk(scim, *operations)
+    results = body["Operations"]
+    assert len(results) == 250
+    assert results[120] == {
+        "method": "POST",
+        "bulkId": "u120",
+        "status": "409",
+        "response": error(
+            409, "A user with userName 'taken' already exists.", "uniqueness"
+        ),
+    }
+    assert results[180]["status"] == "400"
+    assert results[180]["response"]["scimType"] == "invalidValue"
+    created = [r for i, r in enumerate(results) if i not in (120, 180)]
+    assert {r["status"] for r in created} == {"201"}
+    with app.app_context(), database.connection_context():
+        names = {u.user_name: u.scim_id for u in User.select()}
+    expected = {f"load{n:03d}" for n in range(250) if n not in (120, 180)}
+    assert set(names) == expected | {"taken"}
+    for n, result in enumerate(results):
+        if n not in (120, 180):
+            assert result["location"] == f"{BASE}/Users/{names[f'load{n:03d}']}"
+    # Ops 0-99, then 100-179 (the refused name fails alone inside it), then
+    # 181-249: the operation that fails to parse ends a run.
+    assert len(opened) == 3
+
+
+def test_fail_on_errors_stops_inside_a_shared_transaction(app, scim):
+    scim.create_user("taken1")
+    scim.create_user("taken2")
+    operations = [post_user(f"u{n}", f"load{n}") for n in range(10)]
+    operations[3] = post_user("u3", "taken1")
+    operations[6] = post_user("u6", "taken2")
+    body = bulk(scim, *operations, failOnErrors=2)
+    assert [op["status"] for op in body["Operations"]] == [
+        "201",
+        "201",
+        "201",
+        "409",
+        "201",
+        "201",
+        "409",
+    ]
+    with app.app_context(), database.connection_context():
+        names = {u.user_name for u in User.select()}
+    assert names == {"taken1", "taken2", "load0", "load1", "load2", "load4", "load5"}
+
+
 def test_bulk_load_of_10000_users_in_batches(app, scim):
     """Ten requests of 1,000 operations load 10,000 users; the last adds them to a group."""
     app.config["ACTIVITY_LOG"] = False

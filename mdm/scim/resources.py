@@ -8,6 +8,7 @@ from .. import activity
 from .. import webhooks
 from ..db import Prepared
 from ..db import WriteConflict
+from ..db import database
 from ..db import lock_row
 from ..db import ordering
 from ..db import postgres
@@ -193,19 +194,63 @@ class Insert:
         setattr(self.row, self.key.name, cursor.fetchone()[0])
 
 
+class NewRow:
+    """A row to insert, prepared outside the write lock, with the error a taken name gets."""
+
+    def __init__(self, row, uniqueness_error, events=()):
+        self.row = row
+        self.statement = Insert(row)
+        self.uniqueness_error = uniqueness_error
+        self.events = events
+
+    def run(self):
+        self.statement.run()
+        webhooks.write(self.events)
+
+
 def insert(row, uniqueness_error, events=()):
     """Insert a new row under the write lock, answering 409 when its name is taken."""
-    statement = Insert(row)
+    new = NewRow(row, uniqueness_error, events)
 
     def attempt():
         with write_transaction():
-            statement.run()
-            webhooks.write(events)
+            new.run()
 
     try:
         _retried(attempt)
     except IntegrityError:
         raise uniqueness_error from None
+
+
+def insert_each(new_rows, errors_allowed=None):
+    """Insert prepared rows in one write transaction, each on its own; return their errors.
+
+    The list holds None for a row inserted and its uniqueness error for one
+    whose name was taken, in order; it stops at the row that makes
+    ``errors_allowed`` errors.
+    """
+    # One commit for many rows: a commit writes every page the row touched
+    # in the table, its indexes and the search index, so a commit per row
+    # costs far more than the row. A savepoint per row lets one taken name
+    # fail alone, as if it had been sent by itself.
+
+    def attempt():
+        errors = []
+        failed = 0
+        with write_transaction():
+            for new in new_rows:
+                try:
+                    with database.atomic():
+                        new.run()
+                    errors.append(None)
+                except IntegrityError:
+                    errors.append(new.uniqueness_error)
+                    failed += 1
+                    if errors_allowed is not None and failed >= errors_allowed:
+                        break
+        return errors
+
+    return _retried(attempt)
 
 
 #

@@ -16,6 +16,7 @@ from . import parse
 from . import patch
 from .errors import ScimError
 from .http import check_if_match
+from .resources import NewRow
 from .resources import Save
 from .resources import get_live
 from .resources import insert
@@ -76,6 +77,18 @@ class _Hasher:
 
 def create(body, resource_type, source):
     """Create a user from a request body (RFC 7644 §3.3)."""
+    new = prepare_create(body, resource_type, source)
+    try:
+        insert(new.row, new.uniqueness_error, new.events)
+    except ScimError:
+        created(new, False)
+        raise
+    created(new)
+    return new.row
+
+
+def prepare_create(body, resource_type, source):
+    """Parse a new user and render its INSERT, outside the write lock."""
     data, password = parse.user(body, resource_type, creating=True)
     password_hash = hash_password(password) if password else None
     user = User(source=source)
@@ -83,18 +96,21 @@ def create(body, resource_type, source):
     events = []
     if webhooks.active():
         events = [webhooks.user_event("user.created", user, resource_type)]
-    try:
-        insert(user, uniqueness_error(data), events)
-    except ScimError:
-        activity.note(target=data["userName"])
-        raise
+    return NewRow(user, uniqueness_error(data), events)
+
+
+def created(new, inserted=True):
+    """Describe a prepared user's creation (or its refusal) for the activity log."""
+    user = new.row
+    if not inserted:
+        activity.note(target=user.user_name)
+        return
     activity.note(
         "created" + ("" if user.active else " (disabled)"),
         "User",
         user.scim_id,
         user.user_name,
     )
-    return user
 
 
 def replace(user_id, body, resource_type, if_match=None):
