@@ -24,6 +24,7 @@ from .db import database
 from .db import json_get
 from .db import json_get_indexed
 from .db import json_rows
+from .db import kept_counts
 from .db import lock_for_migration
 from .db import lock_named
 from .db import locking
@@ -777,13 +778,24 @@ Group.add_index(
 
 # Live rows in id order, the order of every unsorted list page: a deep
 # startIndex reaches its OFFSET through this small index instead of walking
-# the whole table.
-User.add_index(User.id, name="user_live_id", where=User.deprovisioned_at.is_null())
-# Live users set Inactive, a few of every directory: "active eq false" and
-# the console's "disabled only" read them here, in id order, with the
-# condition written as both write it.
+# the whole table. SQLite answers a query from a partial index alone only
+# when the index holds every column the query names, those of its own
+# condition too: with active and deprovisioned_at in it, totalResults of an
+# unfiltered list and of "active eq true" never read the table's rows.
 User.add_index(
     User.id,
+    User.active,
+    User.deprovisioned_at,
+    name="user_live_id",
+    where=User.deprovisioned_at.is_null(),
+)
+# Live users set Inactive, a few of every directory: "active eq false" and
+# the console's "disabled only" read them here, in id order, with the
+# condition written as both write it (and counted from it alone, as above).
+User.add_index(
+    User.id,
+    User.active,
+    User.deprovisioned_at,
     name="user_disabled",
     where=(~User.active) & User.deprovisioned_at.is_null(),
 )
@@ -847,7 +859,7 @@ MODELS = [
 #     pg_trgm GIN on PostgreSQL), indexes for attribute filters and disabled
 #     users, indexes for each console sort key, webhook endpoints, events
 #     and deliveries, and saved searches.
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 # The enterprise extension (RFC 7643 §4.3), whose department users mirror.
 ENTERPRISE_USER = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
@@ -870,13 +882,24 @@ def migrate():
         if 3 <= current < 5:
             database.execute_sql('DROP INDEX IF EXISTS "user_deprovisioned_at"')
             database.execute_sql('DROP INDEX IF EXISTS "group_deprovisioned_at"')
+        if 0 < current < 11:
+            # Rebuilt below with deprovisioned_at as a column, so that counts
+            # read them alone.
+            for name in REBUILT_IN_11:
+                database.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
         database.create_tables(MODELS, safe=True)
         _add_missing_columns()
         trigram_index(User, user_search_fields(), SEARCHED_LISTS)
+        kept_counts(User)
         for index in _attribute_indexes():
             database.execute(index)
         for index in _sort_indexes():
             database.execute(index)
+        if postgres() and 0 < current < SCHEMA_VERSION:
+            # A new expression index has no statistics until the table is
+            # analyzed; until then the planner guesses that an employeeNumber
+            # matches thousands of users and walks every user in id order.
+            database.execute_sql('ANALYZE "user"')
         set_schema_version(database, "mdm", SCHEMA_VERSION)
 
 
@@ -892,6 +915,15 @@ INDEXED_ATTRIBUTES = {
 }
 
 
+# The indexes schema 11 gave deprovisioned_at as a column.
+REBUILT_IN_11 = (
+    "user_live_id",
+    "user_disabled",
+    "user_department",
+    *INDEXED_ATTRIBUTES,
+)
+
+
 def _attribute_indexes():
     """Return the indexes attribute filters use, created if missing after the columns."""
     # Filters on the enterprise department use the mirrored column (added
@@ -899,8 +931,14 @@ def _attribute_indexes():
     # Only live users with one, and their active flag: "department eq x and
     # active eq true" and its totalResults count read the index alone.
     live = User.deprovisioned_at.is_null()
+    # deprovisioned_at too, always NULL here: SQLite counts from a partial
+    # index alone only when it holds the columns of its condition (from an
+    # expression index, only from release 3.41).
     department = ModelIndex(
-        User, (User.department, User.active), name="user_department", safe=True
+        User,
+        (User.department, User.active, User.deprovisioned_at),
+        name="user_department",
+        safe=True,
     )
     indexes = [department.where(User.department.is_null(False) & live)]
     # The enterprise attributes are caseExact false, so the filter compares
@@ -908,7 +946,12 @@ def _attribute_indexes():
     # same way: only live users with the attribute, often few.
     for name, keys in INDEXED_ATTRIBUTES.items():
         value = json_get_indexed(User.data, keys)
-        index = ModelIndex(User, (nocase(value), User.active), name=name, safe=True)
+        index = ModelIndex(
+            User,
+            (nocase(value), User.active, User.deprovisioned_at),
+            name=name,
+            safe=True,
+        )
         where = value.is_null(False) & live
         indexes.append(index.where(where))
     return indexes

@@ -8,6 +8,7 @@ from .. import activity
 from .. import webhooks
 from ..db import Prepared
 from ..db import WriteConflict
+from ..db import counted
 from ..db import database
 from ..db import lock_row
 from ..db import ordering
@@ -266,17 +267,50 @@ def search(model, resource_type, params):
 
 def _query(model, resource_type, params):
     query = model.live()
-    if params.filter:
-        node = filters.parse(params.filter)
+    node = filters.parse(params.filter) if params.filter else None
+    if node is not None:
         query = query.where(filters.to_expression(node, resource_type))
+    total = _kept_count(model, node) or query
     if not params.count:
-        return query, []
+        return total, []
     order = [model.id]
     if params.sort_by:
         key = filters.sort_expression(params.sort_by, resource_type)
         order.insert(0, ordering(key, params.descending))
     page = query.order_by(*order).offset(params.start_index - 1).limit(params.count)
-    return query, list(page)
+    return total, list(page)
+
+
+class _Kept:
+    """Every live user, or the active or inactive ones, counted by the triggers' counts."""
+
+    def __init__(self, active=None):
+        self.active = active
+
+    def count(self):
+        live, active = counted(User)
+        if self.active is None:
+            return live
+        return active if self.active else live - active
+
+
+def _kept_count(model, node):
+    """Return a kept count for no filter or ``active eq <bool>`` on users, else None."""
+    if model is not User:
+        return None
+    if node is None:
+        return _Kept()
+    if (
+        isinstance(node, filters.Compare)
+        and node.op == "eq"
+        and node.path.attr.lower() == "active"
+        and node.path.sub is None
+        and (node.path.urn or schema.USER_SCHEMA).lower() == schema.USER_SCHEMA.lower()
+    ):
+        wanted = filters.as_bool(node.value)
+        if wanted is not None:
+            return _Kept(wanted)
+    return None
 
 
 # The attributes an identity provider looks resources up by: answered

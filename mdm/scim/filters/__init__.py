@@ -4,6 +4,7 @@
 # evaluate  the AST tested against one element of a multi-valued attribute (pure)
 # sql       the AST compiled to peewee expressions over the models
 
+from .evaluate import as_bool
 from .evaluate import matches
 from .grammar import MAX_DEPTH
 from .grammar import MAX_LENGTH
@@ -26,6 +27,7 @@ from .sql import sort_expression
 from .sql import to_expression
 
 __all__ = [
+    "as_bool",
     "MAX_DEPTH",
     "MAX_LENGTH",
     "MAX_TERMS",
