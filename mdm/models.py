@@ -13,6 +13,7 @@ from datetime import timedelta
 from peewee import SQL
 from peewee import BooleanField
 from peewee import DateTimeField
+from peewee import Entity
 from peewee import ForeignKeyField
 from peewee import IntegerField
 from peewee import ModelIndex
@@ -895,8 +896,10 @@ def migrate():
             database.execute(index)
         for index in _sort_indexes():
             database.execute(index)
+        if postgres():
+            _attribute_statistics()
         if postgres() and 0 < current < SCHEMA_VERSION:
-            # A new expression index has no statistics until the table is
+            # New indexes and statistics know nothing until the table is
             # analyzed; until then the planner guesses that an employeeNumber
             # matches thousands of users and walks every user in id order.
             database.execute_sql('ANALYZE "user"')
@@ -922,6 +925,23 @@ REBUILT_IN_11 = (
     "user_department",
     *INDEXED_ATTRIBUTES,
 )
+
+
+def _attribute_statistics():
+    """Give PostgreSQL statistics on the values the attribute indexes hold."""
+    # The planner takes no statistics from a partial index. Without them it
+    # guesses that an employeeNumber matches 0.5% of users and, for a page
+    # in id order, walks every user checking it: seconds at a million.
+    # Expression statistics (PostgreSQL 14) tell it one user matches.
+    if int(database.execute_sql("SHOW server_version_num").fetchone()[0]) < 140000:
+        return
+    for name, keys in INDEXED_ATTRIBUTES.items():
+        value = nocase(json_get_indexed(Entity(User.data.column_name), keys))
+        sql, params = database.get_sql_context().sql(value).query()
+        database.execute_sql(
+            f'CREATE STATISTICS IF NOT EXISTS "{name}_values" ON ({sql}) FROM "user"',
+            params,
+        )
 
 
 def _attribute_indexes():
