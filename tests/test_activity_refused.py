@@ -303,7 +303,7 @@ def test_an_older_activity_database_is_upgraded_with_nothing_lost(app):
         AuditEvent.create(event="SCIM Token Created", details="IdP: Okta; token ab")
     activity_store.bind(app.config["ACTIVITY_DATABASE"])
     with activity_db.connection_context():
-        assert schema_version(activity_db, "activity") == 5
+        assert schema_version(activity_db, "activity") == 6
         assert "refusal" in activity_db.get_tables()
         assert [(e.method, e.status) for e in ActivityEntry.select()] == [("GET", 200)]
         assert [e.details for e in AuditEvent.select()] == ["IdP: Okta; token ab"]
@@ -323,6 +323,6 @@ def test_schema_2_activity_gains_the_operation_column_with_nothing_lost(app):
         set_schema_version(activity_db, "activity", 2)
     activity_store.bind(app.config["ACTIVITY_DATABASE"])
     with activity_db.connection_context():
-        assert schema_version(activity_db, "activity") == 5
+        assert schema_version(activity_db, "activity") == 6
         rows = [(e.method, e.path, e.operation) for e in ActivityEntry.select()]
         assert rows == [("POST", "/scim/v2/Bulk", False)]

@@ -122,7 +122,7 @@ def test_schema_3_activity_gains_the_request_id_column_with_nothing_lost(app):
         set_schema_version(activity_db, "activity", 3)
     activity.bind(app.config["ACTIVITY_DATABASE"])
     with activity_db.connection_context():
-        assert schema_version(activity_db, "activity") == 5
+        assert schema_version(activity_db, "activity") == 6
         kept = ActivityEntry.get()
     assert (kept.path, kept.status, kept.request_id) == ("/scim/v2/Users", 200, None)
 
