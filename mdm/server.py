@@ -73,8 +73,7 @@ def serve(app, host, port, threads, on_ready=None):
     stopping = threading.Event()
 
     def request_stop(signum, frame):
-        stopping.set()
-        server.pull_trigger()  # wake the event loop now
+        stop(server, stopping)
 
     previous = {
         sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
@@ -177,6 +176,17 @@ def connection_limit(wanted):
 # waitress internals from here on (see INTERNALS): the graceful stop, the
 # connection the loop leaves alone while a worker writes, the dispatcher.
 #
+
+
+def stop(server, stopping):
+    """Ask ``run`` to stop, from any thread, waking its event loop now."""
+    stopping.set()
+    try:
+        server.pull_trigger()
+    except OSError:
+        # From another thread, run() may have seen the flag on its own and
+        # closed the trigger already: it is stopping, as asked.
+        pass
 
 
 def run(server, stopping):

@@ -20,6 +20,7 @@ from mdm.models import Admin
 from mdm.models import BearerToken
 from mdm.server import make_server
 from mdm.server import run
+from mdm.server import stop
 
 SCIM = "application/scim+json"
 PASSWORD = "correct horse battery"
@@ -285,7 +286,6 @@ def live_server(app, threads=8):
     try:
         yield server.effective_port
     finally:
-        stopping.set()
-        server.pull_trigger()
+        stop(server, stopping)
         thread.join(timeout=40)
         database.close_all()

@@ -19,6 +19,7 @@ from mdm.server import Channel
 from mdm.server import Dispatcher
 from mdm.server import make_server
 from mdm.server import run
+from mdm.server import stop
 
 from .conftest import ENGINE
 
@@ -31,13 +32,12 @@ def serving(app, threads=2):
     looping = threading.Thread(target=run, args=(server, stopping), daemon=True)
     looping.start()
 
-    def stop():
-        stopping.set()
-        server.pull_trigger()
+    def stopped():
+        stop(server, stopping)
         looping.join(10)
         assert not looping.is_alive(), "the server did not stop"
 
-    return server, stop
+    return server, stopped
 
 
 def test_waitress_is_the_version_the_graceful_stop_was_written_for():
@@ -106,6 +106,13 @@ def test_the_waitress_internals_of_the_graceful_stop_are_there():
         a.close()
         b.close()
         server.close()
+
+
+def test_asking_a_stopped_server_to_stop_again_is_harmless():
+    """From another thread, run() may close its trigger before stop() pulls it."""
+    server, stopped = serving(Flask(__name__))
+    stopped()
+    stop(server, threading.Event())  # the trigger is closed: no OSError
 
 
 def test_stopping_closes_idle_connections_and_returns():
