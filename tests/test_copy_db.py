@@ -84,9 +84,14 @@ if ENGINE == "postgresql":
         assert moved_scim.get(f"/Users/{gone['id']}").status_code == 404
         members = moved_scim.get(f"/Groups/{group['id']}").get_json()["members"]
         assert [m["value"] for m in members] == [bjensen["id"]]
+        # The kept counts follow the copied rows: one live user, none deprovisioned.
+        listed = moved_scim.get("/Users?count=0").get_json()
+        assert listed["totalResults"] == 1
         # New rows get fresh ids after the copied ones.
         moved_scim.create_user("new@x")
         moved_scim.create_group("New group")
+        listed = moved_scim.get("/Users?count=0&filter=active eq true").get_json()
+        assert listed["totalResults"] == 2
         with moved.app_context(), database.connection_context():
             assert Admin.get(Admin.username == "root").check_password(
                 "correct horse battery"
