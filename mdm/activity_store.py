@@ -190,8 +190,12 @@ def outcome_condition(floor):
     # SQL text, not a bound range: SQLite uses a partial index only when the
     # query repeats its condition term for term. A failure range carries
     # FAILED's term too, so that a connection's failures read its index.
-    text = f"status >= {floor} AND status < {floor + 100}"
+    text = _status_range(floor)
     return SQL(f"{FAILED_TEXT} AND {text}" if floor >= 400 else text)
+
+
+def _status_range(floor):
+    return f"status >= {floor} AND status < {floor + 100}"
 
 
 # The 4xx and 5xx filters read their few rows newest first from these. A
@@ -203,7 +207,7 @@ for _floor in (400, 500):
         ActivityEntry.time,
         ActivityEntry.id,
         name=f"activity_{_floor // 100}xx_time_id",
-        where=SQL(f"status >= {_floor} AND status < {_floor + 100}"),
+        where=SQL(_status_range(_floor)),
     )
 
 

@@ -898,11 +898,12 @@ def migrate():
             database.execute(index)
         if postgres():
             _attribute_statistics()
-        if postgres() and 0 < current < SCHEMA_VERSION:
-            # New indexes and statistics know nothing until the table is
-            # analyzed; until then the planner guesses that an employeeNumber
-            # matches thousands of users and walks every user in id order.
-            database.execute_sql('ANALYZE "user"')
+            if 0 < current < SCHEMA_VERSION:
+                # New indexes and statistics know nothing until the table is
+                # analyzed; until then the planner guesses that an
+                # employeeNumber matches thousands of users and walks every
+                # user in id order.
+                database.execute_sql('ANALYZE "user"')
         set_schema_version(database, "mdm", SCHEMA_VERSION)
 
 

@@ -209,9 +209,8 @@ class NewRow:
         webhooks.write(self.events)
 
 
-def insert(row, uniqueness_error, events=()):
-    """Insert a new row under the write lock, answering 409 when its name is taken."""
-    new = NewRow(row, uniqueness_error, events)
+def insert(new):
+    """Insert a prepared NewRow under the write lock, answering 409 when its name is taken."""
 
     def attempt():
         with write_transaction():
@@ -220,7 +219,7 @@ def insert(row, uniqueness_error, events=()):
     try:
         _retried(attempt)
     except IntegrityError:
-        raise uniqueness_error from None
+        raise new.uniqueness_error from None
 
 
 def insert_each(new_rows, errors_allowed=None):
@@ -270,7 +269,7 @@ def _query(model, resource_type, params):
     node = filters.parse(params.filter) if params.filter else None
     if node is not None:
         query = query.where(filters.to_expression(node, resource_type))
-    total = _kept_count(model, node) or query
+    total = _kept_count(model, resource_type, node) or query
     if not params.count:
         return total, []
     order = [model.id]
@@ -306,23 +305,22 @@ class _Kept:
         return active if self.active else live - active
 
 
-def _kept_count(model, node):
+def _kept_count(model, resource_type, node):
     """Return a kept count for no filter or ``active eq <bool>`` on users, else None."""
     if model is not User:
         return None
     if node is None:
         return _Kept()
-    if (
-        isinstance(node, filters.Compare)
-        and node.op == "eq"
-        and node.path.attr.lower() == "active"
-        and node.path.sub is None
-        and (node.path.urn or schema.USER_SCHEMA).lower() == schema.USER_SCHEMA.lower()
-    ):
-        wanted = filters.as_bool(node.value)
-        if wanted is not None:
-            return _Kept(wanted)
-    return None
+    if not isinstance(node, filters.Compare) or node.op != "eq":
+        return None
+    # Resolved as the compiler resolves it: any spelling of the core active.
+    found = resource_type.resolve(str(node.path))
+    if found is None or found[0] is not resource_type.core or found[2] is not None:
+        return None
+    wanted = filters.as_bool(node.value)
+    if found[1].name != "active" or wanted is None:
+        return None
+    return _Kept(wanted)
 
 
 # The attributes an identity provider looks resources up by: answered

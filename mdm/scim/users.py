@@ -79,7 +79,7 @@ def create(body, resource_type, source):
     """Create a user from a request body (RFC 7644 §3.3)."""
     new = prepare_create(body, resource_type, source)
     try:
-        insert(new.row, new.uniqueness_error, new.events)
+        insert(new)
     except ScimError:
         created(new, False)
         raise
