@@ -9,7 +9,6 @@ from .. import webhooks
 from ..db import Prepared
 from ..db import WriteConflict
 from ..db import counted
-from ..db import database
 from ..db import lock_row
 from ..db import ordering
 from ..db import postgres
@@ -29,6 +28,10 @@ ATTEMPTS = 4
 
 class Stale(Exception):
     """The row changed between reading it and taking the write lock."""
+
+
+class Taken(IntegrityError):
+    """An INSERT found one of the row's unique values already stored."""
 
 
 def get_live(model, scim_id):
@@ -128,7 +131,11 @@ def _statement(model, kind, names):
                 for f, m in zip(fields, markers, strict=False)
             }
             if kind == "insert":
-                return model.insert(values).returning(model._meta.primary_key)
+                # A taken unique value inserts nothing and returns no key
+                # (Taken) instead of aborting the transaction, so rows
+                # sharing one need no savepoint each.
+                query = model.insert(values).on_conflict_ignore()
+                return query.returning(model._meta.primary_key)
             current = [Value(m, converter=False) for m in markers[len(fields) :]]
             return model.update(values).where(
                 (model.id == current[0])
@@ -190,9 +197,11 @@ class Insert:
         self.params = _bound(model, values)
 
     def run(self):
-        """Insert under the lock and give the row its new key."""
-        cursor = self.statement.execute(**self.params)
-        setattr(self.row, self.key.name, cursor.fetchone()[0])
+        """Insert under the lock and give the row its new key; Taken if a unique value is."""
+        key = self.statement.execute(**self.params).fetchone()
+        if key is None:
+            raise Taken()
+        setattr(self.row, self.key.name, key[0])
 
 
 class NewRow:
@@ -231,8 +240,9 @@ def insert_each(new_rows, errors_allowed=None):
     """
     # One commit for many rows: a commit writes every page the row touched
     # in the table, its indexes and the search index, so a commit per row
-    # costs far more than the row. A savepoint per row lets one taken name
-    # fail alone, as if it had been sent by itself.
+    # costs far more than the row. A taken name inserts nothing (Taken), so
+    # it fails alone, as if it had been sent by itself, without a savepoint
+    # per row: SQLite's FTS5 writes its pending terms at every savepoint.
 
     def attempt():
         errors = []
@@ -240,10 +250,9 @@ def insert_each(new_rows, errors_allowed=None):
         with write_transaction():
             for new in new_rows:
                 try:
-                    with database.atomic():
-                        new.run()
+                    new.run()
                     errors.append(None)
-                except IntegrityError:
+                except Taken:
                     errors.append(new.uniqueness_error)
                     failed += 1
                     if errors_allowed is not None and failed >= errors_allowed:
