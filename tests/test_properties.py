@@ -20,6 +20,7 @@ from mdm.scim import patch
 from mdm.scim.errors import ScimError
 from mdm.scim.schema import ENTERPRISE_SCHEMA
 from mdm.scim.schema import GROUP_TYPE
+from mdm.scim.schema import RESOLVED_CACHE
 from mdm.scim.schema import user_type
 
 from .conftest import bind_test_database
@@ -761,3 +762,16 @@ def test_bulk_answers_every_operation_or_a_scim_error(bulk_client, operations, f
         assert 200 <= int(result["status"]) < 500, result
         if int(result["status"]) >= 400:
             assert result["response"]["status"] == result["status"]
+
+
+def test_resolved_paths_are_remembered_up_to_a_bound():
+    resource_type = user_type()
+    given_name = resource_type.resolve("name.givenName")
+    assert given_name[1].name == "name" and given_name[2].name == "givenName"
+    assert resource_type.resolve("name.givenName") is given_name
+    # A client chooses the paths: unknown ones fill the cache only to its bound.
+    for n in range(RESOLVED_CACHE + 100):
+        assert resource_type.resolve(f"unknown{n}") is None
+    assert len(resource_type._resolved) == RESOLVED_CACHE
+    assert resource_type.resolve("NAME.GIVENNAME") == given_name
+    assert "NAME.GIVENNAME" not in resource_type._resolved

@@ -328,6 +328,9 @@ def custom_schema(urn, definitions):
     )
 
 
+RESOLVED_CACHE = 4096
+
+
 @dataclass(frozen=True)
 class ResourceType:
     """A resource type: its core schema and extensions (RFC 7643 §6)."""
@@ -336,6 +339,8 @@ class ResourceType:
     endpoint: str
     core: Schema
     extensions: tuple = ()
+    # Paths resolved so far: a Bulk load resolves the same few for every user.
+    _resolved: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def schemas(self):
@@ -372,6 +377,17 @@ class ResourceType:
 
     def resolve(self, path):
         """Resolve ``attr[.sub]`` or ``urn:attr[.sub]`` to (schema, attr, sub), or None."""
+        try:
+            return self._resolved[path]
+        except KeyError:
+            pass
+        resolved = self._resolve(path)
+        # Bounded: a client chooses the paths, and may send any number.
+        if len(self._resolved) < RESOLVED_CACHE:
+            self._resolved[path] = resolved
+        return resolved
+
+    def _resolve(self, path):
         # Names are matched case-insensitively (RFC 7643 §2.1).
         schema, rest = self.split_urn(path)
         if schema is not None and not rest:
