@@ -1,5 +1,6 @@
 """Console counts capped for a large directory, activity plans on indexes, bounded activity."""
 
+import json
 import re
 from urllib.parse import urlencode
 
@@ -27,6 +28,7 @@ from mdm.models import utcnow
 
 from . import served
 from .test_admin_browse import add_users
+from .test_scim_bulk import BULK_REQUEST
 
 BULK = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
 CORE = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -94,10 +96,17 @@ def test_filtered_users_and_groups_pages_cap_their_counts(app, console, scim):
         scim.create_group(f"Team {i}")
     add_users(app, 4, prefix="off")
     add_users(app, 2, prefix="on")
+    add_users(app, 50, prefix="more")
     with app.app_context(), database.connection_context():
         User.update(active=False).where(User.user_name.startswith("off")).execute()
+    # Matches that fit on the first page are counted from it, whatever the cap.
     assert pager(console.get("/admin/users?status=disabled")) == (
-        "1–4 of more than 3 users Page 1"
+        "1–4 of 4 users Page 1 of 1"
+    )
+    with app.app_context(), database.connection_context():
+        User.update(active=False).where(User.user_name.startswith("more")).execute()
+    assert pager(console.get("/admin/users?status=disabled")) == (
+        "1–50 of more than 3 users Page 1 Next"
     )
     assert pager(console.get("/admin/users?status=active")) == (
         "1–2 of 2 users Page 1 of 1"
@@ -214,15 +223,26 @@ def test_served_console_counts_up_to_the_configured_cap(tmp_path):
     process, port = served.start(env, tmp_path / "serve.log")
     try:
         auth = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
-        for i in range(3):
-            response, _ = served.request(
-                port,
-                "POST",
-                "/scim/v2/Users",
-                {"schemas": [CORE], "userName": f"s{i}@example.com"},
-                auth,
-            )
-            assert response.status == 201
+        # More than a page: a first page that holds every user counts them.
+        operations = [
+            {
+                "method": "POST",
+                "path": "/Users",
+                "bulkId": str(i),
+                "data": {"schemas": [CORE], "userName": f"s{i}@example.com"},
+            }
+            for i in range(52)
+        ]
+        response, body = served.request(
+            port,
+            "POST",
+            "/scim/v2/Bulk",
+            {"schemas": [BULK_REQUEST], "Operations": operations},
+            auth,
+        )
+        assert response.status == 200
+        results = json.loads(body)["Operations"]
+        assert [r["status"] for r in results] == ["201"] * 52
         response, body = served.request(port, "GET", "/login")
         cookie = response.getheader("Set-Cookie").split(";")[0]
         token = BeautifulSoup(body, "html.parser").find(
@@ -243,7 +263,7 @@ def test_served_console_counts_up_to_the_configured_cap(tmp_path):
         )
         assert response.status == 200
         nav = BeautifulSoup(body, "html.parser").main.find("nav", class_="pager")
-        assert text(nav) == "1–3 of more than 2 users Page 1"
+        assert text(nav) == "1–50 of more than 2 users Page 1 Next"
     finally:
         assert served.stop(process) == 0
 

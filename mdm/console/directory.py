@@ -36,11 +36,13 @@ from .directory_out import member_count
 from .directory_out import members_of
 from .directory_out import membership
 from .paging import PAGE_SIZE
+from .paging import Count
 from .paging import KeysetPages
 from .paging import Pagination
 from .paging import capped_count
 from .paging import capped_counts
 from .paging import contains
+from .paging import first_rows
 from .paging import keyset_order
 from .paging import page_arg
 
@@ -76,11 +78,17 @@ def users():
     key = USER_SORTS.get(sort, User.user_name)
     descending = order == "desc"
     query = query.order_by(*keyset_order(key, User, descending))
-    total = capped_count(query)
-    if total.exact:
-        pagination = Pagination(query, page_arg(), total=total)
+    head = first_rows(query, User, key, descending)
+    if head is not None and len(head) <= PAGE_SIZE:
+        total = Count(len(head))  # the first page holds every match
     else:
-        pagination = KeysetPages(query, User, key, page_arg(), total, descending)
+        total = capped_count(query)
+    if total.exact:
+        pagination = Pagination(query, page_arg(), total=total, head=head)
+    else:
+        pagination = KeysetPages(
+            query, User, key, page_arg(), total, descending, head=head
+        )
     groups = groups_of([u.id for u in pagination.items])
     deprovisioned = capped_count(
         User.select().where(User.deprovisioned_at.is_null(False))

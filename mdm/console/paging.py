@@ -102,7 +102,7 @@ class Pagination:
     # The total is counted up to the cap; above it there is no last page to
     # link to, and "Next" is shown when the page read one row beyond itself.
 
-    def __init__(self, query, page, per_page=PAGE_SIZE, total=None):
+    def __init__(self, query, page, per_page=PAGE_SIZE, total=None, head=None):
         if total is None:
             total = capped_count(query)
         elif not isinstance(total, Count):
@@ -115,8 +115,11 @@ class Pagination:
             self.page = min(max(1, page), self.pages)
         else:
             self.page = max(1, page)
-        offset = (self.page - 1) * per_page
-        rows = list(query.limit(per_page + 1).offset(offset))
+        if head is not None and self.page == 1:
+            rows = head
+        else:
+            offset = (self.page - 1) * per_page
+            rows = list(query.limit(per_page + 1).offset(offset))
         self.items = rows[:per_page]
         self.has_next = len(rows) > per_page
 
@@ -246,7 +249,15 @@ class KeysetPages(Pagination):
     # (typed by hand) still uses OFFSET.
 
     def __init__(
-        self, query, model, key, page, total, descending=False, per_page=PAGE_SIZE
+        self,
+        query,
+        model,
+        key,
+        page,
+        total,
+        descending=False,
+        per_page=PAGE_SIZE,
+        head=None,
     ):
         self.total = total
         self.exact = False
@@ -266,7 +277,9 @@ class KeysetPages(Pagination):
             self.items = rows[::-1]
             self.has_next = True
         elif self.page == 1:
-            rows = _seek(*order, descending, None, per_page + 1)
+            if head is None:
+                head = _seek(*order, descending, None, per_page + 1)
+            rows = head
             self.items = rows[:per_page]
             self.has_next = len(rows) > per_page
         else:
@@ -302,6 +315,16 @@ def _seek(query, model, key, descending, last, limit):
         if len(rows) >= limit:
             break
     return rows
+
+
+def first_rows(query, model, key, descending, per_page=PAGE_SIZE):
+    """Return the first page's rows and the next one, when the first page is asked for."""
+    # Read before counting: when they are all there is (a search that finds
+    # a few users), the count is their number and no COUNT runs.
+    args = request.args
+    if page_arg() != 1 or args.get("after") or args.get("before"):
+        return None
+    return _seek(query, model, key, descending, None, per_page + 1)
 
 
 def keyset_order(key, model, descending):
