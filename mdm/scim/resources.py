@@ -286,15 +286,31 @@ def _query(model, resource_type, params):
         key = filters.sort_expression(params.sort_by, resource_type)
         order.insert(0, ordering(key, params.descending))
     offset = params.start_index - 1
+    columns = LISTED.get(model, ())
     if offset < DEEP_OFFSET:
-        page = query.order_by(*order).offset(offset).limit(params.count)
-        return total, list(page)
+        page = query.select(*columns).order_by(*order).offset(offset)
+        return total, list(page.limit(params.count))
     # A deep page finds its ids first, skipping index entries only; then
     # reads just its own rows. PostgreSQL otherwise fetches every skipped
     # row from the table: a second for the last page of a million users.
     ids = query.select(model.id).order_by(*order).offset(offset).limit(params.count)
-    page = model.select().where(model.id.in_(ids)).order_by(*order)
+    page = model.select(*columns).where(model.id.in_(ids)).order_by(*order)
     return total, list(page)
+
+
+# The columns a listed user is rendered from (serialize.user, groups_of):
+# building a row of seven columns costs a third of one of eighteen.
+LISTED = {
+    User: (
+        User.id,
+        User.scim_id,
+        User.external_id,
+        User.data,
+        User.version,
+        User.created,
+        User.last_modified,
+    )
+}
 
 
 # The startIndex from which a page's ids are found before its rows.

@@ -26,11 +26,14 @@ from .resources import search
 #
 
 
-def render_user(user, resource_type, attributes=None, excluded=None, member_of=None):
+def render_user(
+    user, resource_type, attributes=None, excluded=None, member_of=None, base=None
+):
     """Serialise a user, with its groups unless given, projected as asked."""
     if member_of is None:
         member_of = groups_of([user.id]).get(user.id, ())
-    resource = serialize.user(user, http.base_url(), member_of, resource_type)
+    base = http.base_url() if base is None else base
+    resource = serialize.user(user, base, member_of, resource_type)
     return serialize.project(resource, resource_type, attributes, excluded)
 
 
@@ -101,9 +104,10 @@ def search_users(params, resource_type):
     excluded = serialize.locate(resource_type, params.excluded)
     wanted = serialize.wants(resource_type, "groups", attributes, excluded)
     member_of = groups_of([user.id for user in page]) if wanted else {}
+    base = http.base_url()
     resources = [
         render_user(
-            user, resource_type, attributes, excluded, member_of.get(user.id, ())
+            user, resource_type, attributes, excluded, member_of.get(user.id, ()), base
         )
         for user in page
     ]
