@@ -185,15 +185,17 @@ NOTES = (
 @contextmanager
 def operation():
     """Collect the notes of one Bulk operation apart from its enclosing request's."""
-    saved = {key: g.pop(key, None) for key in NOTES}
+    # The proxy is resolved once: a Bulk load enters this twice per user.
+    notes = g._get_current_object()
+    saved = {key: notes.pop(key, None) for key in NOTES}
     noted = {}
     try:
         yield noted
     finally:
         for key in NOTES:
-            noted[key] = g.pop(key, None)
+            noted[key] = notes.pop(key, None)
             if saved[key] is not None:
-                setattr(g, key, saved[key])
+                setattr(notes, key, saved[key])
 
 
 def record_operation(method, path, status, noted, body, response, duration):
@@ -207,7 +209,7 @@ def record_operation(method, path, status, noted, body, response, duration):
         ActivityEntry,
         (  # in ENTRY_COLUMNS order
             utcnow(),
-            *_client(request, g),
+            *_client(request._get_current_object(), g),
             method[:16],
             path[:2048],
             "",

@@ -331,6 +331,43 @@ def test_circular_manager_references_are_both_set(app, scim):
     assert [op["version"] for op in body["Operations"]] == [version(a), version(b)]
 
 
+@pytest.mark.parametrize(
+    "spelled", ["bulkId:b", "\\u0062ulkId:b", "bulkId\\u003ab", "bulkId:\\u0062"]
+)
+def test_references_spelled_with_escapes_are_resolved(app, scim, spelled):
+    """A \\u escape anywhere in "bulkId:x" decodes to the same reference."""
+    operations = [
+        post_user("a", "a@example.com", **{ENTERPRISE: {"manager": {"value": "X"}}}),
+        post_user("b", "b@example.com"),
+        post_group("g", "Escaped", "Y"),
+    ]
+    text = json.dumps({"schemas": [BULK_REQUEST], "Operations": operations})
+    text = text.replace('"X"', f'"{spelled}"').replace('"Y"', f'"{spelled}"')
+    response = scim.post("/Bulk", text)
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert [op["status"] for op in body["Operations"]] == ["201", "201", "201"]
+    a, b = user_named(app, "a@example.com"), user_named(app, "b@example.com")
+    manager = scim.get(f"/Users/{a.scim_id}").get_json()[ENTERPRISE]["manager"]
+    assert manager["value"] == b.scim_id
+    assert member_names(app, group_named(app, "Escaped")) == ["b@example.com"]
+
+
+def test_a_path_may_name_a_reference_percent_encoded(app, scim):
+    """/Users/bulkId%3Ab is the user the POST with bulkId b created."""
+    body = bulk(
+        scim,
+        post_user("b", "b@example.com"),
+        patch_op(
+            "/Users/bulkId%3Ab", {"op": "replace", "path": "displayName", "value": "B"}
+        ),
+    )
+    assert [op["status"] for op in body["Operations"]] == ["201", "200"]
+    b = user_named(app, "b@example.com")
+    assert body["Operations"][1]["location"] == f"{BASE}/Users/{b.scim_id}"
+    assert scim.get(f"/Users/{b.scim_id}").get_json()["displayName"] == "B"
+
+
 def test_a_ring_of_1000_forward_references_resolves(app, scim):
     """Each user's manager is the next one's bulkId and the last points at the first."""
     count = 1000

@@ -42,8 +42,9 @@ def bulk():
     config = current_app.config
     body = _read_body(config["SCIM_BULK_MAX_PAYLOAD"])
     items, fail_on_errors = _read_request(body, config["SCIM_BULK_MAX_OPERATIONS"])
+    refers = _may_refer(request.get_data(cache=True))
     job = Job(
-        [Operation(index, item) for index, item in enumerate(items)],
+        [Operation(index, item, refers) for index, item in enumerate(items)],
         fail_on_errors,
         http.user_type(),
     )
@@ -99,11 +100,21 @@ def _read_request(body, max_operations):
     return items, fail_on_errors
 
 
+def _may_refer(raw):
+    """Whether a request body's text may hold a bulkId reference anywhere."""
+    # Every decoded string is in the text as written, unless a \u escape
+    # spells one of its letters: without either, no value of an operation's
+    # data can hold one, and the data needs no walk. (A path is percent-
+    # decoded, so it is always looked at.)
+    return b"bulkId:" in raw or b"\\u" in raw
+
+
 class Operation:
     """One entry of a BulkRequest, checked but not yet applied."""
 
-    def __init__(self, index, item):
+    def __init__(self, index, item, refers=True):
         self.index = index
+        self.refers = refers
         self.method = self.bulk_id = self.version = self.data = None
         self.model = self.resource_id = None
         self.references = []
@@ -144,7 +155,7 @@ class Operation:
             raise ScimError.invalid_value(
                 f"A {self.method} path names one resource, such as /Users/{{id}}."
             )
-        if self.resource_id is not None:
+        if self.resource_id is not None:  # percent-decoded: always looked at
             _references(self.resource_id, self.references)
         if self.method != "DELETE":
             data = parse.get_key(item, "data")
@@ -153,7 +164,8 @@ class Operation:
                     f"A {self.method} operation needs a data object."
                 )
             self.data = data
-            _references(data, self.references)
+            if self.refers:
+                _references(data, self.references)
 
     @property
     def endpoint(self):
@@ -218,6 +230,8 @@ class Job:
         self.operations = operations
         self.fail_on_errors = fail_on_errors
         self.resource_type = resource_type
+        # Read once: each costs a few lookups through Flask's proxies.
+        self.base_url, self.source = http.base_url(), http.token_idp()
         self.errors = 0
         self.results = {}
         self.created = {}  # bulkId: id of the resource its POST created
@@ -276,7 +290,7 @@ class Job:
             with activity.operation() as noted:
                 try:
                     new = users.prepare_create(
-                        operation.data, self.resource_type, http.token_idp()
+                        operation.data, self.resource_type, self.source
                     )
                 except ScimError:
                     break
@@ -405,14 +419,14 @@ class Job:
         resource_type = self.resource_type
         if model is User:
             if method == "POST":
-                return users.create(data, resource_type, http.token_idp())
+                return users.create(data, resource_type, self.source)
             if method == "PUT":
                 return users.replace(resource_id, data, resource_type, version)
             if method == "PATCH":
                 return users.apply_patch(resource_id, data, resource_type, version)
         else:
             if method == "POST":
-                return groups.create(data, http.token_idp())
+                return groups.create(data, self.source)
             if method == "PUT":
                 return groups.replace(resource_id, data, version)
             if method == "PATCH":
@@ -494,6 +508,5 @@ class Job:
             )
         raise ScimError(409, None, detail)
 
-    @staticmethod
-    def _location(operation, resource_id):
-        return f"{http.base_url()}/{operation.endpoint}/{resource_id}"
+    def _location(self, operation, resource_id):
+        return f"{self.base_url}/{operation.endpoint}/{resource_id}"
