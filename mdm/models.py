@@ -481,7 +481,7 @@ class User(database.Model):
     display_name = NoCaseField(null=True)
     given_name = NoCaseField(null=True)
     family_name = NoCaseField(null=True)
-    email = NoCaseField(null=True, index=True)
+    email = NoCaseField(null=True)
     # Mirrored for the console's search (schema 8).
     department = NoCaseField(null=True)
     title = NoCaseField(null=True)
@@ -491,7 +491,7 @@ class User(database.Model):
     source = TextField(default="generic")
     version = IntegerField(default=1)
     created = DateTimeField(default=utcnow, index=True)
-    last_modified = DateTimeField(default=utcnow, index=True)
+    last_modified = DateTimeField(default=utcnow)
     deprovisioned_at = DateTimeField(null=True)
 
     @property
@@ -759,10 +759,6 @@ class WebhookDelivery(database.Model):
 User.add_index(User.user_name, unique=True, where=User.deprovisioned_at.is_null())
 Group.add_index(Group.display_name, unique=True, where=Group.deprovisioned_at.is_null())
 Membership.add_index(Membership.user)
-# The console lists every user, deprovisioned ones included, sorted by these.
-# Named apart from the partial unique index, which owns the default name.
-User.add_index(User.user_name, name="user_user_name_all")
-User.add_index(User.display_name)
 # Partial: only the few deprovisioned rows. A plain index on the column led
 # SQLite to answer "scim_id IN (...) AND deprovisioned_at IS NULL" by walking
 # every live row instead of looking the ids up.
@@ -859,8 +855,13 @@ MODELS = [
 # 10: the substring index (an FTS5 trigram table kept by triggers on SQLite,
 #     pg_trgm GIN on PostgreSQL), indexes for attribute filters and disabled
 #     users, indexes for each console sort key, webhook endpoints, events
-#     and deliveries, and saved searches.
-SCHEMA_VERSION = 11
+#     and deliveries, and saved searches;
+# 11: counts of live and active users kept by triggers, and the partial
+#     indexes that counts read carry active and deprovisioned_at;
+# 12: the department and attribute indexes hold id after the value, so that
+#     a page of a value's users in id order reads off the index, unsorted;
+#     PostgreSQL drops four single-column indexes its sort indexes cover.
+SCHEMA_VERSION = 12
 
 # The enterprise extension (RFC 7643 §4.3), whose department users mirror.
 ENTERPRISE_USER = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
@@ -883,11 +884,17 @@ def migrate():
         if 3 <= current < 5:
             database.execute_sql('DROP INDEX IF EXISTS "user_deprovisioned_at"')
             database.execute_sql('DROP INDEX IF EXISTS "group_deprovisioned_at"')
+        rebuilt = []
         if 0 < current < 11:
             # Rebuilt below with deprovisioned_at as a column, so that counts
             # read them alone.
-            for name in REBUILT_IN_11:
-                database.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
+            rebuilt += REBUILT_IN_11
+        if 0 < current < 12:
+            rebuilt += REBUILT_IN_12  # with id after the value
+        if postgres() and 0 < current < 12:
+            rebuilt += ONLY_SQLITE  # and not built again
+        for name in dict.fromkeys(rebuilt):
+            database.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
         database.create_tables(MODELS, safe=True)
         _add_missing_columns()
         trigram_index(User, user_search_fields(), SEARCHED_LISTS)
@@ -926,6 +933,16 @@ REBUILT_IN_11 = (
     "user_department",
     *INDEXED_ATTRIBUTES,
 )
+# The indexes schema 12 gave id after the value.
+REBUILT_IN_12 = ("user_department", *INDEXED_ATTRIBUTES)
+# Indexes schema 12 keeps on SQLite only: on PostgreSQL each sort index,
+# (key NULLS FIRST, id), serves every lookup and order these served.
+ONLY_SQLITE = (
+    "user_user_name_all",
+    "user_display_name",
+    "user_email",
+    "user_last_modified",
+)
 
 
 def _attribute_statistics():
@@ -952,12 +969,14 @@ def _attribute_indexes():
     # Only live users with one, and their active flag: "department eq x and
     # active eq true" and its totalResults count read the index alone.
     live = User.deprovisioned_at.is_null()
-    # deprovisioned_at too, always NULL here: SQLite counts from a partial
-    # index alone only when it holds the columns of its condition (from an
-    # expression index, only from release 3.41).
+    # id right after the value: a value's users come off the index in id
+    # order, so a page of 20,000 matches reads 100 of them, not sorts them
+    # all. deprovisioned_at too, always NULL here: SQLite counts from a
+    # partial index alone only when it holds the columns of its condition
+    # (from an expression index, only from release 3.41).
     department = ModelIndex(
         User,
-        (User.department, User.active, User.deprovisioned_at),
+        (User.department, User.id, User.active, User.deprovisioned_at),
         name="user_department",
         safe=True,
     )
@@ -969,7 +988,7 @@ def _attribute_indexes():
         value = json_get_indexed(User.data, keys)
         index = ModelIndex(
             User,
-            (nocase(value), User.active, User.deprovisioned_at),
+            (nocase(value), User.id, User.active, User.deprovisioned_at),
             name=name,
             safe=True,
         )
@@ -986,7 +1005,17 @@ def _sort_indexes():
     # key alone serves (key, id); PostgreSQL needs id in the index, and NULL
     # keys first, as the console sorts them (ascending; last descending).
     if not postgres():
-        return [ModelIndex(User, (User.source,), name="user_source", safe=True)]
+        # The console lists every user, deprovisioned ones included. The
+        # user_name one is named apart from the partial unique index, which
+        # owns the default name.
+        keys = {
+            "user_user_name_all": User.user_name,
+            "user_display_name": User.display_name,
+            "user_email": User.email,
+            "user_source": User.source,
+            "user_last_modified": User.last_modified,
+        }
+        return [ModelIndex(User, (k,), name=n, safe=True) for n, k in keys.items()]
     keys = {
         "user_sort_user_name": User.user_name,
         "user_sort_display_name": User.display_name,

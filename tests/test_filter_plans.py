@@ -3,6 +3,7 @@
 import functools
 import json
 import logging
+import re
 from urllib.parse import quote
 
 import pytest
@@ -12,6 +13,8 @@ from mdm.db import database
 from mdm.db import schema_version
 from mdm.db import set_schema_version
 from mdm.models import INDEXED_ATTRIBUTES
+from mdm.models import ONLY_SQLITE
+from mdm.models import SCHEMA_VERSION
 from mdm.models import User
 from mdm.models import migrate
 from mdm.models import mirror_user
@@ -175,12 +178,62 @@ def test_filter_plan_uses_index(app, scim, directory, caplog, text, index):
             assert '"t1"."deprovisioned_at" IS NULL' in sql
             plan = _explain(sql, params)
             assert index in plan, f"{sql}\n{plan}"
+        # The page, in id order, comes off the index in that order: no sort
+        # of every match (20,000 users of a department at a million).
+        page_plan = _explain(*queries[0])
+        assert "TEMP B-TREE" not in page_plan and "Sort" not in page_plan, page_plan
         if not TEST_DATABASE_URL and index not in INDEXED_ATTRIBUTES:
             # totalResults is counted from the index alone, however many match
             # (SQLite before 3.41 reads the rows of an expression index's
             # matches, few for the attributes looked up by value).
             count_plan = _explain(*queries[1])
             assert f"COVERING INDEX {index}" in count_plan, count_plan
+
+
+# Filters on a mirrored column: SQLite reads its single-column index,
+# PostgreSQL the console's sort index on the same key (schema 12 dropped the
+# single-column ones there).
+COLUMN_PLANS = [
+    ('displayName eq "Nobody Here"', "user_display_name", "user_sort_display_name"),
+]
+
+
+@pytest.mark.parametrize(("text", "sqlite_index", "pg_index"), COLUMN_PLANS)
+def test_column_filters_read_an_index_on_each_engine(
+    app, scim, directory, caplog, text, sqlite_index, pg_index
+):
+    queries = _user_queries(caplog, lambda: _ids(scim, text))
+    assert queries
+    index = pg_index if TEST_DATABASE_URL else sqlite_index
+    with app.app_context(), database.connection_context():
+        if TEST_DATABASE_URL:
+            database.execute_sql("SET enable_seqscan = off")
+        for sql, params in queries:
+            plan = _explain(sql, params)
+            assert index in plan, f"{sql}\n{plan}"
+
+
+def test_single_column_indexes_are_kept_on_sqlite_only(app):
+    """PostgreSQL's sort indexes cover them; an upgrade from schema 11 drops them."""
+    columns = {
+        "user_user_name_all": "user_name",
+        "user_display_name": "display_name",
+        "user_email": "email",
+        "user_last_modified": "last_modified",
+    }
+    assert set(columns) == set(ONLY_SQLITE)
+    with app.app_context(), database.connection_context():
+        present = {index.name for index in database.get_indexes("user")}
+        if not TEST_DATABASE_URL:
+            assert set(ONLY_SQLITE) <= present
+            return
+        assert not present & set(ONLY_SQLITE)
+        for name, column in columns.items():
+            database.execute_sql(f'CREATE INDEX "{name}" ON "user" ("{column}")')
+        set_schema_version(database, "mdm", 11)
+        migrate()
+        present = {index.name for index in database.get_indexes("user")}
+    assert not present & set(ONLY_SQLITE)
 
 
 WHOLE_DIRECTORY = [
@@ -392,9 +445,37 @@ def test_a_schema_10_database_gets_the_counting_columns(app):
     assert columns == {
         "user_live_id": ["id", "active", "deprovisioned_at"],
         "user_disabled": ["id", "active", "deprovisioned_at"],
-        "user_department": ["department", "active", "deprovisioned_at"],
+        "user_department": ["department", "id", "active", "deprovisioned_at"],
     }
-    assert version == 11
+    assert version == SCHEMA_VERSION
+
+
+def test_a_schema_11_database_gets_id_after_each_value(app):
+    """The department and attribute indexes of schema 11 are rebuilt with id second."""
+    rebuilt = ["user_department", *INDEXED_ATTRIBUTES]
+    # As each engine writes an index's definition: "id" quoted or not.
+    with_id = re.compile(r'(?<=[ (])"?id"?, "?active"?, "?deprovisioned_at"?')
+
+    def definitions():
+        return {
+            index.name: index.sql
+            for index in database.get_indexes("user")
+            if index.name in rebuilt
+        }
+
+    with app.app_context(), database.connection_context():
+        for name, sql in definitions().items():
+            database.execute_sql(f'DROP INDEX "{name}"')
+            database.execute_sql(re.sub(r'(?<=[ (])"?id"?, ', "", sql, count=1))
+        old = definitions()
+        set_schema_version(database, "mdm", 11)
+        migrate()
+        new = definitions()
+        version = schema_version(database, "mdm")
+    assert set(old) == set(new) == set(rebuilt)
+    assert not any(with_id.search(sql) for sql in old.values()), old
+    assert all(with_id.search(sql) for sql in new.values()), new
+    assert version == SCHEMA_VERSION
 
 
 def test_migrate_creates_missing_indexes(app):
