@@ -237,6 +237,9 @@ def test_provisioned_users_and_groups_appear_and_purge(live, page):
         f"{base}/admin/users?q=ann&source=&status=&group=&filter=&sort=username&order=asc"
     )
     expect(page.get_by_role("row")).to_have_count(2)
+    # Counted from the first page, which holds the one match.
+    expect(page.locator("nav.pager")).to_contain_text("1–1 of 1 users")
+    shot(page, "users-search")
 
     page.get_by_role("link", name="Ann Lee").click()
     expect(page.get_by_text("Managed by Entra ID")).to_be_visible()
