@@ -212,6 +212,28 @@ def test_every_spelling_of_an_email_filter_matches(scim, people, pattern):
         assert filtered(scim, text) == wanted, text
 
 
+def test_email_equality_matches_the_reference(scim, people):
+    """emails eq: whole values only, ASCII case ignored, whatever the index narrows."""
+    emails = [e for person in PEOPLE for e in person[4]]
+    values = [*emails, *(e.swapcase() for e in emails), *(e[1:] for e in emails)]
+    for value in values:
+        wanted = {
+            person[0]
+            for person in PEOPLE
+            if any(fold(e) == fold(value) for e in person[4])
+        }
+        quoted = json.dumps(value, ensure_ascii=False)
+        for text in (
+            f"emails.value eq {quoted}",
+            f"emails eq {quoted}",
+            f'emails[type eq "work" and value eq {quoted}]',
+        ):
+            assert filtered(scim, text) == wanted, text
+    assert filtered(scim, 'emails eq "babs@home.example.org"') == {
+        "bjensen@example.com"
+    }
+
+
 def console_expected(pattern, gone=()):
     found = set()
     for person in PEOPLE:
@@ -359,6 +381,9 @@ def searches(taken):
         'emails.value co "home.ex"',
         'emails[value ew "ple.org"]',
         'emails[type eq "work" and value sw "babs@"]',
+        'emails.value eq "babs@home.example.org"',
+        'emails eq "BABS@home.example.org"',
+        'emails[type eq "work" and value eq "babs@home.EXAMPLE.org"]',
     ],
 )
 def test_substring_filters_use_the_index(app, scim, crowd, statements, text):

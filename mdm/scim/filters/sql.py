@@ -230,8 +230,19 @@ def _is_emails(scope, schema, attribute):
     )
 
 
+def _indexed_text(op, value):
+    """Return the text a value compared by ``op`` must contain, for the index, or None."""
+    # An equal value contains itself: "emails.value eq x" is narrowed by the
+    # substring index like "co", instead of reading every user's emails.
+    if op in SUBSTRING_OPS and value is not None:
+        return as_text(value)
+    if op == "eq" and isinstance(value, str):
+        return value
+    return None
+
+
 def _required_substring(inner):
-    """Return the longest co/sw/ew text on ``value`` that ``inner`` requires, or None."""
+    """Return the longest text on ``value`` that ``inner`` requires an element to hold."""
     # Only conditions joined by "and" are each required of a matching element.
     found = []
     pending = [inner]
@@ -241,13 +252,13 @@ def _required_substring(inner):
             pending.extend((node.left, node.right))
         elif (
             isinstance(node, Compare)
-            and node.op in SUBSTRING_OPS
-            and node.value is not None
             and node.path.urn is None
             and node.path.sub is None
             and node.path.attr.lower() == "value"
         ):
-            found.append(as_text(node.value))
+            text = _indexed_text(node.op, node.value)
+            if text is not None:
+                found.append(text)
     return max(found, key=len, default=None)
 
 
@@ -368,9 +379,10 @@ class _ResourceScope:
             element = Path(None, name)
             inner = Present(element) if op == "pr" else Compare(element, op, value)
             found = self.any_element(schema, attribute, inner)
-            if op in SUBSTRING_OPS and name.lower() == "value":
+            text = _indexed_text(op, value)
+            if text is not None and name.lower() == "value":
                 if _is_emails(self, schema, attribute):
-                    found = _searched(as_text(value), found)
+                    found = _searched(text, found)
             return found
         if attribute.complex and sub is None:
             if op == "pr" and attribute.sub("value") is None:
