@@ -891,8 +891,8 @@ def migrate():
             rebuilt += REBUILT_IN_11
         if 0 < current < 12:
             rebuilt += REBUILT_IN_12  # with id after the value
-        if postgres() and 0 < current < 12:
-            rebuilt += ONLY_SQLITE  # and not built again
+            if postgres():
+                rebuilt += ONLY_SQLITE  # and not built again
         for name in dict.fromkeys(rebuilt):
             database.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
         database.create_tables(MODELS, safe=True)
@@ -936,13 +936,15 @@ REBUILT_IN_11 = (
 # The indexes schema 12 gave id after the value.
 REBUILT_IN_12 = ("user_department", *INDEXED_ATTRIBUTES)
 # Indexes schema 12 keeps on SQLite only: on PostgreSQL each sort index,
-# (key NULLS FIRST, id), serves every lookup and order these served.
-ONLY_SQLITE = (
-    "user_user_name_all",
-    "user_display_name",
-    "user_email",
-    "user_last_modified",
-)
+# (key NULLS FIRST, id), serves every lookup and order these served. The
+# user_name one is named apart from the partial unique index, which owns
+# the default name.
+ONLY_SQLITE = {
+    "user_user_name_all": User.user_name,
+    "user_display_name": User.display_name,
+    "user_email": User.email,
+    "user_last_modified": User.last_modified,
+}
 
 
 def _attribute_statistics():
@@ -1005,16 +1007,8 @@ def _sort_indexes():
     # key alone serves (key, id); PostgreSQL needs id in the index, and NULL
     # keys first, as the console sorts them (ascending; last descending).
     if not postgres():
-        # The console lists every user, deprovisioned ones included. The
-        # user_name one is named apart from the partial unique index, which
-        # owns the default name.
-        keys = {
-            "user_user_name_all": User.user_name,
-            "user_display_name": User.display_name,
-            "user_email": User.email,
-            "user_source": User.source,
-            "user_last_modified": User.last_modified,
-        }
+        # The console lists every user, deprovisioned ones included.
+        keys = {**ONLY_SQLITE, "user_source": User.source}
         return [ModelIndex(User, (k,), name=n, safe=True) for n, k in keys.items()]
     keys = {
         "user_sort_user_name": User.user_name,

@@ -114,19 +114,18 @@ class Operation:
 
     def __init__(self, index, item, refers=True):
         self.index = index
-        self.refers = refers
         self.method = self.bulk_id = self.version = self.data = None
         self.model = self.resource_id = None
         self.references = []
         self.error = None
         try:
-            self._read(item)
+            self._read(item, refers)
         except ScimError as error:
             self.error = error
         except RecursionError:
             self.error = ScimError.invalid_syntax("The operation is nested too deeply.")
 
-    def _read(self, item):
+    def _read(self, item, refers):
         if not isinstance(item, dict):
             raise ScimError.invalid_syntax("Each operation must be a JSON object.")
         method = parse.get_key(item, "method")
@@ -164,7 +163,7 @@ class Operation:
                     f"A {self.method} operation needs a data object."
                 )
             self.data = data
-            if self.refers:
+            if refers:
                 _references(data, self.references)
 
     @property
