@@ -949,6 +949,57 @@ def test_fail_on_errors_stops_inside_a_shared_transaction(app, scim):
     with app.app_context(), database.connection_context():
         names = {u.user_name for u in User.select()}
     assert names == {"taken1", "taken2", "load0", "load1", "load2", "load4", "load5"}
+    # The rows past the stop left nothing behind: not in the kept count, not
+    # in the substring index, and their names are free.
+    assert scim.get("/Users?count=0").get_json()["totalResults"] == 7
+    found = scim.get('/Users?filter=userName co "load"').get_json()
+    assert sorted(r["userName"] for r in found["Resources"]) == [
+        "load0",
+        "load1",
+        "load2",
+        "load4",
+        "load5",
+    ]
+    assert scim.get('/Users?filter=userName co "load8"').get_json()["totalResults"] == 0
+    body = bulk(scim, post_user("again", "load8"), post_user("more", "load9"))
+    assert [op["status"] for op in body["Operations"]] == ["201", "201"]
+    assert scim.get('/Users?filter=userName co "load8"').get_json()["totalResults"] == 1
+
+
+def test_a_name_twice_in_one_run_is_stored_once(app, scim):
+    from mdm import webhooks
+    from mdm.webhooks import WebhookEvent
+
+    with app.app_context(), database.connection_context():
+        webhooks.add_endpoint("https://hooks.example.com/in", ())
+    operations = [post_user(f"u{n}", f"twice{n}") for n in range(6)]
+    operations[2] = post_user("u2", "Twice0")  # userName is caseExact=false
+    operations[4] = post_user("u4", "twice3")
+    body = bulk(scim, *operations)
+    assert [op["status"] for op in body["Operations"]] == [
+        "201",
+        "201",
+        "409",
+        "201",
+        "409",
+        "201",
+    ]
+    assert body["Operations"][2]["response"] == error(
+        409, "A user with userName 'Twice0' already exists.", "uniqueness"
+    )
+    stored = {u.user_name: u for u in rows(app, User)}
+    assert set(stored) == {"twice0", "twice1", "twice3", "twice5"}
+    for n in (0, 1, 3, 5):
+        location = body["Operations"][n]["location"]
+        assert location == f"{BASE}/Users/{stored[f'twice{n}'].scim_id}"
+        got = scim.get(location.removeprefix(BASE)).get_json()
+        assert got["userName"] == f"twice{n}"
+    # An event for each user stored, none for the refused ones.
+    events = rows(app, WebhookEvent)
+    assert sorted(event.resource_id for event in events) == sorted(
+        user.scim_id for user in stored.values()
+    )
+    assert {event.type for event in events} == {"user.created"}
 
 
 def test_bulk_load_of_10000_users_in_batches(app, scim):

@@ -240,26 +240,98 @@ def insert_each(new_rows, errors_allowed=None):
     """
     # One commit for many rows: a commit writes every page the row touched
     # in the table, its indexes and the search index, so a commit per row
-    # costs far more than the row. A taken name inserts nothing (Taken), so
-    # it fails alone, as if it had been sent by itself, without a savepoint
-    # per row: SQLite's FTS5 writes its pending terms at every savepoint.
+    # costs far more than the row. One statement inserts them all: a taken
+    # name inserts nothing (as if it had been sent by itself), and SQLite
+    # runs the statement without the interpreter lock, so another request
+    # is parsed meanwhile; a statement per row took the lock back each time.
 
     def attempt():
+        keys = _insert_many([new.statement for new in new_rows])
         errors = []
         failed = 0
-        with write_transaction():
-            for new in new_rows:
-                try:
-                    new.run()
-                    errors.append(None)
-                except Taken:
-                    errors.append(new.uniqueness_error)
-                    failed += 1
-                    if errors_allowed is not None and failed >= errors_allowed:
-                        break
-        return errors
+        for new, key in zip(new_rows, keys, strict=True):
+            errors.append(None if key is not None else new.uniqueness_error)
+            failed += key is None
+            if errors_allowed is not None and failed >= errors_allowed:
+                break
+        # Rows past the one that made failOnErrors errors were never sent.
+        unsent = [key for key in keys[len(errors) :] if key is not None]
+        if unsent:
+            model = type(new_rows[0].row)
+            model.delete().where(model.id.in_(unsent)).execute()
+        for new, error in zip(new_rows, errors, strict=False):
+            if error is None:
+                webhooks.write(new.events)
+        return errors, keys
 
-    return _retried(attempt)
+    def transaction():
+        with write_transaction():
+            return attempt()
+
+    errors, keys = _retried(transaction)
+    for new, error, key in zip(new_rows, errors, keys, strict=False):
+        if error is None:
+            setattr(new.row, new.statement.key.name, key)
+    return errors
+
+
+def _insert_many(inserts):
+    """Run prepared single-row INSERTs as one statement; return each row's key or None."""
+    model = type(inserts[0].row)
+    names = tuple(inserts[0].params)
+    if postgres():
+        # Rows come back in no promised order: the scim_id matches them up.
+        statement = _many(model, names, len(inserts), explicit_keys=False)
+        params = _numbered(insert.params for insert in inserts)
+        found = dict(statement.execute(**params).fetchall())
+        return [found.get(insert.params["scim_id"]) for insert in inserts]
+    # SQLite returns RETURNING rows one step at a time, each taking the
+    # interpreter lock back: the keys are given instead, after the largest.
+    first = (model.select(fn.MAX(model.id)).scalar() or 0) + 1
+    keys = range(first, first + len(inserts))
+    statement = _many(model, names, len(inserts), explicit_keys=True)
+    params = _numbered(
+        {"id": key, **insert.params} for key, insert in zip(keys, inserts, strict=True)
+    )
+    if statement.execute(**params).rowcount == len(inserts):
+        return list(keys)
+    stored = set(
+        model.select(model.id).where(model.id.between(first, keys[-1])).scalars()
+    )
+    return [key if key in stored else None for key in keys]
+
+
+def _numbered(rows):
+    return {
+        f"{name}.{i}": value
+        for i, row in enumerate(rows)
+        for name, value in row.items()
+    }
+
+
+def _many(model, names, count, explicit_keys):
+    key = (model, "insert_many", names, count, explicit_keys)
+    found = _statements.get(key)
+    if found is None:
+        columns = (("id",) if explicit_keys else ()) + names
+        fields = [getattr(model, name) for name in columns]
+
+        def build(*markers):
+            rows = [
+                {
+                    field: Value(markers[i * len(fields) + j], converter=False)
+                    for j, field in enumerate(fields)
+                }
+                for i in range(count)
+            ]
+            query = model.insert_many(rows).on_conflict_ignore()
+            if not explicit_keys:
+                query = query.returning(model.scim_id, model.id)
+            return query
+
+        numbered = tuple(f"{name}.{i}" for i in range(count) for name in columns)
+        found = _statements[key] = Prepared(build, numbered)
+    return found
 
 
 #
