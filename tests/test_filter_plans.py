@@ -363,6 +363,44 @@ def test_deep_pages_find_their_ids_first(app, scim, directory, caplog, sort):
     assert 'WHERE ("t1"."id" IN (SELECT "t1"."id" FROM "user"' in deep
 
 
+def test_time_ranges_read_their_index_and_keep_id_order(app, scim, directory, caplog):
+    """A range on meta.lastModified or meta.created reads its index, not every user."""
+    ada = scim.get(f"/Users/{directory['ada']}").get_json()["meta"]
+    with app.app_context(), database.connection_context():
+        everyone = list(User.select(User.scim_id).order_by(User.id).scalars())
+    assert len(everyone) == FILLER + 3
+    cases = [
+        (f'meta.lastModified ge "{ada["lastModified"]}"', ["ada", "bob", "cy"]),
+        (
+            f'meta.lastModified ge "{ada["lastModified"]}" and active eq false',
+            ["ada", "cy"],
+        ),
+        (f'active eq true and meta.created gt "{ada["created"]}"', ["bob"]),
+    ]
+    for text, names in cases:
+        queries = _user_queries(caplog, lambda text=text: _ids(scim, text))
+        assert _ids(scim, text) == (len(names), [directory[n] for n in names])
+        if not TEST_DATABASE_URL:
+            # Without statistics SQLite walked every live user in id order.
+            with app.app_context(), database.connection_context():
+                plan = _explain(*queries[0])
+            assert "user_live_id" not in plan, plan
+            index = "user_created" if "created" in text else "user_last_modified"
+            assert f"INDEX {index} " in plan, plan
+    # Many matches: still in id order, on a first page and a deep one.
+    older = f'meta.created lt "{ada["created"]}"'
+    assert _ids(scim, older, "&count=5") == (FILLER, everyone[:5])
+    response = scim.get(
+        f"/Users?filter={quote(older)}&attributes=id&startIndex=998&count=5"
+    )
+    assert [r["id"] for r in response.get_json()["Resources"]] == everyone[997:1000]
+    wide = 'meta.lastModified gt "2000-01-01T00:00:00Z"'
+    response = scim.get(
+        f"/Users?filter={quote(wide)}&attributes=id&startIndex=1001&count=5"
+    )
+    assert [r["id"] for r in response.get_json()["Resources"]] == everyone[1000:]
+
+
 def test_console_disabled_users_uses_index(app, console, directory, caplog):
     """The console's default order, by userName."""
     # More than a page, so that the count runs too.

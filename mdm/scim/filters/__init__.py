@@ -22,12 +22,14 @@ from .grammar import parse
 from .grammar import parse_attribute_path
 from .grammar import parse_path
 from .grammar import simple_eq
+from .sql import bounds_a_time
 from .sql import member_expression
 from .sql import sort_expression
 from .sql import to_expression
 
 __all__ = [
     "as_bool",
+    "bounds_a_time",
     "MAX_DEPTH",
     "MAX_LENGTH",
     "MAX_TERMS",

@@ -87,6 +87,23 @@ def sort_expression(path_text, resource_type):
         raise ScimError.invalid_value(f"Cannot sort by {path_text!r}.") from None
 
 
+_TIMES = ("created", "lastModified")
+
+
+def bounds_a_time(node, resource_type):
+    """Whether the filter, or a part of it joined by ``and``, bounds meta.created or lastModified."""
+    pending = [node]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, And):
+            pending += (current.left, current.right)
+        elif isinstance(current, Compare) and current.op in ("gt", "ge", "lt", "le"):
+            schema, attribute, sub = _ResourceScope(resource_type).resolve(current.path)
+            if attribute.name == "meta" and sub and sub.name in _TIMES:
+                return True
+    return False
+
+
 def _compile(node, scope):
     if isinstance(node, And | Or):
         return _compile_chain(node, scope)
