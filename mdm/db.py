@@ -8,6 +8,7 @@ import functools
 import inspect
 import random
 import re
+import sqlite3
 import threading
 import time
 from contextlib import contextmanager
@@ -113,6 +114,14 @@ def postgres(db=None):
     db = database.obj if db is None else db
     db = getattr(db, "obj", db)
     return isinstance(db, PostgresqlDatabase)
+
+
+def most_parameters():
+    """Return how many values one statement may bind on the bound engine."""
+    if postgres():
+        return 65535  # the wire protocol counts them in 16 bits
+    # 32,766 unless SQLite was built with less (999 before 3.32).
+    return database.connection().getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
 
 
 def _connect():

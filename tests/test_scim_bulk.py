@@ -1002,6 +1002,35 @@ def test_a_name_twice_in_one_run_is_stored_once(app, scim):
     assert {event.type for event in events} == {"user.created"}
 
 
+def test_a_run_splits_where_the_engine_binds_fewer_values(app, scim, monkeypatch):
+    from mdm.scim import resources
+
+    scim.create_user("taken")
+    statements = []
+    real = resources._insert_statement
+
+    def counted(inserts):
+        statements.append(len(inserts))
+        return real(inserts)
+
+    monkeypatch.setattr(resources, "_insert_statement", counted)
+    # A user's INSERT binds 19 values: three rows fit in 60.
+    monkeypatch.setattr(resources, "most_parameters", lambda: 60)
+    operations = [post_user(f"u{n}", f"split{n}") for n in range(10)]
+    operations[4] = post_user("u4", "taken")
+    operations[7] = post_user("u7", "SPLIT2")  # taken two statements earlier
+    body = bulk(scim, *operations)
+    statuses = [op["status"] for op in body["Operations"]]
+    assert statuses == ["201"] * 4 + ["409"] + ["201"] * 2 + ["409"] + ["201"] * 2
+    assert statements == [3, 3, 3, 1]
+    stored = {u.user_name: u.scim_id for u in rows(app, User)}
+    kept = [n for n in range(10) if n not in (4, 7)]
+    assert set(stored) == {"taken"} | {f"split{n}" for n in kept}
+    for n in kept:
+        location = f"{BASE}/Users/{stored[f'split{n}']}"
+        assert body["Operations"][n]["location"] == location
+
+
 def test_bulk_load_of_10000_users_in_batches(app, scim):
     """Ten requests of 1,000 operations load 10,000 users; the last adds them to a group."""
     app.config["ACTIVITY_LOG"] = False

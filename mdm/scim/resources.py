@@ -10,6 +10,7 @@ from ..db import Prepared
 from ..db import WriteConflict
 from ..db import counted
 from ..db import lock_row
+from ..db import most_parameters
 from ..db import ordering
 from ..db import postgres
 from ..db import retried
@@ -276,7 +277,15 @@ def insert_each(new_rows, errors_allowed=None):
 
 
 def _insert_many(inserts):
-    """Run prepared single-row INSERTs as one statement; return each row's key or None."""
+    """Run prepared single-row INSERTs as few statements; return each row's key or None."""
+    per_statement = max(1, most_parameters() // (len(inserts[0].params) + 1))
+    keys = []
+    for start in range(0, len(inserts), per_statement):
+        keys += _insert_statement(inserts[start : start + per_statement])
+    return keys
+
+
+def _insert_statement(inserts):
     model = type(inserts[0].row)
     names = tuple(inserts[0].params)
     if postgres():
