@@ -830,6 +830,15 @@ def rows_scim(timer, meta, server, peak):
         f"server RSS {after:.0f} MB after, peak so far {peak.sample():.0f} MB"
     )
     print(f"    {timer.rows[-1]['notes']}")
+    timer.scim(
+        f"SCIM GET of the {users:,}-member group, attributes=members.value",
+        f"/Groups/{meta['big']}?attributes=members.value",
+    )
+    timer.rows[-1]["notes"] = (
+        f"server RSS {rss_mib(server.pid):.0f} MB after, "
+        f"peak so far {peak.sample():.0f} MB"
+    )
+    print(f"    {timer.rows[-1]['notes']}")
 
 
 def member_patches(timer, meta):

@@ -206,12 +206,77 @@ def test_excluded_members_are_not_read(app, scim, small_chunks):
     assert len(directory_statements(counted)) == 2, counted.get_queries()
 
 
-def test_a_projection_of_member_parts_is_answered_whole(app, scim, small_chunks):
-    group_id = seed(app, 5, display=False)
-    response = scim.get(f"/Groups/{group_id}?attributes=members.value")
-    assert response.status_code == 200 and not streamed(response)
-    assert len(response.get_json()["members"]) == 5
-    assert set(response.get_json()["members"][0]) == {"value"}
+def _picked(*names):
+    return lambda member: {k: v for k, v in member.items() if k in names} or None
+
+
+def _dropped(*names):
+    return lambda member: {k: v for k, v in member.items() if k not in names}
+
+
+@pytest.mark.parametrize(
+    ("query", "shape"),
+    [
+        ("?attributes=members.value", _picked("value")),
+        ("?attributes=members.display", _picked("display")),
+        ("?attributes=members.display,members.value", _picked("display", "value")),
+        (
+            "?attributes=displayName,members.type,members.value",
+            _picked("type", "value"),
+        ),
+        ("?attributes=members.value,members", _dropped()),
+        ("?excludedAttributes=members.$ref", _dropped("$ref")),
+        (
+            "?excludedAttributes=meta,members.display,members.type",
+            _dropped("display", "type"),
+        ),
+    ],
+)
+def test_a_projection_of_member_parts_is_streamed(
+    app, scim, small_chunks, query, shape
+):
+    """Members' parts are shaped as each chunk is sent, to the bytes sent whole."""
+    group_id = seed(app, 9)
+    path = f"/Groups/{group_id}{query}"
+    response = scim.get(path)
+    assert response.status_code == 200 and streamed(response)
+    assert response.get_data() == whole(scim, path).get_data()
+    full = whole(scim, f"/Groups/{group_id}").get_json()["members"]
+    assert len(full) == 9 and sum("display" in m for m in full) == 7
+    expected = [shaped for shaped in map(shape, full) if shaped is not None]
+    members = response.get_json()["members"]
+    assert members == expected
+    # Each member keeps its own order of parts, whatever order they were named in.
+    order = ["value", "$ref", "display", "type"]
+    for member in members:
+        assert list(member) == [k for k in order if k in member]
+    listed = scim.get(f"/Groups{query}")
+    assert streamed(listed)
+    assert listed.get_json()["Resources"][0]["members"] == expected
+
+
+def test_parts_of_values_keep_every_value_and_their_own_order(app, scim):
+    """emails.type,emails.value keeps both from every email, also one without a type."""
+    user = scim.create_user(
+        "parts@example.com",
+        emails=[
+            {"value": "a@example.com", "type": "work", "primary": True},
+            {"value": "b@example.com"},
+            {"type": "home", "display": "no value"},
+        ],
+    )
+    body = scim.get(
+        f"/Users/{user['id']}?attributes=emails.type,emails.value,name.familyName"
+    ).get_json()
+    assert body["emails"] == [
+        {"value": "a@example.com", "type": "work"},
+        {"value": "b@example.com"},
+        {"type": "home"},
+    ]
+    assert list(body["emails"][0]) == ["value", "type"]
+    assert "name" not in body  # no familyName stored: nothing to show
+    both = scim.get(f"/Users/{user['id']}?attributes=emails.value,emails").get_json()
+    assert both["emails"] == scim.get(f"/Users/{user['id']}").get_json()["emails"]
 
 
 def test_if_none_match_and_head(app, scim, small_chunks):

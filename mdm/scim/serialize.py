@@ -101,13 +101,13 @@ def members_slot(group_pk):
     return f"\ufdd0members of {group_pk}\ufdd0"
 
 
-def streamed_response(body, slots, base_url, snapshot, status=200):
+def streamed_response(body, slots, snapshot, status=200):
     """Stream ``body`` with each slot's members in place; None if a slot is not found once.
 
     ``slots`` maps members_slot values to functions that yield lists of
-    (id, display) pairs; they run inside one ``snapshot()``. The bytes are
-    those ``response`` sends for the filled body: the same encoder writes
-    each member and the list separators.
+    members as they are sent; they run inside one ``snapshot()``. The bytes
+    are those ``response`` sends for the filled body: the same encoder
+    writes each member and the list separators.
     """
     text = _encoder.encode(body)
     places = []
@@ -125,14 +125,10 @@ def streamed_response(body, slots, base_url, snapshot, status=200):
                 yield (text[start:at] + "[").encode()
                 separator = ""
                 for chunk in chunks():
+                    if not chunk:
+                        continue
                     # One encoder call per chunk: a list's items without its brackets.
-                    encoded = _encoder.encode(
-                        [
-                            member(user_id, display, base_url)
-                            for user_id, display in chunk
-                        ]
-                    )[1:-1]
-                    yield (separator + encoded).encode()
+                    yield (separator + _encoder.encode(chunk)[1:-1]).encode()
                     separator = ", "
                 start = at + length
                 yield b"]"
@@ -141,17 +137,48 @@ def streamed_response(body, slots, base_url, snapshot, status=200):
     return Response(stream_with_context(generate()), status, content_type=CONTENT_TYPE)
 
 
-def fill_slots(resources, slots, base_url):
+def fill_slots(resources, slots):
     """Put each slot's members in place in the resources, for an answer sent whole."""
     for resource in resources:
         slot = resource.get("members")
         chunks = slots.get(slot) if isinstance(slot, str) else None
         if chunks is not None:
-            resource["members"] = [
-                member(user_id, display, base_url)
-                for chunk in chunks()
-                for user_id, display in chunk
-            ]
+            resource["members"] = [found for chunk in chunks() for found in chunk]
+
+
+def member_shape(attributes, excluded):
+    """Return how a projection shapes each member (None: whole), as members_slot's are sent."""
+    # The same result as project() gives a group's members: sub-attributes
+    # picked keep the member's own order, and a member with none of them is
+    # left out; excluded ones are dropped from every member.
+    attributes = locate(schema.GROUP_TYPE, attributes)
+    if attributes is not None:
+        picked = set()
+        for key, attribute, sub in attributes:
+            if attribute is None and key is None:
+                return None  # the core schema's URN: every attribute
+            if attribute is not None and attribute.name == "members":
+                if sub is None:
+                    return None
+                picked.add(sub.name)
+        return lambda found: {k: v for k, v in found.items() if k in picked} or None
+    excluded = locate(schema.GROUP_TYPE, excluded) or ()
+    dropped = {
+        sub.name
+        for _, attribute, sub in excluded
+        if attribute is not None and attribute.name == "members" and sub is not None
+    }
+    if not dropped:
+        return None
+    return lambda found: {k: v for k, v in found.items() if k not in dropped}
+
+
+def members(pairs, base_url, shape=None):
+    """Return (user id, display) pairs as members, shaped by a member_shape."""
+    found = [member(user_id, display, base_url) for user_id, display in pairs]
+    if shape is None:
+        return found
+    return [shaped for shaped in map(shape, found) if shaped is not None]
 
 
 def list_response(resources, total, start_index):
@@ -209,8 +236,14 @@ def project(resource, resource_type, attributes=None, excluded=None):
     attributes = locate(resource_type, attributes)
     if attributes is not None:
         result = {"schemas": resource["schemas"], "id": resource["id"]}
-        for found in attributes:
-            _copy_path(resource, result, found)
+        parts = {}  # sub-attributes named, by their attribute
+        for key, attribute, sub in attributes:
+            if sub is None:
+                _copy_path(resource, result, (key, attribute))
+            else:
+                parts.setdefault((key, attribute.name), set()).add(sub.name)
+        for (key, name), subs in parts.items():
+            _copy_parts(resource, result, key, name, subs)
         _fix_schemas(result, resource_type)
         return result
     excluded = locate(resource_type, excluded)
@@ -237,7 +270,7 @@ def _locate(resource_type, path):
 
 
 def _copy_path(source, target, found):
-    key, attribute, sub = found
+    key, attribute = found
     if attribute is None:
         # A whole schema: an extension URN, or the core URN meaning everything.
         if key is None:
@@ -246,26 +279,38 @@ def _copy_path(source, target, found):
             target[key] = copy.deepcopy(source[key])
         return
     src = source.get(key) if key else source
-    if not isinstance(src, dict) or attribute.name not in src:
+    if isinstance(src, dict) and attribute.name in src:
+        dst = target.setdefault(key, {}) if key else target
+        dst[attribute.name] = copy.deepcopy(src[attribute.name])
+
+
+def _copy_parts(source, target, key, name, subs):
+    """Copy the named sub-attributes of each value of ``name``, unless it is whole there."""
+    # Each value keeps its own order of sub-attributes, and one holding none
+    # of them is left out: emails.type,emails.value keeps both from every
+    # email, also when some email has no type.
+    src = source.get(key) if key else source
+    if not isinstance(src, dict) or name not in src:
         return
-    dst = target.setdefault(key, {}) if key else target
-    value = src[attribute.name]
-    if sub is None:
-        dst[attribute.name] = copy.deepcopy(value)
-    elif isinstance(value, list):
+    existing = (target.get(key) or {}) if key else target
+    if name in existing:
+        return  # named whole as well
+    value = src[name]
+    if isinstance(value, list):
         picked = [
-            {sub.name: item[sub.name]}
-            for item in value
-            if isinstance(item, dict) and sub.name in item
+            part
+            for part in (_parts(item, subs) for item in value if isinstance(item, dict))
+            if part
         ]
-        existing = dst.get(attribute.name)
-        if isinstance(existing, list) and len(existing) == len(picked):
-            for whole, part in zip(existing, picked, strict=True):
-                whole.update(part)
-        elif picked:
-            dst[attribute.name] = picked
-    elif isinstance(value, dict) and sub.name in value:
-        dst.setdefault(attribute.name, {})[sub.name] = value[sub.name]
+    else:
+        picked = _parts(value, subs) if isinstance(value, dict) else None
+    if picked:
+        dst = target.setdefault(key, {}) if key else target
+        dst[name] = picked
+
+
+def _parts(value, subs):
+    return {k: copy.deepcopy(v) for k, v in value.items() if k in subs}
 
 
 def _drop_path(resource, found):

@@ -1,7 +1,6 @@
 """SCIM routes (RFC 7644 §3): each reads the request, calls users or groups, and renders."""
 
 import copy
-import functools
 
 from flask import g
 
@@ -57,8 +56,6 @@ def respond_group(group, attributes=None, excluded=None, status=200, headers=Non
     if len(first) < groups.MEMBER_CHUNK:
         resource = render_group(group, attributes, excluded, first)
         return http.respond(resource, status, headers)
-    if not _members_whole(attributes, excluded):
-        return http.respond(render_group(group, attributes, excluded), status, headers)
     slots = {}
     resource = _slotted_group(group, attributes, excluded, slots)
     response = _streamed(resource, slots, status)
@@ -67,34 +64,45 @@ def respond_group(group, attributes=None, excluded=None, status=200, headers=Non
 
 def _slotted_group(group, attributes, excluded, slots):
     """Render a group whose members are streamed, adding its slot to ``slots``."""
-    resource = serialize.group(group, http.base_url())
+    base = http.base_url()
+    resource = serialize.group(group, base)
     slot = resource["members"] = serialize.members_slot(group.id)
-    slots[slot] = functools.partial(groups.member_chunks, group.id)
-    return serialize.project(resource, schema.GROUP_TYPE, attributes, excluded)
+    shape = serialize.member_shape(attributes, excluded)
+
+    def chunks():
+        for pairs in groups.member_chunks(group.id):
+            yield serialize.members(pairs, base, shape)
+
+    slots[slot] = chunks
+    # The slot stands for the members whole; their parts are shaped as sent.
+    return serialize.project(
+        resource, schema.GROUP_TYPE, _whole_members(attributes), excluded
+    )
+
+
+def _whole_members(attributes):
+    """Return a projection's names with members.x read as members."""
+    located = serialize.locate(schema.GROUP_TYPE, attributes)
+    if located is None:
+        return None
+    return serialize.Located(
+        (key, attribute, None if attribute and attribute.name == "members" else sub)
+        for key, attribute, sub in located
+    )
 
 
 def _streamed(body, slots, status=200):
     """Stream ``body`` with the members of its slots, or send it whole if that fails."""
-    base = http.base_url()
-    response = serialize.streamed_response(body, slots, base, groups.snapshot, status)
+    response = serialize.streamed_response(body, slots, groups.snapshot, status)
     if response is None:
         # A slot's text was found elsewhere too (a client's value holding it).
         resources = body.get("Resources", [body])
-        serialize.fill_slots(resources, slots, base)
+        serialize.fill_slots(resources, slots)
         return serialize.response(body, status)
     # The activity log keeps no streamed body; its summary says why.
     summary = g.get("activity_summary")
     activity.note(f"{summary}; members streamed" if summary else "members streamed")
     return response
-
-
-def _members_whole(attributes, excluded):
-    """Tell whether the projection names no sub-attribute of members."""
-    for names in (attributes, excluded):
-        located = serialize.locate(schema.GROUP_TYPE, names) or ()
-        if any(a and a.name == "members" and sub for _, a, sub in located):
-            return False
-    return True
 
 
 def search_users(params, resource_type):
@@ -126,7 +134,7 @@ def search_groups(params, slots=None):
     wanted = serialize.wants(schema.GROUP_TYPE, "members", attributes, excluded)
     members = {}
     if wanted:
-        streams = slots is not None and _members_whole(attributes, excluded)
+        streams = slots is not None
         members = groups.members_of(page, groups.MEMBER_CHUNK if streams else None)
     if members is None:
         resources = [
