@@ -403,6 +403,14 @@ def test_served_get_of_a_large_group_has_every_member(app, server):
         ]
     assert len(expected) == 4000
     assert [m["value"] for m in body["members"]] == expected
+    projected, raw = served.request(
+        port,
+        "GET",
+        f"/scim/v2/Groups/{group_id}?attributes=members.value",
+        headers=auth,
+    )
+    assert projected.status == 200 and projected.getheader("Content-Length") is None
+    assert json.loads(raw)["members"] == [{"value": user_id} for user_id in expected]
     unchanged, raw = served.request(
         port,
         "GET",
