@@ -198,18 +198,29 @@ def operation():
                 setattr(notes, key, saved[key])
 
 
-def record_operation(method, path, status, noted, body, response, duration):
-    """Record one operation of a Bulk request as its own activity row (RFC 7644 §3.7)."""
+def sender():
+    """Return who sent the current request and its id, as each of its operations records them."""
+    return (*_client(request._get_current_object(), g), request_id())
+
+
+def record_operation(
+    method, path, status, noted, body, response, duration, sent_by=None
+):
+    """Record one operation of a Bulk request as its own activity row (RFC 7644 §3.7).
+
+    ``sent_by`` is the request's sender(), read once for all its operations.
+    """
     if not current_app.config.get("ACTIVITY_LOG", True):
         return
     resource_type, resource_id = _resource(path)
     error = response if status >= 400 and isinstance(response, dict) else {}
     summary = noted.get("activity_summary")
+    *client, sent_id = sent_by or sender()
     writer.put(
         ActivityEntry,
         (  # in ENTRY_COLUMNS order
             utcnow(),
-            *_client(request._get_current_object(), g),
+            *client,
             method[:16],
             path[:2048],
             "",
@@ -224,7 +235,7 @@ def record_operation(method, path, status, noted, body, response, duration):
             _json_text(body),
             _json_text(response),
             True,
-            request_id(),
+            sent_id,
         ),
     )
 

@@ -866,7 +866,18 @@ def test_each_operation_is_recorded_with_the_request(app, scim):
         ),
     ]
     assert bulk_rows[-2].scim_type == "uniqueness"
-    assert all(e.idp == "entra" for e in bulk_rows[-3:])
+    # Every operation carries its request's sender and id.
+    request_row = bulk_rows[-1]
+    assert request_row.idp == "entra" and len(request_row.request_id) == 32
+    for e in bulk_rows[-3:-1]:
+        sender = (e.idp, e.token_key, e.client_address, e.user_agent, e.request_id)
+        assert sender == (
+            request_row.idp,
+            request_row.token_key,
+            request_row.client_address,
+            request_row.user_agent,
+            request_row.request_id,
+        )
 
 
 def test_passwords_in_operations_are_redacted(app, scim):

@@ -231,6 +231,7 @@ class Job:
         self.resource_type = resource_type
         # Read once: each costs a few lookups through Flask's proxies.
         self.base_url, self.source = http.base_url(), http.token_idp()
+        self.sender = activity.sender()
         self.errors = 0
         self.results = {}
         self.created = {}  # bulkId: id of the resource its POST created
@@ -411,6 +412,7 @@ class Job:
             operation.data,
             result.get("response"),
             seconds,
+            self.sender,
         )
 
     def _write(self, model, method, resource_id, data, version=None):
