@@ -366,15 +366,12 @@ def _query(model, resource_type, params):
     if params.sort_by:
         key = filters.sort_expression(params.sort_by, resource_type)
         order.insert(0, ordering(key, params.descending))
-    elif (
-        node is not None
-        and not postgres()
-        and filters.bounds_a_time(node, resource_type)
-    ):
-        # SQLite keeps no statistics on how many rows a range holds, and
-        # walked every user in id order for the few changed since a time:
-        # ordered by an expression, the range is read off its index and
-        # only its rows are sorted (PostgreSQL weighs the two itself).
+    elif node is not None and filters.bounds_a_time(node, resource_type):
+        # Recent users have the high ids: for the few changed since a time
+        # both engines walked every user in id order (SQLite keeps no range
+        # statistics; PostgreSQL assumes matches spread evenly over ids).
+        # Ordered by an expression, the range is read off its index and only
+        # its rows are sorted: the page costs what its count does.
         order = [model.id + 0]
     offset = params.start_index - 1
     columns = LISTED.get(model, ())
