@@ -8,7 +8,9 @@ INTERNALS lists every one, and tests/test_server.py checks them, so an
 upgrade that changes one fails there by name.
 """
 
+import ctypes
 import logging
+import os
 import signal
 import threading
 import time
@@ -69,6 +71,7 @@ INTERNALS = {
 
 def serve(app, host, port, threads, on_ready=None):
     """Serve until SIGTERM/SIGINT, then finish in-flight requests and return."""
+    limit_malloc_arenas()
     server = make_server(app, host, port, threads)
     stopping = threading.Event()
 
@@ -85,6 +88,27 @@ def serve(app, host, port, threads, on_ready=None):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+# glibc gives each thread that allocates its own malloc arena (up to eight
+# per core) and keeps what each grew to. Waitress hands requests to its
+# workers in turn, so each worker that once built a large answer (a chunk of
+# a million-member group) held about 19 MB more: 8 workers on PostgreSQL
+# took the server from 67 to over 200 MB. Two arenas are shared by all.
+MALLOC_ARENAS = 2
+M_ARENA_MAX = -8  # glibc's malloc.h
+
+
+def limit_malloc_arenas(arenas=MALLOC_ARENAS):
+    """Cap glibc's malloc arenas before the workers start; False where that is not done."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False  # the administrator's own setting, which glibc has applied
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the process runs on
+    except (OSError, AttributeError):
+        return False  # not glibc (macOS, Windows)
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return mallopt(M_ARENA_MAX, arenas) == 1
 
 
 def make_server(app, host, port, threads):

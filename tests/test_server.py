@@ -323,3 +323,19 @@ def test_postgresql_keeps_waitress_dispatcher(app):
         server.task_dispatcher.shutdown(timeout=5)
         server.close()
         server.trigger.close()
+
+
+def test_the_served_process_caps_its_malloc_arenas(monkeypatch):
+    """On glibc the cap is set before the workers start; an administrator's own wins."""
+    import platform
+
+    from mdm import server
+
+    # CI and the binary run on glibc, where mallopt accepts the cap.
+    assert platform.libc_ver()[0] == "glibc"
+    assert server.limit_malloc_arenas() is True
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert server.limit_malloc_arenas() is False
+    # serve() sets it first: the workers are made by make_server.
+    source = inspect.getsource(server.serve)
+    assert source.index("limit_malloc_arenas()") < source.index("make_server(")
