@@ -247,29 +247,26 @@ def insert_each(new_rows, errors_allowed=None):
     # is parsed meanwhile; a statement per row took the lock back each time.
 
     def attempt():
-        keys = _insert_many([new.statement for new in new_rows])
-        errors = []
-        failed = 0
-        for new, key in zip(new_rows, keys, strict=True):
-            errors.append(None if key is not None else new.uniqueness_error)
-            failed += key is None
-            if errors_allowed is not None and failed >= errors_allowed:
-                break
-        # Rows past the one that made failOnErrors errors were never sent.
-        unsent = [key for key in keys[len(errors) :] if key is not None]
-        if unsent:
-            model = type(new_rows[0].row)
-            model.delete().where(model.id.in_(unsent)).execute()
-        for new, error in zip(new_rows, errors, strict=False):
-            if error is None:
-                webhooks.write(new.events)
-        return errors, keys
-
-    def transaction():
         with write_transaction():
-            return attempt()
+            keys = _insert_many([new.statement for new in new_rows])
+            errors = []
+            failed = 0
+            for new, key in zip(new_rows, keys, strict=True):
+                errors.append(None if key is not None else new.uniqueness_error)
+                failed += key is None
+                if errors_allowed is not None and failed >= errors_allowed:
+                    break
+            # Rows past the one that made failOnErrors errors were never sent.
+            unsent = [key for key in keys[len(errors) :] if key is not None]
+            if unsent:
+                model = type(new_rows[0].row)
+                model.delete().where(model.id.in_(unsent)).execute()
+            for new, error in zip(new_rows, errors, strict=False):
+                if error is None:
+                    webhooks.write(new.events)
+            return errors, keys
 
-    errors, keys = _retried(transaction)
+    errors, keys = _retried(attempt)
     for new, error, key in zip(new_rows, errors, keys, strict=False):
         if error is None:
             setattr(new.row, new.statement.key.name, key)

@@ -134,8 +134,8 @@ def search_groups(params, slots=None):
     wanted = serialize.wants(schema.GROUP_TYPE, "members", attributes, excluded)
     members = {}
     if wanted:
-        streams = slots is not None
-        members = groups.members_of(page, groups.MEMBER_CHUNK if streams else None)
+        limit = groups.MEMBER_CHUNK if slots is not None else None
+        members = groups.members_of(page, limit)
     if members is None:
         resources = [
             _slotted_group(group, attributes, excluded, slots) for group in page

@@ -92,13 +92,14 @@ _TIMES = ("created", "lastModified")
 
 def bounds_a_time(node, resource_type):
     """Whether the filter, or a part of it joined by ``and``, bounds meta.created or lastModified."""
+    scope = _ResourceScope(resource_type)
     pending = [node]
     while pending:
         current = pending.pop()
         if isinstance(current, And):
             pending += (current.left, current.right)
         elif isinstance(current, Compare) and current.op in ("gt", "ge", "lt", "le"):
-            schema, attribute, sub = _ResourceScope(resource_type).resolve(current.path)
+            _, attribute, sub = scope.resolve(current.path)
             if attribute.name == "meta" and sub and sub.name in _TIMES:
                 return True
     return False
