@@ -578,38 +578,15 @@ class Writer:
                 _count_ignored(ignored)
             for (model, shape), rows in groups.items():
                 if shape is None:
-                    fields = [model._meta.fields[name] for name in ENTRY_COLUMNS]
-                    rows = [
-                        tuple(
-                            _stored(v, n)
-                            for v, n in zip(row, COLUMN_CHARS, strict=True)
-                        )
-                        for row in rows
-                    ]
                     self._since_prune += len(rows)
-                    counts = collections.Counter(
-                        (
-                            count_bucket(row[TIME]),
-                            row[IDP] or "",
-                            bool(row[OPERATION]),
-                            row[STATUS] >= 400,
-                        )
-                        for row in rows
-                    )
-                else:
-                    fields = None
-                    rows = [
-                        {k: _stored(v, AUDIT_DETAILS_CHARS) for k, v in row.items()}
-                        for row in rows
-                    ]
+                    _insert_entries(model, rows)
+                    continue
+                rows = [
+                    {k: _stored(v, AUDIT_DETAILS_CHARS) for k, v in row.items()}
+                    for row in rows
+                ]
                 for start in range(0, len(rows), ROWS_PER_INSERT):
-                    chunk = rows[start : start + ROWS_PER_INSERT]
-                    if fields is None:
-                        model.insert_many(chunk, fields=fields).execute()
-                    else:
-                        _insert_entries(model, fields, chunk)
-                if shape is None:
-                    _add_counts(counts)
+                    model.insert_many(rows[start : start + ROWS_PER_INSERT]).execute()
             # Every five minutes, and sooner under a flood: after a tenth of
             # the row cap, so the table never holds much more than the cap.
             if time.monotonic() - self._last_prune > 300 or self._since_prune >= max(
@@ -644,16 +621,48 @@ def _entry_tuple(row):
     return tuple(values)
 
 
-def _insert_entries(model, fields, rows):
-    """Insert ActivityEntry tuples with a statement rendered once per row count."""
+def _insert_entries(model, rows):
+    """Insert ActivityEntry tuples, and count them, with a statement rendered once per row count."""
     # Rendering 100 rows of 18 columns took the request threads' interpreter
-    # lock for longer than SQLite took to write them.
-    sql = _entries_sql(type(activity_db.obj), model, len(rows))
-    convert = [field.db_value for field in fields]
-    activity_db.execute_sql(
-        sql,
-        [c(value) for row in rows for c, value in zip(convert, row, strict=True)],
+    # lock for longer than SQLite took to write them; so did converting each
+    # value through two calls, which is why text is checked inline here.
+    width = len(ENTRY_COLUMNS)
+    columns = tuple(zip(COLUMN_CHARS, _entry_converters(model), strict=True))
+    params = []
+    append = params.append
+    for row in rows:
+        for value, (limit, convert) in zip(row, columns, strict=True):
+            if value is None:
+                pass
+            elif limit and type(value) is str:
+                # Text as it comes binds as it is (TextField converts nothing).
+                if "\x00" in value or len(value) > limit:
+                    value = _stored(value, limit)
+            else:
+                value = convert(_stored(value, limit))
+            append(value)
+    step = ROWS_PER_INSERT * width
+    for start in range(0, len(params), step):
+        chunk = params[start : start + step]
+        sql = _entries_sql(type(activity_db.obj), model, len(chunk) // width)
+        activity_db.execute_sql(sql, chunk)
+    # Counted from the values as stored, so the counts match the rows.
+    _add_counts(
+        collections.Counter(
+            (
+                count_bucket(params[at + TIME]),
+                params[at + IDP] or "",
+                bool(params[at + OPERATION]),
+                params[at + STATUS] >= 400,
+            )
+            for at in range(0, len(params), width)
+        )
     )
+
+
+@functools.cache
+def _entry_converters(model):
+    return tuple(model._meta.fields[name].db_value for name in ENTRY_COLUMNS)
 
 
 @functools.lru_cache(maxsize=256)

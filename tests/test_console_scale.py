@@ -538,6 +538,55 @@ def test_long_noted_fields_are_cut_to_their_column_limit(app):
     assert stored["status"] == 409
 
 
+def test_queued_values_are_stored_as_their_columns_take_them(app):
+    """NUL is escaped in any text column, other values bind as their fields convert them, and each row is counted once."""
+    from mdm.activity_store import ActivityCount
+
+    values = {
+        "time": utcnow(),
+        "idp": "en\x00tra" + "i" * 100,
+        "method": "POST",
+        "path": "/scim/v2/Users/a\x00b",
+        "query": "",
+        "resource_id": 12345,
+        "summary": "",
+        "status": "409",
+        "detail": "\x00",
+        "duration_ms": 3,
+        "request_body": '{"userName": "a\x00b"}',
+        "operation": 1,
+    }
+    row = [None] * len(ENTRY_COLUMNS)
+    for name, value in values.items():
+        row[ENTRY_COLUMNS.index(name)] = value
+    writer.put(ActivityEntry, tuple(row))
+    writer.put(ActivityEntry, tuple(row))
+    rows = stored_rows()
+    assert len(rows) == 2
+    for stored in rows:
+        assert stored["idp"] == ("en\\u0000tra" + "i" * 100)[:64]
+        assert stored["path"] == "/scim/v2/Users/a\\u0000b"
+        assert stored["detail"] == "\\u0000"
+        assert stored["request_body"] == '{"userName": "a\\u0000b"}'
+        assert stored["resource_id"] == "12345"
+        assert stored["status"] == 409
+        assert stored["duration_ms"] == 3.0
+        assert stored["operation"] is True
+        assert stored["user_agent"] is None
+    with activity_db.connection_context():
+        counted = list(
+            ActivityCount.select(
+                ActivityCount.idp,
+                ActivityCount.operation,
+                ActivityCount.failed,
+                ActivityCount.requests,
+            ).tuples()
+        )
+    assert [(idp, bool(op), bool(failed), n) for idp, op, failed, n in counted] == [
+        (rows[0]["idp"], True, True, 2)
+    ]
+
+
 def test_the_row_cap_holds_under_a_flood(app, scim):
     """A flood between two timed prunes is pruned after a tenth of the cap."""
     writer.max_rows = 20
