@@ -10,6 +10,7 @@ from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from .. import activity
+from .. import webhooks
 from ..models import Group
 from ..models import User
 from . import groups
@@ -283,6 +284,7 @@ class Job:
         # transaction. The run ends before an operation that fails to
         # prepare, which then fails on the ordinary path.
         prepared = []
+        notify = webhooks.active()
         for operation in self.operations[start : start + CREATE_BATCH]:
             if not self._plain_user_post(operation):
                 break
@@ -290,7 +292,7 @@ class Job:
             with activity.operation() as noted:
                 try:
                     new = users.prepare_create(
-                        operation.data, self.resource_type, self.source
+                        operation.data, self.resource_type, self.source, notify
                     )
                 except ScimError:
                     break

@@ -1,5 +1,7 @@
 """Reading users and groups, and the optimistic write that every SCIM change goes through."""
 
+import functools
+
 from peewee import IntegrityError
 from peewee import Value
 from peewee import fn
@@ -187,15 +189,13 @@ class Insert:
 
     def __init__(self, row):
         model = type(row)
-        key = model._meta.primary_key
-        values = {
-            field.name: getattr(row, field.name)
-            for field in model._meta.sorted_fields
-            if field is not key
+        names, converters = _inserted(model)
+        self.row, self.key = row, model._meta.primary_key
+        self.statement = _statement(model, "insert", names)
+        self.params = {
+            name: convert(getattr(row, name))
+            for name, convert in zip(names, converters, strict=True)
         }
-        self.row, self.key = row, key
-        self.statement = _statement(model, "insert", tuple(values))
-        self.params = _bound(model, values)
 
     def run(self):
         """Insert under the lock and give the row its new key; Taken if a unique value is."""
@@ -203,6 +203,15 @@ class Insert:
         if key is None:
             raise Taken()
         setattr(self.row, self.key.name, key[0])
+
+
+@functools.cache
+def _inserted(model):
+    """Return the columns an INSERT of ``model`` gives, and each one's Field.db_value."""
+    # Looked up once: a Bulk load builds an INSERT for every user.
+    key = model._meta.primary_key
+    fields = [field for field in model._meta.sorted_fields if field is not key]
+    return tuple(f.name for f in fields), tuple(f.db_value for f in fields)
 
 
 class NewRow:

@@ -87,14 +87,17 @@ def create(body, resource_type, source):
     return new.row
 
 
-def prepare_create(body, resource_type, source):
-    """Parse a new user and render its INSERT, outside the write lock."""
+def prepare_create(body, resource_type, source, notify=None):
+    """Parse a new user and render its INSERT, outside the write lock.
+
+    ``notify`` tells whether webhook events are wanted, when the caller asked once for many.
+    """
     data, password = parse.user(body, resource_type, creating=True)
     password_hash = hash_password(password) if password else None
     user = User(source=source)
     mirror_user(user, data, password_hash)
     events = []
-    if webhooks.active():
+    if webhooks.active() if notify is None else notify:
         events = [webhooks.user_event("user.created", user, resource_type)]
     return NewRow(user, uniqueness_error(data), events)
 
