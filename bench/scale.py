@@ -170,15 +170,21 @@ SEED_WORKERS = 2
 
 
 def user_rows(first, last, postgresql):
-    """Return users first..last-1 through the app's User model and mirror_user, ready to write."""
+    """Return users first..last-1 as a SCIM POST stores them, ready to write."""
     from mdm.models import User
     from mdm.models import mirror_user
+    from mdm.scim import parse
+    from mdm.scim import schema
 
+    # Parsed as the API parses a POST, so the stored document is the same
+    # (without the request's "schemas", which are not stored).
+    user_type = schema.user_type()
     fields = [f for f in User._meta.sorted_fields if not f.primary_key]
     rows = []
     for i in range(first, last):
         user = User(source="entra")
-        mirror_user(user, user_data(i))
+        data, _ = parse.user(user_data(i), user_type, creating=True)
+        mirror_user(user, data)
         rows.append([f.db_value(getattr(user, f.name)) for f in fields])
     if postgresql:
         return copy_text(rows)
