@@ -1,5 +1,6 @@
 """SCIM Bulk (RFC 7644 §3.7): many writes in one request, each applied on its own."""
 
+import itertools
 import re
 import time
 from urllib.parse import unquote
@@ -283,11 +284,14 @@ class Job:
         # outside the lock as on its own; only the INSERTs share a
         # transaction. The run ends before an operation that fails to
         # prepare, which then fails on the ordinary path.
+        run = itertools.takewhile(
+            self._plain_user_post, self.operations[start : start + CREATE_BATCH]
+        )
         prepared = []
-        notify = webhooks.active()
-        for operation in self.operations[start : start + CREATE_BATCH]:
-            if not self._plain_user_post(operation):
-                break
+        notify = None
+        for operation in run:
+            if notify is None:  # asked once per run, and only for a run
+                notify = webhooks.active()
             started = time.perf_counter()
             with activity.operation() as noted:
                 try:

@@ -152,7 +152,16 @@ def _statement(model, kind, names):
 
 
 def _bound(model, values):
-    return {name: getattr(model, name).db_value(v) for name, v in values.items()}
+    convert = _converters(model)
+    return {name: convert[name](v) for name, v in values.items()}
+
+
+@functools.cache
+def _converters(model):
+    """Return {column: Field.db_value} for every column of ``model`` but its key, in order."""
+    # Looked up once per model: a Bulk load binds an INSERT for every user.
+    key = model._meta.primary_key
+    return {f.name: f.db_value for f in model._meta.sorted_fields if f is not key}
 
 
 class Save:
@@ -189,12 +198,11 @@ class Insert:
 
     def __init__(self, row):
         model = type(row)
-        names, converters = _inserted(model)
+        converters = _converters(model)
         self.row, self.key = row, model._meta.primary_key
-        self.statement = _statement(model, "insert", names)
+        self.statement = _statement(model, "insert", tuple(converters))
         self.params = {
-            name: convert(getattr(row, name))
-            for name, convert in zip(names, converters, strict=True)
+            name: convert(getattr(row, name)) for name, convert in converters.items()
         }
 
     def run(self):
@@ -203,15 +211,6 @@ class Insert:
         if key is None:
             raise Taken()
         setattr(self.row, self.key.name, key[0])
-
-
-@functools.cache
-def _inserted(model):
-    """Return the columns an INSERT of ``model`` gives, and each one's Field.db_value."""
-    # Looked up once: a Bulk load builds an INSERT for every user.
-    key = model._meta.primary_key
-    fields = [field for field in model._meta.sorted_fields if field is not key]
-    return tuple(f.name for f in fields), tuple(f.db_value for f in fields)
 
 
 class NewRow:

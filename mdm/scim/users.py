@@ -96,9 +96,11 @@ def prepare_create(body, resource_type, source, notify=None):
     password_hash = hash_password(password) if password else None
     user = User(source=source)
     mirror_user(user, data, password_hash)
-    events = []
-    if webhooks.active() if notify is None else notify:
-        events = [webhooks.user_event("user.created", user, resource_type)]
+    if notify is None:
+        notify = webhooks.active()
+    events = (
+        [webhooks.user_event("user.created", user, resource_type)] if notify else []
+    )
     return NewRow(user, uniqueness_error(data), events)
 
 
