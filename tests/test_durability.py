@@ -167,13 +167,19 @@ def test_sigterm_answers_in_flight_requests_and_exits(tmp_path):
     db = raw_connection(tmp_path / "mdm.sqlite")
     try:
         cursor = db.cursor()
-        cursor.execute('SELECT user_name, data, password_hash FROM "user"')
+        cursor.execute(
+            "SELECT user_name, external_id, display_name, data, password_hash"
+            ' FROM "user"'
+        )
         rows = cursor.fetchall()
     finally:
         db.close()
-    # Nothing half-written: each row's columns agree with its SCIM document.
-    for user_name, data, password_hash in rows:
-        assert json.loads(data)["userName"] == user_name
+    # Nothing half-written: each row's columns agree with its SCIM document
+    # (which holds what the columns do not: crashload.user_body's emails).
+    for user_name, external_id, display_name, data, password_hash in rows:
+        email = {"primary": True, "type": "work", "value": user_name}
+        assert json.loads(data) == {"active": True, "emails": [email]}
+        assert external_id == display_name == user_name.split("@")[0]
         assert (password_hash is not None) == user_name.startswith("slow")
 
 

@@ -496,10 +496,12 @@ def test_a_schema_10_database_gets_the_counting_columns(app):
             if index.name in rebuilt
         }
         version = schema_version(database, "mdm")
+    # PostgreSQL needs no column its index's condition implies (schema 13).
+    kept = ["active"] if TEST_DATABASE_URL else ["active", "deprovisioned_at"]
     assert columns == {
-        "user_live_id": ["id", "active", "deprovisioned_at"],
-        "user_disabled": ["id", "active", "deprovisioned_at"],
-        "user_department": ["department", "id", "active", "deprovisioned_at"],
+        "user_live_id": ["id", *kept],
+        "user_disabled": ["id", *kept],
+        "user_department": ["department", "id", *kept],
     }
     assert version == SCHEMA_VERSION
 
@@ -508,7 +510,8 @@ def test_a_schema_11_database_gets_id_after_each_value(app):
     """The department and attribute indexes of schema 11 are rebuilt with id second."""
     rebuilt = ["user_department", *INDEXED_ATTRIBUTES]
     # As each engine writes an index's definition: "id" quoted or not.
-    with_id = re.compile(r'(?<=[ (])"?id"?, "?active"?, "?deprovisioned_at"?')
+    kept = "" if TEST_DATABASE_URL else ', "?deprovisioned_at"?'
+    with_id = re.compile(rf'(?<=[ (])"?id"?, "?active"?{kept}\)')
 
     def definitions():
         return {
@@ -529,6 +532,39 @@ def test_a_schema_11_database_gets_id_after_each_value(app):
     assert set(old) == set(new) == set(rebuilt)
     assert not any(with_id.search(sql) for sql in old.values()), old
     assert all(with_id.search(sql) for sql in new.values()), new
+    assert version == SCHEMA_VERSION
+
+
+def test_a_schema_12_database_keeps_deprovisioned_at_only_where_sqlite_needs_it(app):
+    """Schema 13 rebuilds PostgreSQL's counted indexes without the column; SQLite's stay."""
+    rebuilt = ["user_live_id", "user_disabled", "user_department", *INDEXED_ATTRIBUTES]
+
+    def definitions():
+        return {
+            index.name: index.sql
+            for index in database.get_indexes("user")
+            if index.name in rebuilt
+        }
+
+    with app.app_context(), database.connection_context():
+        for name, sql in definitions().items():
+            if "deprovisioned_at" not in sql.split(" WHERE ")[0]:
+                # As schema 12 built it on either engine.
+                database.execute_sql(f'DROP INDEX "{name}"')
+                head, _, where = sql.partition(" WHERE ")
+                old = re.sub(r"active\)$", "active, deprovisioned_at)", head)
+                database.execute_sql(f"{old} WHERE {where}")
+        old = definitions()
+        set_schema_version(database, "mdm", 12)
+        migrate()
+        new = definitions()
+        version = schema_version(database, "mdm")
+    assert set(old) == set(new) == set(rebuilt)
+    carried = {
+        name: "deprovisioned_at" in sql.split(" WHERE ")[0] for name, sql in new.items()
+    }
+    assert all("deprovisioned_at" in sql.split(" WHERE ")[0] for sql in old.values())
+    assert carried == dict.fromkeys(rebuilt, not TEST_DATABASE_URL)
     assert version == SCHEMA_VERSION
 
 

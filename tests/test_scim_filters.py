@@ -12,6 +12,7 @@ from mdm.models import Group
 from mdm.models import Membership
 from mdm.models import User
 from mdm.models import migrate
+from mdm.models import mirror_user
 from mdm.scim import filters
 from mdm.scim.errors import ScimError
 from mdm.scim.filters import And
@@ -484,33 +485,27 @@ def test_matches_rejects(text):
 # SQL compilation against real tables
 
 
-@pytest.fixture
-def db(tmp_path):
+@pytest.fixture(params=["stored", "before schema 13"])
+def db(request, tmp_path):
     bind_test_database(tmp_path / "filters.db")
     with database.connection_context():
         migrate()
-        yield seed()
+        yield seed(whole=request.param != "stored")
 
 
-def make_user(user_name, created, data, **columns):
-    name = data.get("name", {})
-    return User.create(
-        user_name=user_name,
-        external_id=data.get("externalId"),
-        display_name=data.get("displayName"),
-        given_name=name.get("givenName"),
-        family_name=name.get("familyName"),
-        # Mirrored as models.mirror_user does; filters read the column.
-        department=data.get(ENT, {}).get("department"),
-        active=data.get("active", True),
-        data=json.dumps({"userName": user_name, **data}),
-        created=created,
-        last_modified=created,
-        **columns,
-    )
+def make_user(user_name, created, data, whole=False, **columns):
+    """Store a user as mirror_user does; ``whole`` keeps the mirrored text in data too."""
+    user = User(created=created, last_modified=created, **columns)
+    document = {"userName": user_name, **data}
+    mirror_user(user, document)
+    if whole:
+        # As schema 12 stored it: filters read the same whichever it is.
+        user.data = json.dumps(document)
+    user.save(force_insert=True)
+    return user
 
 
-def seed():
+def seed(whole=False):
     bjensen = make_user(
         "bjensen",
         datetime(2015, 1, 1, 8, 30),
@@ -531,6 +526,7 @@ def seed():
             ENT: {"department": "Sales", "manager": {"value": "mgr-1"}},
             CUSTOM: {"badge": 42, "remote": True, "site": "Oslo"},
         },
+        whole=whole,
         scim_id="u-bjensen",
     )
     jsmith = make_user(
@@ -545,6 +541,7 @@ def seed():
             ENT: {"department": "Engineering"},
             CUSTOM: {"badge": 7, "remote": False},
         },
+        whole=whole,
         scim_id="u-jsmith",
     )
     make_user(
@@ -556,18 +553,21 @@ def seed():
             "title": "",
             "emails": [],
         },
+        whole=whole,
         scim_id="u-ab",
     )
     percent = make_user(
         "100%done",
         datetime(2026, 1, 1),
         {"externalId": "EXT-BJ", "emails": [{"type": "work", "value": "p@x.org"}]},
+        whole=whole,
         scim_id="u-percent",
     )
     ghost = make_user(
         "ghost",
         datetime(2016, 1, 1),
         {"title": "Tour Guide", "emails": [{"type": "work", "value": "g@example.com"}]},
+        whole=whole,
         scim_id="u-ghost",
         deprovisioned_at=datetime(2026, 2, 2),
     )
@@ -626,6 +626,9 @@ USER_FILTERS = [
     ('name.formatted co "ms."', {"bjensen"}),
     ('name[givenName eq "John"]', {"JSmith"}),
     ("name pr", {"bjensen", "JSmith"}),
+    ("not (name pr)", {"a_b", "100%done"}),
+    ('name pr and name.givenName sw "J"', {"JSmith"}),
+    ('title sw "TOUR"', {"bjensen"}),
     ("title pr", {"bjensen"}),
     ("not (title pr)", {"JSmith", "a_b", "100%done"}),
     ("title eq null", {"JSmith", "a_b", "100%done"}),
@@ -941,10 +944,13 @@ def test_sort_rejects(path, resource_type):
 
 
 def test_stray_non_object_elements_do_not_break_queries(db):
-    make_user(
-        "loose",
-        datetime(2026, 3, 1),
-        {"emails": ["loose@x.org", 7, {"type": "work", "value": "w@loose.org"}]},
+    # Not what a SCIM write stores (parse checks each element): written directly.
+    emails = ["loose@x.org", 7, {"type": "work", "value": "w@loose.org"}]
+    User.create(
+        user_name="loose",
+        data=json.dumps({"emails": emails}),
+        created=datetime(2026, 3, 1),
+        last_modified=datetime(2026, 3, 1),
     )
     assert users('emails[type eq "work" and value co "@loose"]') == {"loose"}
     assert users('emails co "loose@x"') == set()

@@ -1,5 +1,7 @@
 """HTTP tests of /Users: create, read, list, replace, patch, delete, with whole bodies."""
 
+import json
+
 import pytest
 
 from mdm.db import database
@@ -72,6 +74,118 @@ def test_create_user_returns_the_stored_resource(scim):
     assert response.headers["ETag"] == 'W/"1"'
     assert response.headers["Content-Type"] == "application/scim+json"
     assert scim.get(f"/Users/{body['id']}").get_json() == body
+
+
+def _stored(app, scim_id):
+    with app.app_context(), database.connection_context():
+        row = User.get(User.scim_id == scim_id)
+    return json.loads(row.data), row
+
+
+def _listed(scim, user_name):
+    page = scim.get(f'/Users?filter=userName eq "{user_name}"').get_json()
+    assert page["totalResults"] == 1, page
+    return page["Resources"][0]
+
+
+def test_text_the_columns_hold_is_stored_once(app, scim):
+    """userName, externalId, displayName, title, name parts and department live in columns."""
+    body = scim.create_user(
+        "dana@contoso.com",
+        externalId="d-1",
+        displayName="Dana Scully",
+        title="Agent",
+        name={"givenName": "Dana", "familyName": "Scully", "formatted": "D. Scully"},
+        emails=[{"value": "dana@contoso.com", "primary": True}],
+        **{ENTERPRISE: {"department": "X-Files", "employeeNumber": "42"}},
+    )
+    data, row = _stored(app, body["id"])
+    assert data == {
+        "active": True,
+        "name": {"formatted": "D. Scully"},
+        "emails": [{"value": "dana@contoso.com", "primary": True}],
+        ENTERPRISE: {"employeeNumber": "42"},
+    }
+    assert (row.user_name, row.external_id, row.display_name, row.title) == (
+        "dana@contoso.com",
+        "d-1",
+        "Dana Scully",
+        "Agent",
+    )
+    assert (row.given_name, row.family_name, row.department) == (
+        "Dana",
+        "Scully",
+        "X-Files",
+    )
+    assert body == {
+        "schemas": [CORE, ENTERPRISE],
+        "id": body["id"],
+        "externalId": "d-1",
+        "meta": meta(body),
+        "userName": "dana@contoso.com",
+        "displayName": "Dana Scully",
+        "title": "Agent",
+        "active": True,
+        "name": {"givenName": "Dana", "familyName": "Scully", "formatted": "D. Scully"},
+        "emails": [{"value": "dana@contoso.com", "primary": True}],
+        ENTERPRISE: {"department": "X-Files", "employeeNumber": "42"},
+    }
+    assert scim.get(f"/Users/{body['id']}").get_json() == body
+    assert _listed(scim, "dana@contoso.com") == body
+
+    # A name or extension left empty is not stored, and comes back whole.
+    only = scim.create_user(
+        "eve@contoso.com",
+        name={"givenName": "Eve"},
+        **{ENTERPRISE: {"department": "Ops"}},
+    )
+    data, _ = _stored(app, only["id"])
+    assert data == {"active": True}
+    assert only["name"] == {"givenName": "Eve"}
+    assert only[ENTERPRISE] == {"department": "Ops"}
+    assert only["schemas"] == [CORE, ENTERPRISE]
+    assert scim.get(f"/Users/{only['id']}").get_json() == only
+    assert _listed(scim, "eve@contoso.com") == only
+
+
+def test_a_user_stored_whole_before_schema_13_reads_and_writes_the_same(app, scim):
+    body = scim.create_user(
+        "fox@contoso.com",
+        externalId="f-1",
+        displayName="Fox Mulder",
+        name={"givenName": "Fox", "familyName": "Mulder"},
+        **{ENTERPRISE: {"department": "X-Files"}},
+    )
+    whole = {
+        "userName": "fox@contoso.com",
+        "externalId": "f-1",
+        "active": True,
+        "displayName": "Fox Mulder",
+        "name": {"givenName": "Fox", "familyName": "Mulder"},
+        ENTERPRISE: {"department": "X-Files"},
+    }
+    with app.app_context(), database.connection_context():
+        User.update(data=json.dumps(whole)).where(User.scim_id == body["id"]).execute()
+    assert scim.get(f"/Users/{body['id']}").get_json() == body
+    assert _listed(scim, "fox@contoso.com") == body
+    # A PATCH that changes nothing leaves the row as it was.
+    same = {
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "replace", "path": "displayName", "value": "Fox Mulder"}],
+    }
+    assert scim.patch(f"/Users/{body['id']}", same).get_json() == body
+    assert _stored(app, body["id"])[0] == whole
+    # One that changes something stores it as this release does.
+    renamed = {**same, "Operations": [{**same["Operations"][0], "value": "F. M."}]}
+    patched = scim.patch(f"/Users/{body['id']}", renamed).get_json()
+    assert patched == {
+        **body,
+        "meta": meta(patched, version=2),
+        "displayName": "F. M.",
+    }
+    data, row = _stored(app, body["id"])
+    assert data == {"active": True}
+    assert row.display_name == "F. M."
 
 
 def test_password_is_stored_hashed_and_never_returned(app, scim):

@@ -1,6 +1,5 @@
 """Users and User Groups pages: search, detail, history and purging deprovisioned users."""
 
-import json
 from datetime import datetime
 from urllib.parse import urlencode
 
@@ -130,7 +129,7 @@ def _user_or_404(scim_id):
 def user(scim_id):
     """Show every stored attribute of one user."""
     row = _user_or_404(scim_id)
-    data = json.loads(row.data)
+    data = row.attributes
     extensions = {k: data.pop(k) for k in list(data) if k.startswith("urn:")}
     groups = (
         Group.select(Group.scim_id, Group.display_name, Group.deprovisioned_at)

@@ -41,7 +41,7 @@ def _meta(row, resource_type, location):
 
 def user(row, base_url, groups=(), resource_type=None):
     """Return the SCIM representation of a user; ``groups`` are (id, displayName) pairs."""
-    data = json.loads(row.data)
+    data = row.attributes
     extensions = [
         urn for urn in data if urn.startswith("urn:") and isinstance(data[urn], dict)
     ]

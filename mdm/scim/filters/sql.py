@@ -23,6 +23,7 @@ from ...db import nocase
 from ...db import substring
 from ...db import true
 from ...models import ENTERPRISE_USER
+from ...models import MIRRORED
 from ...models import Group
 from ...models import Membership
 from ...models import User
@@ -369,11 +370,22 @@ class _ResourceScope:
                     ("name", "givenName"): model.given_name,
                     ("name", "familyName"): model.family_name,
                     ("active", None): model.active,
+                    ("title", None): model.title,
                 }
             )
         if name == "meta" and (name, sub) not in columns:
             raise ScimError.invalid_filter(f"meta.{sub or ''} cannot be filtered.")
         return columns.get((name, sub))
+
+    def mirrored_parts(self, keys):
+        """Return the columns that hold sub-attributes of the complex attribute at ``keys``."""
+        if not self.has_data:
+            return ()
+        return [
+            getattr(self.model, column)
+            for parents, _, column in MIRRORED
+            if parents == keys
+        ]
 
     def relation(self, attribute):
         """Return the Membership-backed scope for groups/members, or None."""
@@ -406,7 +418,11 @@ class _ResourceScope:
             if op == "pr" and attribute.sub("value") is None:
                 keys = _json_keys(*self.json_keys(schema, attribute))
                 expr = json_get(self.model.data, keys)
-                return (json_type(self.model.data, keys) == "object") & (expr != "{}")
+                found = (json_type(self.model.data, keys) == "object") & (expr != "{}")
+                # name's parts that columns hold are not in the document.
+                for column in self.mirrored_parts(keys):
+                    found = found | column.is_null(False)
+                return found
             # Entra's legacy manager eq "id" means the value sub-attribute.
             sub = self.implied_value(attribute)
         return _condition(self.scalar(schema, attribute, sub), op, value)
