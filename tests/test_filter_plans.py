@@ -568,6 +568,21 @@ def test_a_schema_12_database_keeps_deprovisioned_at_only_where_sqlite_needs_it(
     assert version == SCHEMA_VERSION
 
 
+def test_memberships_by_group_alone_are_indexed_only_on_sqlite(app):
+    """PostgreSQL's (group, user) index serves a group's lookups; schema 13 drops the other."""
+    with app.app_context(), database.connection_context():
+        if TEST_DATABASE_URL:
+            # As schema 12 built it there.
+            database.execute_sql(
+                'CREATE INDEX "membership_group_id" ON "membership" ("group_id")'
+            )
+        set_schema_version(database, "mdm", 12)
+        migrate()
+        names = {index.name for index in database.get_indexes("membership")}
+    assert "membership_group_id_user_id" in names
+    assert ("membership_group_id" in names) == (not TEST_DATABASE_URL)
+
+
 def test_migrate_creates_missing_indexes(app):
     with app.app_context(), database.connection_context():
         names = [
