@@ -470,7 +470,7 @@ _client_by_access_key = Prepared(_client_by_access_key_query)
 
 
 class User(database.Model):
-    """A provisioned user; ``data`` holds the SCIM attributes as sent, columns mirror the filterable ones."""
+    """A provisioned user; ``data`` holds its SCIM attributes less the text its columns hold (MIRRORED)."""
 
     # A user deleted through SCIM keeps its row with ``deprovisioned_at`` set until
     # an administrator purges it, so an IdP can never destroy directory data.
