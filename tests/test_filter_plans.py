@@ -506,6 +506,15 @@ def test_a_schema_10_database_gets_the_counting_columns(app):
     assert version == SCHEMA_VERSION
 
 
+def _definitions(names):
+    """Return the SQL of each of the user table's indexes among ``names``."""
+    return {
+        index.name: index.sql
+        for index in database.get_indexes("user")
+        if index.name in names
+    }
+
+
 def test_a_schema_11_database_gets_id_after_each_value(app):
     """The department and attribute indexes of schema 11 are rebuilt with id second."""
     rebuilt = ["user_department", *INDEXED_ATTRIBUTES]
@@ -513,21 +522,14 @@ def test_a_schema_11_database_gets_id_after_each_value(app):
     kept = "" if TEST_DATABASE_URL else ', "?deprovisioned_at"?'
     with_id = re.compile(rf'(?<=[ (])"?id"?, "?active"?{kept}\)')
 
-    def definitions():
-        return {
-            index.name: index.sql
-            for index in database.get_indexes("user")
-            if index.name in rebuilt
-        }
-
     with app.app_context(), database.connection_context():
-        for name, sql in definitions().items():
+        for name, sql in _definitions(rebuilt).items():
             database.execute_sql(f'DROP INDEX "{name}"')
             database.execute_sql(re.sub(r'(?<=[ (])"?id"?, ', "", sql, count=1))
-        old = definitions()
+        old = _definitions(rebuilt)
         set_schema_version(database, "mdm", 11)
         migrate()
-        new = definitions()
+        new = _definitions(rebuilt)
         version = schema_version(database, "mdm")
     assert set(old) == set(new) == set(rebuilt)
     assert not any(with_id.search(sql) for sql in old.values()), old
@@ -539,25 +541,18 @@ def test_a_schema_12_database_keeps_deprovisioned_at_only_where_sqlite_needs_it(
     """Schema 13 rebuilds PostgreSQL's counted indexes without the column; SQLite's stay."""
     rebuilt = ["user_live_id", "user_disabled", "user_department", *INDEXED_ATTRIBUTES]
 
-    def definitions():
-        return {
-            index.name: index.sql
-            for index in database.get_indexes("user")
-            if index.name in rebuilt
-        }
-
     with app.app_context(), database.connection_context():
-        for name, sql in definitions().items():
+        for name, sql in _definitions(rebuilt).items():
             if "deprovisioned_at" not in sql.split(" WHERE ")[0]:
                 # As schema 12 built it on either engine.
                 database.execute_sql(f'DROP INDEX "{name}"')
                 head, _, where = sql.partition(" WHERE ")
                 old = re.sub(r"active\)$", "active, deprovisioned_at)", head)
                 database.execute_sql(f"{old} WHERE {where}")
-        old = definitions()
+        old = _definitions(rebuilt)
         set_schema_version(database, "mdm", 12)
         migrate()
-        new = definitions()
+        new = _definitions(rebuilt)
         version = schema_version(database, "mdm")
     assert set(old) == set(new) == set(rebuilt)
     carried = {
