@@ -839,16 +839,22 @@ def prune(retention_days, max_rows):
     _count_entries(ActivityEntry.time < cutoff, -1)
     ActivityEntry.delete().where(ActivityEntry.time < cutoff).execute()
     AuditEvent.delete().where(AuditEvent.time < cutoff - timedelta(days=335)).execute()
-    newest_kept = (
-        ActivityEntry.select(ActivityEntry.id)
-        .order_by(ActivityEntry.id.desc())
-        .offset(max_rows)
-        .limit(1)
-        .scalar()
-    )
-    if newest_kept is not None:
-        _count_entries(ActivityEntry.id <= newest_kept, -1)
-        ActivityEntry.delete().where(ActivityEntry.id <= newest_kept).execute()
+    # How many rows the log holds comes from the rollup, which counts them:
+    # finding the cut by skipping max_rows rows from the newest end read the
+    # whole log (seconds at five million rows) every five minutes, to delete
+    # nothing. From the oldest end it skips only the rows that go.
+    held = ActivityCount.select(fn.SUM(ActivityCount.requests)).scalar() or 0
+    if held > max_rows:
+        newest_gone = (
+            ActivityEntry.select(ActivityEntry.id)
+            .order_by(ActivityEntry.id)
+            .offset(held - max_rows - 1)
+            .limit(1)
+            .scalar()
+        )
+        if newest_gone is not None:
+            _count_entries(ActivityEntry.id <= newest_gone, -1)
+            ActivityEntry.delete().where(ActivityEntry.id <= newest_gone).execute()
     ActivityCount.delete().where(ActivityCount.requests <= 0).execute()
     Refusal.delete().where(Refusal.last_time < cutoff).execute()
     newest_kept = (
