@@ -119,3 +119,28 @@ def test_groups_of_lists_live_groups_by_name(db):
     assert groups_of([users[0].id]) == {users[0].id: expected}
     assert groups_of([u.id for u in users]) == {users[0].id: expected}
     assert groups_of([]) == {}
+
+
+def test_groups_of_answers_any_number_of_users_a_query_per_512(db):
+    users = [_user(f"u{i}@x") for i in range(600)]
+    User.bulk_create(users)
+    users = list(User.select().order_by(User.id))
+    groups = [Group.create(display_name=name) for name in ("B", "A")]
+    # Every third user in B, every fifth in A too, the rest in none.
+    Membership.insert_many(
+        [(groups[0].id, u.id) for u in users[::3]]
+        + [(groups[1].id, u.id) for u in users[::5]],
+        fields=[Membership.group, Membership.user],
+    ).execute()
+    a, b = (groups[1].scim_id, "A"), (groups[0].scim_id, "B")
+    expected = {}
+    for at, user in enumerate(users):
+        found = ([a] if at % 5 == 0 else []) + ([b] if at % 3 == 0 else [])
+        if found:
+            expected[user.id] = found
+    for count in (1, 3, 100, 128, 129, 512, 600):
+        pks = [u.id for u in users[:count]]
+        with count_queries() as counted:
+            found = groups_of(pks)
+        assert found == {pk: expected[pk] for pk in pks if pk in expected}
+        assert counted.count == (2 if count > 512 else 1)
