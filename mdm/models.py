@@ -6,6 +6,7 @@ import hmac
 import json
 import secrets
 import uuid
+from collections import namedtuple
 from datetime import UTC
 from datetime import datetime
 from datetime import timedelta
@@ -562,6 +563,34 @@ def _purge_events(purgeable, webhooks):
     # before the write lock; at least once, a purge racing another sends twice.
     rows = list(purgeable.order_by(User.id).limit(PURGE_BATCH))
     return [r.id for r in rows], [webhooks.user_event("user.purged", r) for r in rows]
+
+
+# The columns a listed user is rendered from (serialize.user, groups_of): its
+# document and the columns that hold the rest of it (MIRRORED), not the
+# password hash, source and email it never shows.
+LISTED_USER = (
+    User.id,
+    User.scim_id,
+    User.user_name,
+    User.external_id,
+    User.display_name,
+    User.given_name,
+    User.family_name,
+    User.department,
+    User.title,
+    User.data,
+    User.version,
+    User.created,
+    User.last_modified,
+)
+
+
+class ListedUser(namedtuple("ListedUser", [field.name for field in LISTED_USER])):
+    """A user of a list page: its LISTED_USER columns, read without a model instance (db.records)."""
+
+    __slots__ = ()
+    columns = LISTED_USER
+    attributes = User.attributes
 
 
 class Group(database.Model):

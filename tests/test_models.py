@@ -7,9 +7,13 @@ from peewee import IntegrityError
 from playhouse.test_utils import count_queries
 
 from mdm.db import database
+from mdm.db import records
+from mdm.models import ENTERPRISE_USER
+from mdm.models import LISTED_USER
 from mdm.models import BearerToken
 from mdm.models import CustomAttribute
 from mdm.models import Group
+from mdm.models import ListedUser
 from mdm.models import Membership
 from mdm.models import OAuthClient
 from mdm.models import User
@@ -144,3 +148,39 @@ def test_groups_of_answers_any_number_of_users_a_query_per_512(db):
             found = groups_of(pks)
         assert found == {pk: expected[pk] for pk in pks if pk in expected}
         assert counted.count == (2 if count > 512 else 1)
+
+
+def test_a_listed_user_reads_every_column_as_the_model_does(db):
+    whole = User(source="entra")
+    mirror_user(
+        whole,
+        {
+            "userName": "w@x",
+            "externalId": "e-1",
+            "title": "Boss",
+            "name": {"givenName": "G", "familyName": "F"},
+            ENTERPRISE_USER: {"department": "Sales"},
+            "active": True,
+        },
+    )
+    bare = _user("b@x")
+    whole.save(force_insert=True)
+    bare.save(force_insert=True)
+    # A time stored on a whole second (no fraction in SQLite's text) reads too.
+    on_the_second = bare.created.replace(microsecond=0)
+    User.update(created=on_the_second).where(User.id == bare.id).execute()
+    query = User.select(*LISTED_USER).order_by(User.id)
+    listed = records(query, ListedUser)
+    models = list(query)
+    assert [type(row) for row in listed] == [ListedUser, ListedUser]
+    for row, model in zip(listed, models, strict=True):
+        for field in LISTED_USER:
+            value = getattr(row, field.name)
+            assert value == getattr(model, field.name), field.name
+            assert type(value) is type(getattr(model, field.name)), field.name
+        assert row.attributes == model.attributes
+    assert listed[1].created == on_the_second
+    assert listed[1].external_id is None and listed[1].given_name is None
+    assert listed[0].attributes["name"] == {"givenName": "G", "familyName": "F"}
+    assert listed[0].department == "Sales" and listed[0].title == "Boss"
+    assert records(query.where(User.id < 0), ListedUser) == []

@@ -15,9 +15,11 @@ from ..db import lock_row
 from ..db import most_parameters
 from ..db import ordering
 from ..db import postgres
+from ..db import records
 from ..db import retried
 from ..db import write_transaction
 from ..models import Group
+from ..models import ListedUser
 from ..models import User
 from ..models import utcnow
 from . import filters
@@ -379,38 +381,24 @@ def _query(model, resource_type, params):
         # its rows are sorted: the page costs what its count does.
         order = [model.id + 0]
     offset = params.start_index - 1
-    columns = LISTED.get(model, ())
+    record = LISTED.get(model)
+    columns = record.columns if record is not None else ()
     if offset < DEEP_OFFSET:
         page = query.select(*columns).order_by(*order).offset(offset)
-        return total, list(page.limit(params.count))
-    # A deep page finds its ids first, skipping index entries only; then
-    # reads just its own rows. PostgreSQL otherwise fetches every skipped
-    # row from the table: a second for the last page of a million users.
-    ids = query.select(model.id).order_by(*order).offset(offset).limit(params.count)
-    page = model.select(*columns).where(model.id.in_(ids)).order_by(*order)
-    return total, list(page)
+        page = page.limit(params.count)
+    else:
+        # A deep page finds its ids first, skipping index entries only; then
+        # reads just its own rows. PostgreSQL otherwise fetches every skipped
+        # row from the table: a second for the last page of a million users.
+        ids = query.select(model.id).order_by(*order).offset(offset)
+        ids = ids.limit(params.count)
+        page = model.select(*columns).where(model.id.in_(ids)).order_by(*order)
+    return total, records(page, record) if record is not None else list(page)
 
 
-# The columns a listed user is rendered from (serialize.user, groups_of):
-# its document and the columns that hold the rest of it (models.MIRRORED),
-# not the password hash, source and email it never shows.
-LISTED = {
-    User: (
-        User.id,
-        User.scim_id,
-        User.user_name,
-        User.external_id,
-        User.display_name,
-        User.given_name,
-        User.family_name,
-        User.department,
-        User.title,
-        User.data,
-        User.version,
-        User.created,
-        User.last_modified,
-    )
-}
+# What a listed row of each model is read as: a record of fewer columns than
+# a model instance, built for less (models.ListedUser); else the instance.
+LISTED = {User: ListedUser}
 
 
 # The startIndex from which a page's ids are found before its rows.
