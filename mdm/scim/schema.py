@@ -346,6 +346,11 @@ class ResourceType:
     def schemas(self):
         return (self.core, *self.extensions)
 
+    @cached_property
+    def extension_ids(self):
+        """The extensions' schema URNs, as sent."""
+        return frozenset(schema.id for schema in self.extensions)
+
     def extension(self, urn):
         """Return the extension schema for ``urn`` (case-insensitive), or None."""
         lowered = urn.lower()

@@ -42,16 +42,14 @@ def _meta(row, resource_type, location):
 def user(row, base_url, groups=(), resource_type=None):
     """Return the SCIM representation of a user; ``groups`` are (id, displayName) pairs."""
     data = row.attributes
-    extensions = [
-        urn for urn in data if urn.startswith("urn:") and isinstance(data[urn], dict)
-    ]
-    if resource_type is not None:
-        # Drop values of custom attributes that were deleted since they were stored.
-        known = {s.id for s in resource_type.extensions}
-        extensions = [urn for urn in extensions if urn in known]
-        for urn in list(data):
-            if urn.startswith("urn:") and urn not in known:
-                del data[urn]
+    known = resource_type.extension_ids if resource_type is not None else None
+    extensions = []
+    for urn in [key for key in data if key.startswith("urn:")]:
+        if known is not None and urn not in known:
+            # A custom attribute deleted since the value was stored.
+            del data[urn]
+        elif isinstance(data[urn], dict):
+            extensions.append(urn)
     resource = {"schemas": [schema.USER_SCHEMA, *extensions], "id": row.scim_id}
     if row.external_id is not None:
         resource["externalId"] = row.external_id
