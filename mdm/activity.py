@@ -43,27 +43,59 @@ SECRET_KEYS = re.compile("|".join(SECRET_WORDS), re.I)
 
 
 def redact(value):
-    """Return ``value`` with every secret-looking field replaced (recursively)."""
+    """Return ``value`` with every secret-looking field replaced (recursively); ``value`` itself if none is."""
+    # Copied only where something is replaced: most bodies that mention a
+    # secret word do so in a value ("Security Token Team"), and copying a
+    # page of users to change nothing cost more than answering it.
     if isinstance(value, dict):
-        cleaned = {}
+        cleaned = None
+        secret_path = False
         for key, item in value.items():
-            if isinstance(key, str) and SECRET_KEYS.search(key):
-                cleaned[key] = REDACTED
+            secret, is_path = _kind(key) if isinstance(key, str) else (False, False)
+            if secret:
+                kept = REDACTED
             else:
-                cleaned[key] = redact(item)
-        # A PATCH operation whose path names a secret carries it in "value".
-        path = next(
-            (v for k, v in value.items() if isinstance(k, str) and k.lower() == "path"),
-            None,
-        )
-        if isinstance(path, str) and SECRET_KEYS.search(path):
+                kept = redact(item)
+                # A PATCH operation whose path names a secret carries it in "value".
+                if is_path and isinstance(item, str) and _kind(item)[0]:
+                    secret_path = True
+            if kept is not item:
+                if cleaned is None:
+                    cleaned = dict(value)
+                cleaned[key] = kept
+        if secret_path:
+            if cleaned is None:
+                cleaned = dict(value)
             for key in cleaned:
-                if key.lower() == "value":
+                if isinstance(key, str) and key.lower() == "value":
                     cleaned[key] = REDACTED
-        return cleaned
+        return value if cleaned is None else cleaned
     if isinstance(value, list):
-        return [redact(item) for item in value]
+        cleaned = None
+        for at, item in enumerate(value):
+            kept = redact(item)
+            if kept is not item:
+                if cleaned is None:
+                    cleaned = list(value)
+                cleaned[at] = kept
+        return value if cleaned is None else cleaned
     return value
+
+
+def _kind(name):
+    """Return (names a secret, is "path" in any case) for an attribute name or path."""
+    # Short names are cached: a page of users repeats the same few dozen. A
+    # long one is rare, and would hold its memory in the cache.
+    if len(name) > 128:
+        return _classify(name)
+    return _classify_short(name)
+
+
+def _classify(name):
+    return SECRET_KEYS.search(name) is not None, name.lower() == "path"
+
+
+_classify_short = functools.lru_cache(maxsize=4096)(_classify)
 
 
 def body_text(raw):

@@ -310,6 +310,38 @@ def test_redact_replaces_secret_fields_and_patch_values():
     assert cleaned["Operations"][2]["value"]["displayName"] == "D"
 
 
+def test_redact_copies_only_what_it_replaces():
+    users = [
+        {"userName": f"u{i}", "title": "Token Analyst", "emails": [{"value": "e"}]}
+        for i in range(3)
+    ]
+    body = {"Resources": users, "note": "secret santa"}
+    snapshot = json.loads(json.dumps(body))
+    # Secret words in values only: nothing replaced, nothing copied.
+    assert activity.redact(body) is body
+    users[1]["urn:x:ext"] = {"clientSecret": SECRET}
+    cleaned = activity.redact(body)
+    assert cleaned["Resources"][1]["urn:x:ext"] == {"clientSecret": "[redacted]"}
+    # The rest is shared with the input, which is left as it was.
+    assert cleaned["Resources"][0] is users[0] and cleaned["Resources"][2] is users[2]
+    assert users[1]["urn:x:ext"] == {"clientSecret": SECRET}
+    del users[1]["urn:x:ext"]
+    assert body == snapshot
+
+
+def test_redact_reads_any_path_key_and_long_names():
+    # Any spelling of "path" naming a secret hides the operation's value,
+    # even after a null one.
+    operation = {"op": "add", "path": None, "PATH": "password", "Value": SECRET}
+    assert activity.redact(operation)["Value"] == "[redacted]"
+    assert activity.redact({"path": "displayName", "value": "D"})["value"] == "D"
+    long_name = "x" * 300 + "Password"
+    assert activity.redact({long_name: SECRET}) == {long_name: "[redacted]"}
+    assert activity.redact({"path": long_name, "value": SECRET})["value"] == (
+        "[redacted]"
+    )
+
+
 def test_body_text_withholds_unparsed_secrets():
     assert activity.body_text(b"password=" + SECRET.encode()) == (
         "[unparsed body withheld: it may contain a secret]"
