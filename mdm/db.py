@@ -198,8 +198,8 @@ class Prepared:
         return [
             model(
                 **{
-                    name: value if convert is None or value is None else convert(value)
-                    for (name, convert), value in zip(plan, row, strict=True)
+                    name: value if read is None or value is None else read(value)
+                    for (name, read), value in zip(plan, row, strict=True)
                 }
             )
             for row in rows
@@ -213,17 +213,39 @@ class Prepared:
 
 @functools.lru_cache(maxsize=256)
 def _load_plan(model, names):
-    """Return (attribute, converter or None) for each column a select of ``model`` gave."""
+    """Return (attribute, reader or None) for each column a select of ``model`` gave."""
     # Resolved once per model and column list: the ORM's cursor wrapper
     # resolves them on every query. A column that is no field (a selected
     # subquery) becomes a plain attribute, as the ORM makes it.
     columns = model._meta.columns
     return tuple(
-        (columns[name].name, columns[name].python_value)
+        (columns[name].name, _reader(columns[name]))
         if name in columns
         else (name, None)
         for name in names
     )
+
+
+# Fields whose values the drivers return as the field reads them (text,
+# integers): exact classes, so a subclass that converts is converted.
+_AS_RETURNED = frozenset((AutoField, IntegerField, TextField, CharField))
+
+
+def _reader(field):
+    """Return how to read a value of ``field`` from the driver, or None to keep it."""
+    if type(field) in _AS_RETURNED or type(field) is NoCaseField:
+        return None
+    if type(field) is DateTimeField:
+        return functools.partial(_datetime, field.python_value)
+    return field.python_value
+
+
+def _datetime(python_value, value):
+    # SQLite returns a time as the text peewee wrote, "YYYY-MM-DD
+    # HH:MM:SS.ffffff"; the field parses it with strptime, seven times slower.
+    if type(value) is str and len(value) == 26 and value[10] == " ":
+        return datetime.fromisoformat(value)
+    return python_value(value)
 
 
 def records(query, record):
@@ -235,7 +257,8 @@ def records(query, record):
     rows = cursor.fetchall()
     if not rows:
         return []
-    readers = _readers(query.model, tuple(item[0] for item in cursor.description))
+    plan = _load_plan(query.model, tuple(item[0] for item in cursor.description))
+    readers = [(at, read) for at, (_, read) in enumerate(plan) if read is not None]
     if not readers:
         return [record._make(row) for row in rows]
     listed = []
@@ -246,35 +269,6 @@ def records(query, record):
                 values[at] = read(values[at])
         listed.append(record._make(values))
     return listed
-
-
-# Fields whose values the drivers return as the field reads them (text,
-# integers): exact classes, so a subclass that converts is converted.
-_AS_RETURNED = frozenset((AutoField, IntegerField, TextField, CharField))
-
-
-@functools.lru_cache(maxsize=64)
-def _readers(model, names):
-    """Return (position, reader) for each selected column of ``model`` not kept as returned."""
-    columns = model._meta.columns
-    readers = []
-    for at, name in enumerate(names):
-        field = columns[name]
-        if type(field) in _AS_RETURNED or type(field) is NoCaseField:
-            continue
-        if type(field) is DateTimeField:
-            readers.append((at, functools.partial(_datetime, field.python_value)))
-        else:
-            readers.append((at, field.python_value))
-    return tuple(readers)
-
-
-def _datetime(python_value, value):
-    # SQLite returns a time as the text peewee wrote, "YYYY-MM-DD
-    # HH:MM:SS.ffffff"; the field parses it with strptime, seven times slower.
-    if type(value) is str and len(value) == 26 and value[10] == " ":
-        return datetime.fromisoformat(value)
-    return python_value(value)
 
 
 #
