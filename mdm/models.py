@@ -1238,7 +1238,7 @@ def _groups_of_many(size):
     # SQLite took to answer it. Padding the list to a power of two keeps the
     # renderings few; IN matches a repeated id once.
     names = [f"pk{at}" for at in range(size)]
-    return Prepared(lambda *pks: _groups_query(list(pks)), names), names
+    return Prepared(lambda *pks: _groups_query(list(pks)), names)
 
 
 # Users per groups query: far inside either engine's parameter limit.
@@ -1251,11 +1251,11 @@ def groups_of(user_pks):
     for start in range(0, len(user_pks), GROUPS_OF_CHUNK):
         chunk = list(user_pks[start : start + GROUPS_OF_CHUNK])
         size = 1 << (len(chunk) - 1).bit_length()
-        query, names = _groups_of_many(size)
+        query = _groups_of_many(size)
         chunk += chunk[-1:] * (size - len(chunk))
         # Each user is in one chunk, so its groups stay in displayName order.
         for user_pk, group_id, display in query.execute(
-            **dict(zip(names, chunk, strict=True))
+            **dict(zip(query.names, chunk, strict=True))
         ):
             found.setdefault(user_pk, []).append((group_id, display))
     return found
