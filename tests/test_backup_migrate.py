@@ -196,7 +196,7 @@ def test_upgrade_from_schema_1_keeps_data(tmp_path):
     secret = schema_1_database(path)
     app = create_app({"TESTING": True, **database_config(path)})
     with app.app_context(), database.connection_context():
-        assert schema_version(database, "mdm") == SCHEMA_VERSION == 13
+        assert schema_version(database, "mdm") == SCHEMA_VERSION == 14
         assert Admin.select().count() == 0
         assert BearerToken.authenticate(secret).idp == "okta"
         stored = User.get(User.user_name == "old@x")

@@ -1025,8 +1025,10 @@ def test_a_run_splits_where_the_engine_binds_fewer_values(app, scim, monkeypatch
         return real(inserts)
 
     monkeypatch.setattr(resources, "_insert_statement", counted)
-    # A user's INSERT binds 19 values: three rows fit in 60.
-    monkeypatch.setattr(resources, "most_parameters", lambda: 60)
+    # A user's INSERT binds a value for each column but its id, and two
+    # more: three rows fit, four do not.
+    binds = len(User._meta.sorted_fields) - 1 + 2
+    monkeypatch.setattr(resources, "most_parameters", lambda: 3 * binds)
     operations = [post_user(f"u{n}", f"split{n}") for n in range(10)]
     operations[4] = post_user("u4", "taken")
     operations[7] = post_user("u7", "SPLIT2")  # taken two statements earlier

@@ -89,7 +89,15 @@ def _listed(scim, user_name):
 
 
 def test_text_the_columns_hold_is_stored_once(app, scim):
-    """userName, externalId, displayName, title, name parts and department live in columns."""
+    """userName, externalId, displayName, title, name parts and enterprise attributes live in columns."""
+    enterprise = {
+        "department": "X-Files",
+        "employeeNumber": "42",
+        "costCenter": "FBI-7",
+        "organization": "FBI",
+        "division": "Violent Crimes",
+        "manager": {"value": "skinner"},
+    }
     body = scim.create_user(
         "dana@contoso.com",
         externalId="d-1",
@@ -97,15 +105,20 @@ def test_text_the_columns_hold_is_stored_once(app, scim):
         title="Agent",
         name={"givenName": "Dana", "familyName": "Scully", "formatted": "D. Scully"},
         emails=[{"value": "dana@contoso.com", "primary": True}],
-        **{ENTERPRISE: {"department": "X-Files", "employeeNumber": "42"}},
+        **{ENTERPRISE: enterprise},
     )
     data, row = _stored(app, body["id"])
+    # The manager, a complex value, stays in the document; its value is
+    # mirrored too, for filters.
     assert data == {
         "active": True,
         "name": {"formatted": "D. Scully"},
         "emails": [{"value": "dana@contoso.com", "primary": True}],
-        ENTERPRISE: {"employeeNumber": "42"},
+        ENTERPRISE: {"manager": enterprise["manager"]},
     }
+    mirrored = (row.employee_number, row.cost_center, row.organization, row.division)
+    assert mirrored == ("42", "FBI-7", "FBI", "Violent Crimes")
+    assert row.manager == "skinner"
     assert (row.user_name, row.external_id, row.display_name, row.title) == (
         "dana@contoso.com",
         "d-1",
@@ -128,7 +141,7 @@ def test_text_the_columns_hold_is_stored_once(app, scim):
         "active": True,
         "name": {"givenName": "Dana", "familyName": "Scully", "formatted": "D. Scully"},
         "emails": [{"value": "dana@contoso.com", "primary": True}],
-        ENTERPRISE: {"department": "X-Files", "employeeNumber": "42"},
+        ENTERPRISE: enterprise,
     }
     assert scim.get(f"/Users/{body['id']}").get_json() == body
     assert _listed(scim, "dana@contoso.com") == body

@@ -22,7 +22,7 @@ from ...db import like
 from ...db import nocase
 from ...db import substring
 from ...db import true
-from ...models import ENTERPRISE_USER
+from ...models import ATTRIBUTE_COLUMNS
 from ...models import MIRRORED
 from ...models import Group
 from ...models import Membership
@@ -345,9 +345,10 @@ class _ResourceScope:
                     column if isinstance(column, _Operand) else _column(column, target)
                 )
         keys = self.json_keys(schema, attribute) + ((sub.name,) if sub else ())
-        if self.has_data and keys == (ENTERPRISE_USER, "department"):
-            # Mirrored on the row (schema 8) and indexed there.
-            return _column(self.model.department, target)
+        column = ATTRIBUTE_COLUMNS.get(keys) if self.has_data else None
+        if column is not None:
+            # Mirrored on the row (schemas 8 and 14) and indexed there.
+            return _column(getattr(self.model, column), target)
         # The same SQL as the expression indexes on the user's data (models.py).
         expr = json_get_indexed(self.model.data, _json_keys(*keys), target.type)
         return _Operand(expr, target.type, target.case_exact, json=True)
