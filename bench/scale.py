@@ -65,6 +65,10 @@ def user_name(i):
 def user_data(i):
     """Return user ``i`` as an IdP sends it: a tenth disabled, 50 departments."""
     name = user_name(i)
+    enterprise = {"department": f"Dept {i % 50}", "employeeNumber": str(i)}
+    if i % 5 == 0:
+        # A fifth in one of 10 cost centers: 20,000 users in each at 1,000,000.
+        enterprise["costCenter"] = f"CC {i % 50}"
     return {
         "schemas": [USER, ENTERPRISE],
         "userName": name,
@@ -73,7 +77,7 @@ def user_data(i):
         "displayName": f"User {i}",
         "name": {"givenName": "User", "familyName": str(i)},
         "emails": [{"value": name, "type": "work", "primary": True}],
-        ENTERPRISE: {"department": f"Dept {i % 50}", "employeeNumber": str(i)},
+        ENTERPRISE: enterprise,
     }
 
 
@@ -780,6 +784,10 @@ def rows_scim(timer, meta, server, peak):
         (
             'SCIM `enterprise…:department eq "Dept 7"`',
             f'{ENTERPRISE}:department eq "Dept 7"',
+        ),
+        (
+            'SCIM `enterprise…:costCenter eq "CC 5"`',
+            f'{ENTERPRISE}:costCenter eq "CC 5"',
         ),
         ("SCIM `active eq true`", "active eq true"),
         ("SCIM `active eq false`", "active eq false"),
