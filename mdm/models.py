@@ -14,6 +14,7 @@ from datetime import timedelta
 from peewee import SQL
 from peewee import BooleanField
 from peewee import DateTimeField
+from peewee import Entity
 from peewee import ForeignKeyField
 from peewee import IntegerField
 from peewee import ModelIndex
@@ -1106,22 +1107,44 @@ def _add_missing_columns():
             title=json_get(User.data, ("title",)),
         ).execute()
     if "employee_number" not in columns:
-        added = [c for c in ATTRIBUTE_COLUMNS.values() if c != "department"]
-        run(*[migrator.add_column("user", c, NoCaseField(null=True)) for c in added])
-        # Documents keep their values until rewritten (MIRRORED).
-        User.update(
-            {
-                getattr(User, column): json_get(User.data, keys)
-                for keys, column in ATTRIBUTE_COLUMNS.items()
-                if column in added
-            }
-        ).where(User.data.contains(ENTERPRISE_USER)).execute()
+        added = {k: c for k, c in ATTRIBUTE_COLUMNS.items() if c != "department"}
+        run(
+            *[
+                migrator.add_column("user", c, NoCaseField(null=True))
+                for c in added.values()
+            ]
+        )
+        # Filled from the documents, which keep their values until rewritten
+        # (MIRRORED).
+        if postgres():
+            _fill_by_rewrite(added)
+        else:
+            User.update(
+                {getattr(User, c): json_get(User.data, k) for k, c in added.items()}
+            ).where(User.data.contains(ENTERPRISE_USER)).execute()
     columns = {c.name for c in database.get_columns("admin")}
     if "session_key" not in columns:
         run(migrator.add_column("admin", "session_key", TextField(default="")))
         for admin in Admin.select():
             admin.session_key = secrets.token_hex(16)
             admin.save()
+
+
+def _fill_by_rewrite(columns):
+    """Fill the user table's new ``columns`` from its documents in one rewrite (PostgreSQL)."""
+    # An UPDATE of every row leaves PostgreSQL a dead copy of each (the table
+    # at twice its size until vacuumed, and every index grown by as many
+    # entries): 140 s at a million users. Changing the columns' type to the
+    # same one with USING writes the table once, afresh, and rebuilds its
+    # indexes whole.
+    changes, params = [], []
+    for keys, column in columns.items():
+        sql, values = (
+            database.get_sql_context().sql(json_get(Entity("data"), keys)).query()
+        )
+        changes.append(f'ALTER COLUMN "{column}" TYPE citext USING ({sql})')
+        params += values
+    database.execute_sql('ALTER TABLE "user" ' + ", ".join(changes), params)
 
 
 #
