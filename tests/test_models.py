@@ -150,6 +150,16 @@ def test_groups_of_answers_any_number_of_users_a_query_per_512(db):
         assert counted.count == (2 if count > 512 else 1)
 
 
+ENTERPRISE_VALUES = {
+    "department": "Sales",
+    "employeeNumber": "7",
+    "costCenter": "CC-1",
+    "organization": "Org",
+    "division": "Div",
+    "manager": {"value": "m-1"},
+}
+
+
 def test_a_listed_user_reads_every_column_as_the_model_does(db):
     whole = User(source="entra")
     mirror_user(
@@ -159,7 +169,7 @@ def test_a_listed_user_reads_every_column_as_the_model_does(db):
             "externalId": "e-1",
             "title": "Boss",
             "name": {"givenName": "G", "familyName": "F"},
-            ENTERPRISE_USER: {"department": "Sales"},
+            ENTERPRISE_USER: ENTERPRISE_VALUES,
             "active": True,
         },
     )
@@ -179,6 +189,9 @@ def test_a_listed_user_reads_every_column_as_the_model_does(db):
             assert value == getattr(model, field.name), field.name
             assert type(value) is type(getattr(model, field.name)), field.name
         assert row.attributes == model.attributes
+        # Every column the document's text went to is listed.
+        assert row.attributes == User.get_by_id(row.id).attributes
+    assert listed[0].attributes[ENTERPRISE_USER] == ENTERPRISE_VALUES
     assert listed[1].created == on_the_second
     assert listed[1].external_id is None and listed[1].given_name is None
     assert listed[0].attributes["name"] == {"givenName": "G", "familyName": "F"}
