@@ -183,6 +183,14 @@ def test_filter_plan_uses_index(app, scim, directory, caplog, text, index):
         # The page, in id order, comes off the index in that order: no sort
         # of every match (20,000 users of a department at a million).
         page_plan = _explain(*queries[0])
+        if TEST_DATABASE_URL:
+            # The page's ids first, off the index alone (resources._ids_first);
+            # then only the page's own rows are sorted, at the top.
+            head, _, page_plan = page_plan.partition("\n")
+            key, _, page_plan = page_plan.partition("\n")
+            assert head.startswith("Sort ") and key.strip() == "Sort Key: t1.id"
+            assert "IN (SELECT" in queries[0][0]
+            assert "Index Only Scan using " + index in page_plan, page_plan
         assert "TEMP B-TREE" not in page_plan and "Sort" not in page_plan, page_plan
         # totalResults is counted from the index alone, however many match:
         # every attribute here is a column (schema 14), never an expression
@@ -783,3 +791,31 @@ def test_a_schema_13_database_gets_the_attribute_columns(app, scim, directory):
     assert document[ENTERPRISE] == {"manager": {"value": "boss-1"}}
     expected = dict(bodies["ada"], displayName="Ada", meta=response.get_json()["meta"])
     assert scim.get(f"/Users/{directory['ada']}").get_json() == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f'{ENTERPRISE}:department eq "dept 7"',
+        f'{ENTERPRISE}:costCenter eq "CC7" and active eq true',
+        f'active eq true and {ENTERPRISE}:manager eq "FILLER-MANAGER-7"',
+    ],
+)
+def test_pages_of_a_value_are_in_id_order(app, scim, directory, text):
+    """Read ids first on PostgreSQL or not, pages of a value's users run in id order."""
+    with app.app_context(), database.connection_context():
+        node = filters.parse(text)
+        where = filters.to_expression(node, schema.user_type())
+        everyone = list(
+            User.live().where(where).order_by(User.id).select(User.scim_id).scalars()
+        )
+    assert len(everyone) > 10
+    pages = []
+    for start in range(1, len(everyone) + 1, 7):
+        response = scim.get(
+            f"/Users?filter={quote(text)}&attributes=id&startIndex={start}&count=7"
+        )
+        body = response.get_json()
+        assert body["totalResults"] == len(everyone)
+        pages += [r["id"] for r in body["Resources"]]
+    assert pages == everyone

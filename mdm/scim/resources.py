@@ -383,7 +383,7 @@ def _query(model, resource_type, params):
     offset = params.start_index - 1
     record = LISTED.get(model)
     columns = record.columns if record is not None else ()
-    if offset < DEEP_OFFSET:
+    if offset < DEEP_OFFSET and not _ids_first(node, resource_type, params):
         page = query.select(*columns).order_by(*order).offset(offset)
         page = page.limit(params.count)
     else:
@@ -403,6 +403,18 @@ LISTED = {User: ListedUser}
 
 # The startIndex from which a page's ids are found before its rows.
 DEEP_OFFSET = 1000
+
+
+def _ids_first(node, resource_type, params):
+    """Whether a page of users of one attribute value finds its ids before its rows."""
+    # PostgreSQL prices each row read through the value's index as a random
+    # read from disk (random_page_cost 4) and, for a department of 2% of a
+    # million users, walked the primary key past 5,000 users to find 100 (2.5-
+    # 3.6 ms). Their ids alone it reads off the index, rows untouched, then
+    # fetches the 100: 0.7 ms. SQLite reads the index either way.
+    if node is None or params.sort_by or not postgres():
+        return False
+    return filters.selects_a_value(node, resource_type)
 
 
 class _Kept:

@@ -24,12 +24,14 @@ from .grammar import parse_path
 from .grammar import simple_eq
 from .sql import bounds_a_time
 from .sql import member_expression
+from .sql import selects_a_value
 from .sql import sort_expression
 from .sql import to_expression
 
 __all__ = [
     "as_bool",
     "bounds_a_time",
+    "selects_a_value",
     "MAX_DEPTH",
     "MAX_LENGTH",
     "MAX_TERMS",

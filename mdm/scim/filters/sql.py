@@ -106,6 +106,31 @@ def bounds_a_time(node, resource_type):
     return False
 
 
+def selects_a_value(node, resource_type):
+    """Whether the filter, or a part of it joined by ``and``, is an attribute column ``eq`` a value."""
+    scope = _ResourceScope(resource_type)
+    if not scope.has_data:
+        return False
+    pending = [node]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, And):
+            pending += (current.left, current.right)
+        elif isinstance(current, Compare) and current.op == "eq":
+            if current.value is None:
+                continue
+            schema, attribute, sub = scope.resolve(current.path)
+            if schema is None or attribute.multi_valued:
+                continue
+            if attribute.complex and sub is None:
+                # Entra's legacy "manager eq id" (see leaf).
+                sub = attribute.sub("value")
+            keys = scope.json_keys(schema, attribute) + ((sub.name,) if sub else ())
+            if keys in ATTRIBUTE_COLUMNS:
+                return True
+    return False
+
+
 def _compile(node, scope):
     if isinstance(node, And | Or):
         return _compile_chain(node, scope)
