@@ -570,38 +570,6 @@ def _purge_events(purgeable, webhooks):
     return [r.id for r in rows], [webhooks.user_event("user.purged", r) for r in rows]
 
 
-# The columns a listed user is rendered from (serialize.user, groups_of): its
-# document and the columns that hold the rest of it (MIRRORED), not the
-# password hash, source and email it never shows.
-LISTED_USER = (
-    User.id,
-    User.scim_id,
-    User.user_name,
-    User.external_id,
-    User.display_name,
-    User.given_name,
-    User.family_name,
-    User.department,
-    User.title,
-    User.employee_number,
-    User.cost_center,
-    User.organization,
-    User.division,
-    User.data,
-    User.version,
-    User.created,
-    User.last_modified,
-)
-
-
-class ListedUser(namedtuple("ListedUser", [field.name for field in LISTED_USER])):
-    """A user of a list page: its LISTED_USER columns, read without a model instance (db.records)."""
-
-    __slots__ = ()
-    columns = LISTED_USER
-    attributes = User.attributes
-
-
 class Group(database.Model):
     """A provisioned group; members live one row each in Membership."""
 
@@ -1205,12 +1173,36 @@ MIRRORED = (
     ((), "title", "title"),
     (("name",), "givenName", "given_name"),
     (("name",), "familyName", "family_name"),
-    ((ENTERPRISE_USER,), "department", "department"),
-    ((ENTERPRISE_USER,), "employeeNumber", "employee_number"),
-    ((ENTERPRISE_USER,), "costCenter", "cost_center"),
-    ((ENTERPRISE_USER,), "organization", "organization"),
-    ((ENTERPRISE_USER,), "division", "division"),
+    # The enterprise attributes with columns but manager, a complex value
+    # kept whole in the document (its value is mirrored too).
+    *(
+        (keys[:1], keys[1], column)
+        for keys, column in ATTRIBUTE_COLUMNS.items()
+        if len(keys) == 2
+    ),
 )
+
+
+# The columns a listed user is rendered from (serialize.user, groups_of): its
+# document and the columns that hold the rest of it (MIRRORED), not the
+# password hash, source and email it never shows.
+LISTED_USER = (
+    User.id,
+    User.scim_id,
+    *(getattr(User, column) for _, _, column in MIRRORED),
+    User.data,
+    User.version,
+    User.created,
+    User.last_modified,
+)
+
+
+class ListedUser(namedtuple("ListedUser", [field.name for field in LISTED_USER])):
+    """A user of a list page: its LISTED_USER columns, read without a model instance (db.records)."""
+
+    __slots__ = ()
+    columns = LISTED_USER
+    attributes = User.attributes
 
 
 def _unmirrored(data):

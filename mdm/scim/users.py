@@ -8,6 +8,7 @@ from peewee import IntegrityError
 
 from .. import activity
 from .. import webhooks
+from ..models import ATTRIBUTE_COLUMNS
 from ..models import User
 from ..models import hash_password
 from ..models import mirror_user
@@ -30,13 +31,8 @@ USER_COLUMNS = (
     "given_name",
     "family_name",
     "email",
-    "department",
     "title",
-    "employee_number",
-    "cost_center",
-    "organization",
-    "division",
-    "manager",
+    *ATTRIBUTE_COLUMNS.values(),
     "active",
     "data",
     "version",

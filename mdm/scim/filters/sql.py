@@ -125,8 +125,7 @@ def selects_a_value(node, resource_type):
             if attribute.complex and sub is None:
                 # Entra's legacy "manager eq id" (see leaf).
                 sub = attribute.sub("value")
-            keys = scope.json_keys(schema, attribute) + ((sub.name,) if sub else ())
-            if keys in ATTRIBUTE_COLUMNS:
+            if scope.attribute_column(schema, attribute, sub) is not None:
                 return True
     return False
 
@@ -369,14 +368,20 @@ class _ResourceScope:
                 return (
                     column if isinstance(column, _Operand) else _column(column, target)
                 )
-        keys = self.json_keys(schema, attribute) + ((sub.name,) if sub else ())
-        column = ATTRIBUTE_COLUMNS.get(keys) if self.has_data else None
+        column = self.attribute_column(schema, attribute, sub)
         if column is not None:
-            # Mirrored on the row (schemas 8 and 14) and indexed there.
-            return _column(getattr(self.model, column), target)
-        # The same SQL as the expression indexes on the user's data (models.py).
+            return _column(column, target)
+        keys = self.json_keys(schema, attribute) + ((sub.name,) if sub else ())
         expr = json_get_indexed(self.model.data, _json_keys(*keys), target.type)
         return _Operand(expr, target.type, target.case_exact, json=True)
+
+    def attribute_column(self, schema, attribute, sub):
+        """Return the column an attribute is mirrored in (schemas 8 and 14), or None."""
+        if not self.has_data:
+            return None
+        keys = self.json_keys(schema, attribute) + ((sub.name,) if sub else ())
+        column = ATTRIBUTE_COLUMNS.get(keys)
+        return None if column is None else getattr(self.model, column)
 
     def column(self, name, sub):
         model = self.model
