@@ -853,8 +853,11 @@ MODELS = [
 #     (MIRRORED; documents stored before keep it until rewritten), and on
 #     PostgreSQL schema 11's indexes no longer carry deprovisioned_at;
 # 14: the enterprise attributes filters look users up by are mirrored in
-#     columns, indexed there instead of as expressions over the document.
-SCHEMA_VERSION = 14
+#     columns, indexed there instead of as expressions over the document;
+# 15: the attributes that group users get a second index, of (value,
+#     active), that counts a value's users; PostgreSQL indexes each
+#     attribute's lowercased copy, a generated column, instead of the citext.
+SCHEMA_VERSION = 15
 
 # The enterprise extension (RFC 7643 §4.3), whose department users mirror.
 ENTERPRISE_USER = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
@@ -896,6 +899,10 @@ def migrate():
             if postgres():
                 for name in INDEXED_ATTRIBUTES:
                     database.execute_sql(f'DROP STATISTICS IF EXISTS "{name}_values"')
+        if 0 < current < 15 and postgres():
+            # Built again on the lowercased copies (before they are added,
+            # so that adding them rewrites fewer indexes).
+            rebuilt += ["user_department", *INDEXED_ATTRIBUTES]
         for name in dict.fromkeys(rebuilt):
             database.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
         database.create_tables(MODELS, safe=True)
@@ -936,6 +943,25 @@ INDEXED_ATTRIBUTES = {
     for keys, column in ATTRIBUTE_COLUMNS.items()
     if column != "department"
 }
+# Those of the attributes that group users, whose one value thousands may
+# hold (an employeeNumber names one person): each has a second index, of
+# (value, active), named user_<column>_count (schema 15). A department's
+# 20,000 users at a million are counted there, and with "and active eq true"
+# only its active ones are read, where the (value, id, active) index that
+# pages walk holds them mixed. On PostgreSQL it is also smaller: B-tree
+# deduplication stores each value once (citext has none; see lowered).
+GROUPING_COLUMNS = ("department", "cost_center", "organization", "division", "manager")
+
+
+def lowered(column):
+    """Return the name of the lowercased copy of an attribute column (PostgreSQL)."""
+    # citext compares by lowercasing both sides, again for every index entry
+    # a scan passes: counting a department's 20,000 users from its citext
+    # index took 4-5 ms, from an index of the lowercased text 2 ms. So on
+    # PostgreSQL each attribute column has a generated copy, lower(column),
+    # which equality and order of the attribute compare instead; its values
+    # order as citext's do, so the results are the same.
+    return f"{column}_lower"
 
 
 # The indexes schema 11 gave deprovisioned_at as a column.
@@ -996,14 +1022,19 @@ def _attribute_indexes():
     live = User.deprovisioned_at.is_null()
     indexes = []
     for column in ATTRIBUTE_COLUMNS.values():
-        field = getattr(User, column)
+        value = Entity(lowered(column)) if postgres() else getattr(User, column)
         # id right after the value: a value's users come off the index in id
         # order, so a page of 20,000 matches reads 100 of them, not sorts
         # them all.
         index = ModelIndex(
-            User, _counted(field, User.id), name=f"user_{column}", safe=True
+            User, _counted(value, User.id), name=f"user_{column}", safe=True
         )
-        indexes.append(index.where(field.is_null(False) & live))
+        indexes.append(index.where(value.is_null(False) & live))
+        if column in GROUPING_COLUMNS:
+            index = ModelIndex(
+                User, _counted(value), name=f"user_{column}_count", safe=True
+            )
+            indexes.append(index.where(value.is_null(False) & live))
     return indexes
 
 
@@ -1090,6 +1121,18 @@ def _add_missing_columns():
             User.update(
                 {getattr(User, c): json_get(User.data, k) for k, c in added.items()}
             ).where(User.data.contains(ENTERPRISE_USER)).execute()
+    missing = [c for c in ATTRIBUTE_COLUMNS.values() if lowered(c) not in columns]
+    if postgres() and missing:
+        # Generated, so that every write, the app's or not, keeps them; adding
+        # them rewrites the table once (see lowered).
+        database.execute_sql(
+            'ALTER TABLE "user" '
+            + ", ".join(
+                f'ADD COLUMN "{lowered(c)}" text '
+                f'GENERATED ALWAYS AS (lower("{c}"::text)) STORED'
+                for c in missing
+            )
+        )
     columns = {c.name for c in database.get_columns("admin")}
     if "session_key" not in columns:
         run(migrator.add_column("admin", "session_key", TextField(default="")))

@@ -196,7 +196,7 @@ def test_upgrade_from_schema_1_keeps_data(tmp_path):
     secret = schema_1_database(path)
     app = create_app({"TESTING": True, **database_config(path)})
     with app.app_context(), database.connection_context():
-        assert schema_version(database, "mdm") == SCHEMA_VERSION == 14
+        assert schema_version(database, "mdm") == SCHEMA_VERSION == 15
         assert Admin.select().count() == 0
         assert BearerToken.authenticate(secret).idp == "okta"
         stored = User.get(User.user_name == "old@x")
@@ -270,8 +270,12 @@ def test_upgrade_from_schema_7_mirrors_department_and_title(tmp_path):
             user.save(force_insert=True)
         # The user table as schema 7 made it: no mirrored department or title,
         # no index on the department, and no substring index over them
-        # (PostgreSQL drops that one with them).
+        # (PostgreSQL drops that one with them), nor the department's
+        # lowercased copy PostgreSQL generates (schema 15).
         database.execute_sql('DROP INDEX "user_department"')
+        database.execute_sql('DROP INDEX "user_department_count"')
+        if ENGINE != "sqlite":
+            database.execute_sql('ALTER TABLE "user" DROP COLUMN department_lower')
         if ENGINE == "sqlite":
             for trigger in ("insert", "update", "delete"):
                 database.execute_sql(f"DROP TRIGGER user_search_{trigger}")

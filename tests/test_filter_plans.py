@@ -12,10 +12,13 @@ from mdm.db import counted
 from mdm.db import database
 from mdm.db import schema_version
 from mdm.db import set_schema_version
+from mdm.models import ATTRIBUTE_COLUMNS
+from mdm.models import GROUPING_COLUMNS
 from mdm.models import INDEXED_ATTRIBUTES
 from mdm.models import ONLY_SQLITE
 from mdm.models import SCHEMA_VERSION
 from mdm.models import User
+from mdm.models import lowered
 from mdm.models import migrate
 from mdm.models import mirror_user
 from mdm.models import new_id
@@ -175,14 +178,15 @@ def test_filter_plan_uses_index(app, scim, directory, caplog, text, index):
     with app.app_context(), database.connection_context():
         if TEST_DATABASE_URL:
             database.execute_sql("SET enable_seqscan = off")
-        for sql, params in queries:
+        for sql, _ in queries:
             # As every list query writes it: live users only.
             assert '"t1"."deprovisioned_at" IS NULL' in sql
-            plan = _explain(sql, params)
-            assert index in plan, f"{sql}\n{plan}"
         # The page, in id order, comes off the index in that order: no sort
         # of every match (20,000 users of a department at a million).
         page_plan = _explain(*queries[0])
+        # Either of the value's indexes: SQLite keeps equal keys in rowid
+        # order, so (value, active) gives "and active eq true" in id order too.
+        assert re.search(rf"{index}(_count)? ", page_plan), page_plan
         if TEST_DATABASE_URL:
             # The page's ids first, off the index alone (resources._ids_first);
             # then only the page's own rows are sorted, at the top.
@@ -195,6 +199,10 @@ def test_filter_plan_uses_index(app, scim, directory, caplog, text, index):
         # totalResults is counted from the index alone, however many match:
         # every attribute here is a column (schema 14), never an expression
         # over the document, whose index neither engine counts from alone.
+        # An attribute that groups users is counted from its (value, active)
+        # index, which holds a value's active users together (schema 15).
+        if index.removeprefix("user_") in GROUPING_COLUMNS:
+            index += "_count"
         count_plan = _explain(*queries[1])
         if TEST_DATABASE_URL:
             assert f"Index Only Scan using {index} " in count_plan, count_plan
@@ -500,12 +508,14 @@ def test_a_schema_10_database_gets_the_counting_columns(app):
             if index.name in rebuilt
         }
         version = schema_version(database, "mdm")
-    # PostgreSQL needs no column its index's condition implies (schema 13).
+    # PostgreSQL needs no column its index's condition implies (schema 13),
+    # and indexes the department's lowercased copy (schema 15).
     kept = ["active"] if TEST_DATABASE_URL else ["active", "deprovisioned_at"]
+    department = lowered("department") if TEST_DATABASE_URL else "department"
     assert columns == {
         "user_live_id": ["id", *kept],
         "user_disabled": ["id", *kept],
-        "user_department": ["department", "id", *kept],
+        "user_department": [department, "id", *kept],
     }
     assert version == SCHEMA_VERSION
 
@@ -707,6 +717,12 @@ def test_served_upgrade_adds_the_indexes_filters_use(app, tmp_path):
     assert set(names) <= present
 
 
+def _drop_lowered():
+    """Drop PostgreSQL's lowercased copies of the attribute columns, as before schema 15."""
+    for column in ATTRIBUTE_COLUMNS.values():
+        database.execute_sql(f'ALTER TABLE "user" DROP COLUMN "{lowered(column)}"')
+
+
 def test_a_schema_13_database_gets_the_attribute_columns(app, scim, directory):
     """Schema 14 fills the new columns from the documents and indexes them, not expressions."""
     added = list(INDEXED_ATTRIBUTES)
@@ -730,6 +746,10 @@ def test_a_schema_13_database_gets_the_attribute_columns(app, scim, directory):
         # attribute (with PostgreSQL's statistics on the expression).
         for name in added:
             database.execute_sql(f'DROP INDEX "{name}"')
+        for column in set(columns) & set(GROUPING_COLUMNS):
+            database.execute_sql(f'DROP INDEX "user_{column}_count"')
+        if TEST_DATABASE_URL:
+            _drop_lowered()
         for column in columns:
             database.execute_sql(f'ALTER TABLE "user" DROP COLUMN "{column}"')
         for pk, (attributes, data) in stored.items():
@@ -819,3 +839,92 @@ def test_pages_of_a_value_are_in_id_order(app, scim, directory, text):
         assert body["totalResults"] == len(everyone)
         pages += [r["id"] for r in body["Resources"]]
     assert pages == everyone
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f'{ENTERPRISE}:employeeNumber ge "e-1"', ["ada", "bob"]),
+        (f'{ENTERPRISE}:employeeNumber gt "E-1"', ["bob"]),
+        (f'{ENTERPRISE}:department le "RESEARCH" and active eq false', ["ada"]),
+        (f'{ENTERPRISE}:department lt "research" and active eq false', []),
+        (
+            f'{ENTERPRISE}:manager.value gt "BOSS-0" and '
+            f'{ENTERPRISE}:manager.value lt "boss-2"',
+            ["ada", "bob"],
+        ),
+        (f'{ENTERPRISE}:costCenter ne "cc-R" and active eq false', ["cy"]),
+    ],
+)
+def test_attribute_order_ignores_case(scim, directory, text, expected):
+    """Ranges and ne compare as eq does, ignoring case (on PostgreSQL, the lowered copies)."""
+    want = [directory[name] for name in expected]
+    assert _ids(scim, text) == (len(want), want)
+
+
+def test_a_value_written_past_the_app_is_found(app, scim, directory):
+    """PostgreSQL generates the lowered copy on every write, a script's too."""
+    with app.app_context(), database.connection_context():
+        User.update(department="Raw Ops", cost_center=None).where(
+            User.scim_id == directory["bob"]
+        ).execute()
+    assert _ids(scim, f'{ENTERPRISE}:department eq "RAW OPS"') == (
+        1,
+        [directory["bob"]],
+    )
+    assert _ids(scim, f'{ENTERPRISE}:costCenter eq "cc-r"') == (
+        1,
+        [directory["ada"]],
+    )
+
+
+def test_a_schema_14_database_gets_the_counting_indexes(app, scim, directory):
+    """Schema 15 adds each grouping attribute's (value, active) index, and on
+    PostgreSQL indexes the lowered copies instead of the citext columns."""
+    texts = [
+        f'{ENTERPRISE}:department eq "RESEARCH"',
+        f'{ENTERPRISE}:department eq "research" and active eq true',
+        f'{ENTERPRISE}:employeeNumber eq "e-2"',
+        f'{ENTERPRISE}:costCenter eq "CC-r" and active eq false',
+        f'{ENTERPRISE}:organization eq "analytical"',
+        f'{ENTERPRISE}:division eq "div 3"',
+        f'{ENTERPRISE}:manager eq "BOSS-1"',
+        f'{ENTERPRISE}:employeeNumber gt "E-1"',
+    ]
+    found = {text: _ids(scim, text) for text in texts}
+    pages = [f"user_{column}" for column in ATTRIBUTE_COLUMNS.values()]
+    counts = [f"user_{column}_count" for column in GROUPING_COLUMNS]
+    with app.app_context(), database.connection_context():
+        built = _definitions(pages)
+        # As schema 14 built them: no counting indexes, and on PostgreSQL no
+        # lowered copies, the citext columns indexed instead.
+        for name in counts:
+            database.execute_sql(f'DROP INDEX "{name}"')
+        if TEST_DATABASE_URL:
+            for name in pages:
+                database.execute_sql(f'DROP INDEX "{name}"')
+            _drop_lowered()
+            for sql in built.values():
+                database.execute_sql(sql.replace("_lower", ""))
+        old = _definitions(pages + counts)
+        set_schema_version(database, "mdm", 14)
+        migrate()
+        version = schema_version(database, "mdm")
+        new = _definitions(pages + counts)
+        if TEST_DATABASE_URL:
+            database.execute_sql('VACUUM ANALYZE "user"')
+            copies = database.execute_sql(
+                'SELECT department_lower, manager_lower FROM "user" '
+                "WHERE user_name = 'ada@example.com'"
+            ).fetchall()
+            assert copies == [("research", "boss-1")]
+    assert version == SCHEMA_VERSION
+    assert set(old) == set(pages) and set(new) == set(pages + counts)
+    for name, sql in new.items():
+        column = name.removeprefix("user_").removesuffix("_count")
+        if TEST_DATABASE_URL:
+            column = lowered(column)
+        assert re.search(rf'\("?{column}"?, ', sql), sql
+    if TEST_DATABASE_URL:
+        assert all("_lower" not in sql for sql in old.values()), old
+    assert {text: _ids(scim, text) for text in texts} == found

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 from peewee import SQL
+from peewee import Column
 from peewee import Field
 from peewee import NodeList
 from peewee import fn
@@ -20,6 +21,7 @@ from ...db import json_get_indexed
 from ...db import json_type
 from ...db import like
 from ...db import nocase
+from ...db import postgres
 from ...db import substring
 from ...db import true
 from ...models import ATTRIBUTE_COLUMNS
@@ -27,6 +29,7 @@ from ...models import MIRRORED
 from ...models import Group
 from ...models import Membership
 from ...models import User
+from ...models import lowered
 from ...models import user_search_fields
 from ..errors import ScimError
 from .evaluate import ORDER
@@ -64,6 +67,8 @@ class _Operand:
     nocase: bool = False
     json: bool = False
     constant: object = None
+    # An attribute column's lowercased copy, on PostgreSQL (models.lowered).
+    lowered: object = None
 
 
 def to_expression(node, resource_type):
@@ -245,6 +250,9 @@ def _text_condition(operand, op, text):
         if any(x is field for field in user_search_fields()):
             return _searched(text, exact_match)
         return exact_match
+    if operand.lowered is not None and not operand.case_exact:
+        # Compared as citext compares, on the copy its indexes hold.
+        return ORDER[op](operand.lowered, fn.lower(text))
     if operand.case_exact:
         side = exact(x) if operand.nocase else x
     else:
@@ -305,9 +313,11 @@ def _required_substring(inner):
     return max(found, key=len, default=None)
 
 
-def _column(field, attribute):
+def _column(field, attribute, lowered=None):
     case_insensitive = getattr(field, "nocase", False)
-    return _Operand(field, attribute.type, attribute.case_exact, case_insensitive)
+    return _Operand(
+        field, attribute.type, attribute.case_exact, case_insensitive, lowered=lowered
+    )
 
 
 class _ResourceScope:
@@ -370,7 +380,10 @@ class _ResourceScope:
                 )
         column = self.attribute_column(schema, attribute, sub)
         if column is not None:
-            return _column(column, target)
+            if not postgres():
+                return _column(column, target)
+            copy = Column(self.model, lowered(column.column_name))
+            return _column(column, target, copy)
         keys = self.json_keys(schema, attribute) + ((sub.name,) if sub else ())
         expr = json_get_indexed(self.model.data, _json_keys(*keys), target.type)
         return _Operand(expr, target.type, target.case_exact, json=True)
