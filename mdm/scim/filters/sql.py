@@ -313,10 +313,10 @@ def _required_substring(inner):
     return max(found, key=len, default=None)
 
 
-def _column(field, attribute, lowered=None):
+def _column(field, attribute, copy=None):
     case_insensitive = getattr(field, "nocase", False)
     return _Operand(
-        field, attribute.type, attribute.case_exact, case_insensitive, lowered=lowered
+        field, attribute.type, attribute.case_exact, case_insensitive, lowered=copy
     )
 
 
