@@ -13,12 +13,14 @@ from datetime import timedelta
 
 from peewee import SQL
 from peewee import BooleanField
+from peewee import Cast
 from peewee import DateTimeField
 from peewee import Entity
 from peewee import ForeignKeyField
 from peewee import IntegerField
 from peewee import ModelIndex
 from peewee import TextField
+from peewee import fn
 
 from .db import NoCaseField
 from .db import Prepared
@@ -1304,13 +1306,22 @@ def touch(row):
     row.last_modified = max(utcnow(), row.last_modified)
 
 
-def _groups_query(user_pks):
+def _groups_query(users):
+    """Return the live groups of the memberships ``users`` (a condition) selects."""
     return (
         Membership.select(Membership.user, Group.scim_id, Group.display_name)
         .join(Group)
-        .where(Membership.user.in_(user_pks) & Group.deprovisioned_at.is_null())
+        .where(users & Group.deprovisioned_at.is_null())
         .order_by(Group.display_name)
     )
+
+
+# The groups query of any number of users given as one array (PostgreSQL):
+# psycopg2 quotes each parameter in Python, and a page's 128 took it 0.4 ms,
+# as long as PostgreSQL took to answer.
+_groups_of_array = Prepared(
+    lambda pks: _groups_query(Membership.user == fn.ANY(Cast(pks, "integer[]")))
+)
 
 
 @functools.cache
@@ -1320,7 +1331,7 @@ def _groups_of_many(size):
     # SQLite took to answer it. Padding the list to a power of two keeps the
     # renderings few; IN matches a repeated id once.
     names = [f"pk{at}" for at in range(size)]
-    return Prepared(lambda *pks: _groups_query(list(pks)), names)
+    return Prepared(lambda *pks: _groups_query(Membership.user.in_(list(pks))), names)
 
 
 # Users per groups query: far inside either engine's parameter limit.
@@ -1328,8 +1339,13 @@ GROUPS_OF_CHUNK = 512
 
 
 def groups_of(user_pks):
-    """Return {user pk: [(group SCIM id, displayName)]} for live groups, a query per 512 users."""
+    """Return {user pk: [(group SCIM id, displayName)]} for live groups, in few queries."""
     found = {}
+    if postgres() and user_pks:
+        array = "{" + ",".join(str(int(pk)) for pk in user_pks) + "}"
+        for user_pk, group_id, display in _groups_of_array.execute(pks=array):
+            found.setdefault(user_pk, []).append((group_id, display))
+        return found
     for start in range(0, len(user_pks), GROUPS_OF_CHUNK):
         chunk = list(user_pks[start : start + GROUPS_OF_CHUNK])
         size = 1 << (len(chunk) - 1).bit_length()
