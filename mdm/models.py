@@ -888,7 +888,7 @@ def migrate():
             # read them alone.
             rebuilt += REBUILT_IN_11
         if 0 < current < 12:
-            rebuilt += REBUILT_IN_12  # with id after the value
+            rebuilt += ATTRIBUTE_INDEXES  # with id after the value
             if postgres():
                 rebuilt += ONLY_SQLITE  # and not built again
         if 0 < current < 13 and postgres():
@@ -904,7 +904,7 @@ def migrate():
         if 0 < current < 15 and postgres():
             # Built again on the lowercased copies (before they are added,
             # so that adding them rewrites fewer indexes).
-            rebuilt += ["user_department", *INDEXED_ATTRIBUTES]
+            rebuilt += ATTRIBUTE_INDEXES
         for name in dict.fromkeys(rebuilt):
             database.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
         database.create_tables(MODELS, safe=True)
@@ -949,6 +949,9 @@ INDEXED_ATTRIBUTES = {
     for keys, column in ATTRIBUTE_COLUMNS.items()
     if column != "department"
 }
+# Every attribute's (value, id, active) index: schema 12 gave them id after
+# the value, schema 15 built PostgreSQL's on the lowered copies.
+ATTRIBUTE_INDEXES = ("user_department", *INDEXED_ATTRIBUTES)
 # Those of the attributes that group users, whose one value thousands may
 # hold (an employeeNumber names one person): each has a second index, of
 # (value, active), named user_<column>_count (schema 15). A department's
@@ -977,8 +980,6 @@ REBUILT_IN_11 = (
     "user_department",
     *INDEXED_ATTRIBUTES,
 )
-# The indexes schema 12 gave id after the value.
-REBUILT_IN_12 = ("user_department", *INDEXED_ATTRIBUTES)
 # Indexes schema 12 keeps on SQLite only: on PostgreSQL each sort index,
 # (key NULLS FIRST, id), serves every lookup and order these served. The
 # user_name one is named apart from the partial unique index, which owns
@@ -1035,12 +1036,13 @@ def _attribute_indexes():
         index = ModelIndex(
             User, _counted(value, User.id), name=f"user_{column}", safe=True
         )
-        indexes.append(index.where(value.is_null(False) & live))
+        held = value.is_null(False) & live
+        indexes.append(index.where(held))
         if column in GROUPING_COLUMNS:
             index = ModelIndex(
                 User, _counted(value), name=f"user_{column}_count", safe=True
             )
-            indexes.append(index.where(value.is_null(False) & live))
+            indexes.append(index.where(held))
     return indexes
 
 
@@ -1341,22 +1343,26 @@ GROUPS_OF_CHUNK = 512
 def groups_of(user_pks):
     """Return {user pk: [(group SCIM id, displayName)]} for live groups, in few queries."""
     found = {}
-    if postgres() and user_pks:
-        array = "{" + ",".join(str(int(pk)) for pk in user_pks) + "}"
-        for user_pk, group_id, display in _groups_of_array.execute(pks=array):
-            found.setdefault(user_pk, []).append((group_id, display))
+    if not user_pks:
         return found
+    for user_pk, group_id, display in _group_rows(user_pks):
+        found.setdefault(user_pk, []).append((group_id, display))
+    return found
+
+
+def _group_rows(user_pks):
+    """Yield (user pk, group SCIM id, displayName) of the users' live groups, by name."""
+    if postgres():
+        array = "{" + ",".join(str(int(pk)) for pk in user_pks) + "}"
+        yield from _groups_of_array.execute(pks=array)
+        return
     for start in range(0, len(user_pks), GROUPS_OF_CHUNK):
         chunk = list(user_pks[start : start + GROUPS_OF_CHUNK])
         size = 1 << (len(chunk) - 1).bit_length()
         query = _groups_of_many(size)
         chunk += chunk[-1:] * (size - len(chunk))
         # Each user is in one chunk, so its groups stay in displayName order.
-        for user_pk, group_id, display in query.execute(
-            **dict(zip(query.names, chunk, strict=True))
-        ):
-            found.setdefault(user_pk, []).append((group_id, display))
-    return found
+        yield from query.execute(**dict(zip(query.names, chunk, strict=True)))
 
 
 def group_scim_ids(scim_ids):
