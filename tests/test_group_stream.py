@@ -20,6 +20,7 @@ from mdm.scim import groups
 
 from . import served
 from .conftest import ScimClient
+from .conftest import directory_statements
 from .conftest import issue_token
 from .test_admin_browse import add_users
 from .test_admin_browse import column
@@ -351,16 +352,6 @@ def test_member_patch_costs_the_same_at_any_size(app, scim):
             for group_id in (small, large)
         ]
     assert sizes == [10, 3000]
-
-
-def directory_statements(counted):
-    """Return the SQL text of the directory's statements, leaving out the activity log's."""
-    # The activity writer shares PostgreSQL's database and runs on its own thread.
-    found = [record.msg[0] for record in counted.get_queries()]
-    return [sql for sql in found if not any(t in sql for t in LOG_TABLES)]
-
-
-LOG_TABLES = ('"activity"', '"refusal"', '"audit_event"')
 
 
 #

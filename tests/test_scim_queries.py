@@ -9,6 +9,8 @@ from mdm.models import Membership
 from mdm.models import User
 from mdm.models import mirror_user
 
+from .conftest import directory_statements
+
 
 @pytest.fixture
 def directory(app):
@@ -40,7 +42,7 @@ def test_user_list_page_of_100(scim, directory):
     assert body["itemsPerPage"] == 100 and body["totalResults"] == 150
     assert all(r["groups"] for r in body["Resources"])
     # token with the custom attributes, page, groups of the page, count
-    assert counted.count == 4, counted.get_queries()
+    assert len(directory_statements(counted)) == 4, counted.get_queries()
 
 
 def test_group_with_members(scim, directory):
@@ -50,9 +52,9 @@ def test_group_with_members(scim, directory):
         body = scim.get(f"/Groups/{group_id}").get_json()
     assert len(body["members"]) == 150
     # token, group, members
-    assert counted.count == 3, counted.get_queries()
+    assert len(directory_statements(counted)) == 3, counted.get_queries()
     with count_queries() as counted:
         listed = scim.get("/Groups").get_json()
     assert [len(g["members"]) for g in listed["Resources"]] == [150, 100, 50]
     # token, page, members of the page
-    assert counted.count == 3, counted.get_queries()
+    assert len(directory_statements(counted)) == 3, counted.get_queries()
