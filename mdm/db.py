@@ -538,6 +538,99 @@ def counted(model):
     return int(row[0]), int(row[1])
 
 
+def kept_value_counts(model, copies):
+    """Create the counts of ``model``'s live and active rows per value if missing (PostgreSQL).
+
+    ``copies`` maps each counted column's name to its lowercased copy
+    (models.lowered), which the counts are kept by.
+    """
+    # Counting a department's 20,000 users at a million reads as many index
+    # entries, 2.3 ms on PostgreSQL on every page of "department eq x". As for
+    # kept_counts, triggers keep the counts in the writing transaction, a row
+    # per (column, value, shard), so writers of one department in parallel
+    # each add to their own connection's row. They fire once per statement
+    # and add up its rows first: a /Bulk insert of a thousand users writes a
+    # row per value it holds, not a thousand. SQLite counts the same users
+    # from an index in half the time, with one writer, and keeps none.
+    table = model._meta.table_name
+    counts = f"{table}_value_count"
+    if database.table_exists(counts):
+        return
+    schema = database.execute_sql("SELECT current_schema()").fetchone()[0]
+    target = f'"{schema}".{counts}'
+    database.execute_sql(
+        f"CREATE TABLE {counts} (attribute TEXT NOT NULL, value TEXT NOT NULL, "
+        "shard INTEGER NOT NULL, live BIGINT NOT NULL, active BIGINT NOT NULL, "
+        "PRIMARY KEY (attribute, value, shard))"
+    )
+    pairs = ", ".join(f"('{name}', r.\"{copy}\")" for name, copy in copies.items())
+
+    def held(rows, sign):
+        # One row per counted value a live row holds, signed.
+        return (
+            f"SELECT v.attribute, v.value, {sign} AS live, "
+            f"{sign} * r.active::integer AS active FROM {rows} AS r "
+            f"CROSS JOIN LATERAL (VALUES {pairs}) AS v (attribute, value) "
+            "WHERE r.deprovisioned_at IS NULL AND v.value IS NOT NULL"
+        )
+
+    def add(*parts):
+        # Ordered, so that two writers sharing a shard lock its rows in one
+        # order; each (value, shard) once, as ON CONFLICT requires.
+        return (
+            f"INSERT INTO {target} AS c (attribute, value, shard, live, active) "
+            f"SELECT attribute, value, mod(pg_backend_pid(), {COUNT_SHARDS}), "
+            f"sum(live), sum(active) FROM ({' UNION ALL '.join(parts)}) AS d "
+            "GROUP BY attribute, value HAVING sum(live) <> 0 OR sum(active) <> 0 "
+            "ORDER BY attribute, value ON CONFLICT (attribute, value, shard) DO "
+            "UPDATE SET live = c.live + excluded.live, active = c.active + excluded.active"
+        )
+
+    database.execute_sql(
+        f'CREATE FUNCTION "{schema}".{counts}_change() RETURNS trigger '
+        "LANGUAGE plpgsql AS $$\n"
+        "BEGIN\n"
+        "  IF TG_OP = 'INSERT' THEN\n"
+        f"    {add(held('new_rows', 1))};\n"
+        "  ELSIF TG_OP = 'DELETE' THEN\n"
+        f"    {add(held('old_rows', -1))};\n"
+        "  ELSE\n"
+        f"    {add(held('new_rows', 1), held('old_rows', -1))};\n"
+        "  END IF;\n"
+        "  RETURN NULL;\n"
+        "END $$"
+    )
+    # A trigger with transition tables takes one event and no column list.
+    for event, tables in (
+        ("INSERT", "NEW TABLE AS new_rows"),
+        ("UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+        ("DELETE", "OLD TABLE AS old_rows"),
+    ):
+        database.execute_sql(
+            f'CREATE TRIGGER {counts}_{event.lower()} AFTER {event} ON "{table}" '
+            f"REFERENCING {tables} FOR EACH STATEMENT "
+            f'EXECUTE FUNCTION "{schema}".{counts}_change()'
+        )
+    # The rows already there, after the triggers (see kept_counts).
+    quoted = f'"{table}"'
+    database.execute_sql(
+        f"INSERT INTO {counts} SELECT attribute, value, 0, sum(live), sum(active) "
+        f"FROM ({held(quoted, 1)}) AS d GROUP BY attribute, value"
+    )
+
+
+def value_counted(model, column, text):
+    """Return (live rows, active live rows) of ``model`` whose ``column`` equals ``text``, ignoring case."""
+    # Compared as the filter compiler compares the column's lowercased copy.
+    row = database.execute_sql(
+        "SELECT coalesce(sum(live), 0), coalesce(sum(active), 0) "
+        f"FROM {model._meta.table_name}_value_count "
+        "WHERE attribute = %s AND value = lower(%s)",
+        (column, text),
+    ).fetchone()
+    return int(row[0]), int(row[1])
+
+
 def _pg_joined(model, fields, lists, qualify=True):
     """Return the text PostgreSQL's trigram index holds: every searched value joined."""
 

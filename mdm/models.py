@@ -28,6 +28,7 @@ from .db import database
 from .db import json_get
 from .db import json_rows
 from .db import kept_counts
+from .db import kept_value_counts
 from .db import lock_for_migration
 from .db import lock_named
 from .db import locking
@@ -858,8 +859,9 @@ MODELS = [
 #     columns, indexed there instead of as expressions over the document;
 # 15: the attributes that group users get a second index, of (value,
 #     active), that counts a value's users; PostgreSQL indexes each
-#     attribute's lowercased copy, a generated column, instead of the citext.
-SCHEMA_VERSION = 15
+#     attribute's lowercased copy, a generated column, instead of the citext;
+# 16: PostgreSQL keeps the counts of those attributes' values (kept_value_counts).
+SCHEMA_VERSION = 16
 
 # The enterprise extension (RFC 7643 §4.3), whose department users mirror.
 ENTERPRISE_USER = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
@@ -911,6 +913,8 @@ def migrate():
         _add_missing_columns()
         trigram_index(User, user_search_fields(), SEARCHED_LISTS)
         kept_counts(User)
+        if postgres():
+            kept_value_counts(User, {c: lowered(c) for c in GROUPING_COLUMNS})
         for index in _live_indexes() + _attribute_indexes():
             database.execute(index)
         for index in _sort_indexes() + _membership_indexes():

@@ -16,6 +16,7 @@ import pytest
 
 from mdm import create_app
 from mdm.db import database
+from mdm.models import GROUPING_COLUMNS
 from mdm.models import Admin
 from mdm.models import BearerToken
 from mdm.server import make_server
@@ -91,6 +92,26 @@ def raw_connection(path):
     return conn
 
 
+# The values whose kept counts (db.kept_value_counts) differ from counting the users.
+_VALUE_COUNTS_DIFFER = (
+    "SELECT COUNT(*) FROM (SELECT attribute, value, sum(live) AS live, "
+    "sum(active) AS active FROM user_value_count GROUP BY 1, 2 "
+    "HAVING sum(live) <> 0 OR sum(active) <> 0) AS kept FULL JOIN "
+    "(SELECT v.attribute, v.value, count(*) AS live, "
+    'count(*) FILTER (WHERE u.active) AS active FROM "user" AS u CROSS JOIN LATERAL '
+    "(VALUES {}) AS v (attribute, value) "
+    "WHERE u.deprovisioned_at IS NULL AND v.value IS NOT NULL GROUP BY 1, 2) AS real "
+    "USING (attribute, value) WHERE kept.live IS DISTINCT FROM real.live "
+    "OR kept.active IS DISTINCT FROM real.active"
+).format(", ".join(f"('{c}', lower(u.{c}::text))" for c in GROUPING_COLUMNS))
+
+
+def drop_value_counts():
+    """Drop PostgreSQL's kept counts of attribute values, as before schema 16."""
+    database.execute_sql("DROP TABLE user_value_count")
+    database.execute_sql("DROP FUNCTION user_value_count_change CASCADE")
+
+
 def integrity_problems(path):
     """Return what is wrong with the stored database at ``path`` (an empty list if nothing)."""
     conn = raw_connection(path)
@@ -117,6 +138,7 @@ def integrity_problems(path):
             'FROM "user" WHERE deprovisioned_at IS NULL GROUP BY 1 HAVING COUNT(*) > 1) d',
             "duplicate memberships": "SELECT COUNT(*) FROM (SELECT 1 FROM membership "
             "GROUP BY group_id, user_id HAVING COUNT(*) > 1) d",
+            "kept value counts": _VALUE_COUNTS_DIFFER,
         }
         problems = kept
         for name, sql in checks.items():

@@ -22,12 +22,15 @@ from mdm.models import lowered
 from mdm.models import migrate
 from mdm.models import mirror_user
 from mdm.models import new_id
+from mdm.models import utcnow
 from mdm.scim import filters
 from mdm.scim import schema
 
 from . import served
 from .conftest import SCIM
 from .conftest import TEST_DATABASE_URL
+from .conftest import drop_value_counts
+from .conftest import integrity_problems
 from .conftest import issue_token
 
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
@@ -154,27 +157,52 @@ def _explain(sql, params):
     return "\n".join(row[-1] for row in rows)
 
 
-def _user_queries(caplog, request):
-    """Run ``request`` and return the statements it ran against the user table."""
+def _queries(caplog, request):
+    """Run ``request`` and return the statements it ran."""
     caplog.clear()
     with caplog.at_level(logging.DEBUG, logger="peewee"):
         request()
-    found = []
-    for record in caplog.records:
-        if record.name != "peewee" or not isinstance(record.msg, tuple):
-            continue
-        sql, params = record.msg
-        if 'FROM "user" AS "t1" WHERE' in sql and sql.startswith("SELECT"):
-            found.append((sql, params))
-    return found
+    return [
+        record.msg
+        for record in caplog.records
+        if record.name == "peewee" and isinstance(record.msg, tuple)
+    ]
+
+
+def _user_queries(caplog, request):
+    """Run ``request`` and return the statements it ran against the user table."""
+    return [
+        (sql, params)
+        for sql, params in _queries(caplog, request)
+        if 'FROM "user" AS "t1" WHERE' in sql and sql.startswith("SELECT")
+    ]
+
+
+# How PostgreSQL reads the users of a grouping attribute's value it keeps
+# counted (db.value_counted).
+VALUE_COUNT = (
+    "SELECT coalesce(sum(live), 0), coalesce(sum(active), 0) FROM user_value_count "
+    "WHERE attribute = %s AND value = lower(%s)"
+)
 
 
 @pytest.mark.parametrize(("text", "index"), PLANS)
 def test_filter_plan_uses_index(app, scim, directory, caplog, text, index):
     # count=1 with a match: the page and the totalResults count both run.
-    queries = _user_queries(caplog, lambda: _ids(scim, text, "&count=1"))
-    assert len(queries) == 2, queries
-    assert queries[1][0].startswith("SELECT COUNT(")
+    statements = _queries(caplog, lambda: _ids(scim, text, "&count=1"))
+    queries = [q for q in statements if 'FROM "user" AS "t1" WHERE' in q[0]]
+    column = index.removeprefix("user_")
+    # PostgreSQL reads a grouping attribute's count from the counts its
+    # triggers keep (schema 16), not from the users' index.
+    kept = bool(TEST_DATABASE_URL) and column in GROUPING_COLUMNS
+    assert len(queries) == (1 if kept else 2), queries
+    if kept:
+        value = re.search(r'eq "([^"]*)"', text).group(1)
+        assert [q for q in statements if "user_value_count" in q[0]] == [
+            (VALUE_COUNT, (column, value))
+        ]
+    else:
+        assert queries[1][0].startswith("SELECT COUNT(")
     with app.app_context(), database.connection_context():
         if TEST_DATABASE_URL:
             database.execute_sql("SET enable_seqscan = off")
@@ -196,12 +224,17 @@ def test_filter_plan_uses_index(app, scim, directory, caplog, text, index):
             assert "IN (SELECT" in queries[0][0]
             assert "Index Only Scan using " + index in page_plan, page_plan
         assert "TEMP B-TREE" not in page_plan and "Sort" not in page_plan, page_plan
+        if kept:
+            # Its rows of the value, one per shard, off the primary key.
+            count_plan = _explain(VALUE_COUNT, (column, value))
+            assert "Index Scan using user_value_count_pkey " in count_plan
+            return
         # totalResults is counted from the index alone, however many match:
         # every attribute here is a column (schema 14), never an expression
         # over the document, whose index neither engine counts from alone.
         # An attribute that groups users is counted from its (value, active)
         # index, which holds a value's active users together (schema 15).
-        if index.removeprefix("user_") in GROUPING_COLUMNS:
+        if column in GROUPING_COLUMNS:
             index += "_count"
         count_plan = _explain(*queries[1])
         if TEST_DATABASE_URL:
@@ -353,6 +386,142 @@ def test_an_upgrade_counts_the_users_already_there(app, scim, directory):
     scim.create_user("after@example.com")
     response = scim.get("/Users?attributes=id&count=0")
     assert response.get_json()["totalResults"] == _direct_count(app, None)
+
+
+# Filters of a grouping attribute's value, whose totalResults PostgreSQL reads
+# from the counts its triggers keep (schema 16), and the value each names:
+# (column, text, active or None).
+VALUE_TOTALS = {
+    f'{ENTERPRISE}:department eq "RESEARCH"': ("department", "research", None),
+    f'{ENTERPRISE}:department eq "research" and active eq true': (
+        "department",
+        "research",
+        True,
+    ),
+    f'active eq "False" and {ENTERPRISE}:department eq "Research"': (
+        "department",
+        "research",
+        False,
+    ),
+    f'{ENTERPRISE}:department eq "Dept 3"': ("department", "dept 3", None),
+    f'{ENTERPRISE}:department eq "Nowhere"': ("department", "nowhere", None),
+    f'{ENTERPRISE}:costCenter eq "cc-r" and active eq false': (
+        "cost_center",
+        "cc-r",
+        False,
+    ),
+    f'{ENTERPRISE}:organization eq "Analytical"': ("organization", "analytical", None),
+    f'{ENTERPRISE}:division eq "Div 7"': ("division", "div 7", None),
+    f'{ENTERPRISE}:manager.value eq "boss-1"': ("manager", "boss-1", None),
+    'manager eq "BOSS-1"': ("manager", "boss-1", None),
+}
+
+
+def _value_totals(app):
+    """Count, user by user, the live users each of VALUE_TOTALS names."""
+    with app.app_context(), database.connection_context():
+        columns = [getattr(User, c) for c in GROUPING_COLUMNS]
+        rows = list(User.live().select(User.active, *columns).tuples())
+    totals = {}
+    for text, (column, value, active) in VALUE_TOTALS.items():
+        at = 1 + GROUPING_COLUMNS.index(column)
+        totals[text] = sum(
+            1
+            for row in rows
+            if (row[at] or "").lower() == value and active in (None, row[0])
+        )
+    return totals
+
+
+def _move_everyone(app, scim, directory):
+    """Move users between values every way a write can, one user or many at once."""
+    ada, bob, cy = directory["ada"], directory["bob"], directory["cy"]
+    patch_op = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+
+    def patch(user, *operations):
+        body = {"schemas": [patch_op], "Operations": list(operations)}
+        response = scim.patch(f"/Users/{user}", body)
+        assert response.status_code == 200, response.get_json()
+
+    # Entra's pathless replace with a dotted key, and its string boolean.
+    patch(bob, {"op": "Replace", "value": {f"{ENTERPRISE}:department": "Dept 3"}})
+    patch(ada, {"op": "Replace", "path": "active", "value": "True"})
+    patch(
+        ada,
+        {"op": "remove", "path": f"{ENTERPRISE}:manager"},
+        {"op": "replace", "path": f"{ENTERPRISE}:costCenter", "value": "CC-R"},
+    )
+    body = scim.get(f"/Users/{cy}").get_json()
+    body[ENTERPRISE] = {"department": "RESEARCH", "division": "Div 7"}
+    assert scim.put(f"/Users/{cy}", body).status_code == 200
+    operations = [
+        {
+            "method": "POST",
+            "path": "/Users",
+            "bulkId": str(i),
+            "data": {
+                "schemas": [USER],
+                "userName": f"bulk{i}@example.com",
+                "active": i != 1,
+                ENTERPRISE: {"department": "Research", "costCenter": "cc-R"},
+            },
+        }
+        for i in range(3)
+    ]
+    bulk = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"]}
+    response = scim.post("/Bulk", {**bulk, "Operations": operations})
+    assert response.status_code == 200, response.get_json()
+    with app.app_context(), database.connection_context():
+        in_dept_3 = list(
+            User.select(User.scim_id)
+            .where(User.department == "Dept 3")
+            .order_by(User.id)
+            .limit(3)
+            .scalars()
+        )
+    assert scim.delete(f"/Users/{in_dept_3[0]}").status_code == 204
+    patch(in_dept_3[1], {"op": "remove", "path": f"{ENTERPRISE}:department"})
+    with app.app_context(), database.connection_context():
+        # Purged: a deprovisioned user's row goes, and so does a live one's.
+        User.delete().where(User.scim_id.in_(in_dept_3[::2])).execute()
+        # A script's statements, each of many rows at once, past the app.
+        fillers = User.select(User.id).where(User.user_name.startswith("filler"))
+        User.update(department="research", active=False).where(
+            User.id.in_(fillers.order_by(User.id).limit(7))
+        ).execute()
+        User.update(deprovisioned_at=utcnow()).where(
+            User.id.in_(fillers.order_by(User.id.desc()).limit(5))
+        ).execute()
+
+
+def test_value_totals_follow_every_change(app, scim, directory, caplog, tmp_path):
+    """totalResults of a value's users stays what counting them finds, whatever moved them."""
+    before = _value_totals(app)
+    assert [t for t, n in before.items() if not n] == [
+        f'{ENTERPRISE}:department eq "Nowhere"'
+    ]
+    _move_everyone(app, scim, directory)
+    expected = _value_totals(app)
+
+    def listed():
+        listed.totals = {}
+        for text in VALUE_TOTALS:
+            response = scim.get(f"/Users?filter={quote(text)}&attributes=id&count=0")
+            assert response.status_code == 200, response.get_json()
+            listed.totals[text] = response.get_json()["totalResults"]
+
+    statements = _queries(caplog, listed)
+    assert listed.totals == expected
+    # ada, cy put in, three by Bulk, seven by the script; bob moved out.
+    assert expected[f'{ENTERPRISE}:department eq "RESEARCH"'] == 1 + 1 + 3 + 7
+    counted_users = [sql for sql, _ in statements if sql.startswith("SELECT COUNT(")]
+    if TEST_DATABASE_URL:
+        # Every one of them read the kept counts, and they equal a count of
+        # every value's users, not only these.
+        assert counted_users == []
+        assert integrity_problems(tmp_path / "mdm.sqlite") == []
+    else:
+        assert len(counted_users) == len(VALUE_TOTALS)
 
 
 @pytest.mark.parametrize(
@@ -719,6 +888,7 @@ def test_served_upgrade_adds_the_indexes_filters_use(app, tmp_path):
 
 def _drop_lowered():
     """Drop PostgreSQL's lowercased copies of the attribute columns, as before schema 15."""
+    drop_value_counts()  # which count by them, from schema 16
     for column in ATTRIBUTE_COLUMNS.values():
         database.execute_sql(f'ALTER TABLE "user" DROP COLUMN "{lowered(column)}"')
 
@@ -936,3 +1106,28 @@ def test_a_schema_14_database_gets_the_counting_indexes(app, scim, directory):
     if TEST_DATABASE_URL:
         assert all("_lower" not in sql for sql in old.values()), old
     assert {text: _ids(scim, text) for text in texts} == found
+
+
+def test_a_schema_15_database_gets_its_values_counted(app, scim, directory, tmp_path):
+    """Schema 16 counts the users of every grouping value already there, then keeps counting."""
+    _move_everyone(app, scim, directory)
+    expected = _value_totals(app)
+    with app.app_context(), database.connection_context():
+        if TEST_DATABASE_URL:
+            drop_value_counts()
+        set_schema_version(database, "mdm", 15)
+        migrate()
+        assert schema_version(database, "mdm") == SCHEMA_VERSION
+    if TEST_DATABASE_URL:
+        assert integrity_problems(tmp_path / "mdm.sqlite") == []
+    totals = {
+        text: _ids(scim, text, "&count=0")[0]
+        for text in VALUE_TOTALS
+        if " and " not in text
+    }
+    assert totals == {text: expected[text] for text in totals}
+    research = f'{ENTERPRISE}:department eq "RESEARCH"'
+    scim.create_user("after@example.com", **{ENTERPRISE: {"department": "Research"}})
+    assert _ids(scim, research, "&count=0")[0] == expected[research] + 1
+    if TEST_DATABASE_URL:
+        assert integrity_problems(tmp_path / "mdm.sqlite") == []

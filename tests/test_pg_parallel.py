@@ -2,6 +2,7 @@
 
 import json
 import threading
+from urllib.parse import quote
 
 import pytest
 
@@ -150,6 +151,50 @@ if ENGINE == "postgresql":
             return attempts, cursor.fetchone()
         finally:
             conn.close()
+
+    def test_writers_moving_users_between_values_keep_the_counts(served, tmp_path):
+        """Parallel creates and moves across two departments: every count stays exact."""
+        _, live = served
+        enterprise = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+        users = [_create_user(live, f"mover{i}@x") for i in range(8)]
+
+        def move(user, department):
+            body = {
+                "schemas": [PATCH_OP],
+                "Operations": [
+                    {"op": "replace", "value": {f"{enterprise}:department": department}}
+                ],
+            }
+            return live.call("PATCH", f"/Users/{user}", body)[0]
+
+        def create(i):
+            body = {
+                "schemas": [USER],
+                "userName": f"new{i}@x",
+                enterprise: {"department": "Sales" if i % 2 else "SUPPORT"},
+            }
+            return live.call("POST", "/Users", body)[0]
+
+        for round_ in range(3):
+            # Each user to the department the next one leaves: both values'
+            # rows change in every PATCH, in both orders at once.
+            calls = [
+                lambda user=user, to=("Sales" if (i + round_) % 2 else "Support"): move(
+                    user, to
+                )
+                for i, user in enumerate(users)
+            ]
+            calls += [lambda n=round_ * 4 + i: create(n) for i in range(4)]
+            assert _all_at_once(calls) == [200] * 8 + [201] * 4
+        assert integrity_problems(live.path) == []
+        totals = {}
+        for value in ("sales", "SUPPORT"):
+            filter_ = f'{enterprise}:department eq "{value}"'
+            status, body = live.call("GET", f"/Users?count=0&filter={quote(filter_)}")
+            totals[value] = (status, body["totalResults"])
+        # The last round left four movers in each department, and half of
+        # the twelve created went to each.
+        assert totals == {"sales": (200, 4 + 6), "SUPPORT": (200, 4 + 6)}
 
     @pytest.mark.parametrize("code", ["40001", "40P01"])
     def test_a_write_aborted_by_a_conflict_is_retried(served, code):

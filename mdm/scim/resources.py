@@ -17,6 +17,7 @@ from ..db import ordering
 from ..db import postgres
 from ..db import records
 from ..db import retried
+from ..db import value_counted
 from ..db import write_transaction
 from ..models import Group
 from ..models import ListedUser
@@ -418,34 +419,56 @@ def _ids_first(node, resource_type, params):
 
 
 class _Kept:
-    """Every live user, or the active or inactive ones, counted by the triggers' counts."""
+    """Live users, all or active or inactive, of one attribute value or any, counted by triggers."""
 
-    def __init__(self, active=None):
+    def __init__(self, active=None, value=None):
         self.active = active
+        self.value = value  # (column, text), or None for every user
 
     def count(self):
-        live, active = counted(User)
+        live, active = (
+            counted(User) if self.value is None else value_counted(User, *self.value)
+        )
         if self.active is None:
             return live
         return active if self.active else live - active
 
 
 def _kept_count(model, resource_type, node):
-    """Return a kept count for no filter or ``active eq <bool>`` on users, else None."""
+    """Return a kept count for the filters triggers count users of, else None."""
+    # No filter, "active eq <bool>", and on PostgreSQL a grouping attribute
+    # "eq" a text, alone or "and" an "active eq <bool>" (db.kept_value_counts).
     if model is not User:
         return None
     if node is None:
         return _Kept()
+    active = _active_eq(resource_type, node)
+    if active is not None:
+        return _Kept(active)
+    value = filters.counted_value(node, resource_type)
+    if value is not None:
+        return _Kept(value=value)
+    if not isinstance(node, filters.And):
+        return None
+    for one, other in ((node.left, node.right), (node.right, node.left)):
+        value = filters.counted_value(one, resource_type)
+        active = _active_eq(resource_type, other) if value is not None else None
+        if active is not None:
+            return _Kept(active, value)
+    return None
+
+
+def _active_eq(resource_type, node):
+    """Return the boolean of an ``active eq <bool>`` filter, else None."""
     if not isinstance(node, filters.Compare) or node.op != "eq":
         return None
     # Resolved as the compiler resolves it: any spelling of the core active.
     found = resource_type.resolve(str(node.path))
     if found is None or found[0] is not resource_type.core or found[2] is not None:
         return None
-    wanted = filters.as_bool(node.value)
-    if found[1].name != "active" or wanted is None:
+    if found[1].name != "active":
         return None
-    return _Kept(wanted)
+    return filters.as_bool(node.value)
 
 
 # The attributes an identity provider looks resources up by: answered

@@ -23,6 +23,7 @@ from .grammar import parse_attribute_path
 from .grammar import parse_path
 from .grammar import simple_eq
 from .sql import bounds_a_time
+from .sql import counted_value
 from .sql import member_expression
 from .sql import selects_a_value
 from .sql import sort_expression
@@ -31,6 +32,7 @@ from .sql import to_expression
 __all__ = [
     "as_bool",
     "bounds_a_time",
+    "counted_value",
     "selects_a_value",
     "MAX_DEPTH",
     "MAX_LENGTH",

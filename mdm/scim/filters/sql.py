@@ -25,6 +25,7 @@ from ...db import postgres
 from ...db import substring
 from ...db import true
 from ...models import ATTRIBUTE_COLUMNS
+from ...models import GROUPING_COLUMNS
 from ...models import MIRRORED
 from ...models import Group
 from ...models import Membership
@@ -133,6 +134,32 @@ def selects_a_value(node, resource_type):
             if scope.attribute_column(schema, attribute, sub) is not None:
                 return True
     return False
+
+
+def counted_value(node, resource_type):
+    """Return (column, text) if the filter is a grouping attribute ``eq`` a text, compared by its copy."""
+    # Exactly the comparisons leaf compiles to "copy = lower(text)" on a
+    # column whose values' users PostgreSQL keeps counted (db.kept_value_counts).
+    if not isinstance(node, Compare) or node.op != "eq" or not postgres():
+        return None
+    if not isinstance(node.value, str) or "\x00" in node.value:
+        return None
+    scope = _ResourceScope(resource_type)
+    if not scope.has_data:
+        return None
+    schema, attribute, sub = scope.resolve(node.path)
+    if attribute.multi_valued:
+        return None
+    if attribute.complex and sub is None:
+        # Entra's legacy "manager eq id" (see leaf).
+        sub = attribute.sub("value")
+        if sub is None:
+            return None
+    operand = scope.scalar(schema, attribute, sub)
+    if operand.lowered is None or operand.case_exact or operand.type != "string":
+        return None
+    column = operand.expr.column_name
+    return (column, node.value) if column in GROUPING_COLUMNS else None
 
 
 def _compile(node, scope):
