@@ -460,8 +460,7 @@ def kept_counts(model):
         "live BIGINT NOT NULL, active BIGINT NOT NULL)"
     )
     if postgres():
-        schema = database.execute_sql("SELECT current_schema()").fetchone()[0]
-        target = f'"{schema}".{counts}'
+        schema, target = _in_current_schema(counts)
         database.execute_sql(
             f'CREATE FUNCTION "{schema}".{counts}_change() RETURNS trigger '
             "LANGUAGE plpgsql AS $$\n"
@@ -528,6 +527,13 @@ def kept_counts(model):
     )
 
 
+def _in_current_schema(name):
+    """Return the current schema and ``name`` qualified by it, for a trigger function to use."""
+    # A trigger runs under the writer's search_path, which may not hold it.
+    schema = database.execute_sql("SELECT current_schema()").fetchone()[0]
+    return schema, f'"{schema}".{name}'
+
+
 def counted(model):
     """Return (live rows, active live rows) of ``model``, from the counts triggers keep."""
     counts = f"{model._meta.table_name}_count"
@@ -556,8 +562,7 @@ def kept_value_counts(model, copies):
     counts = f"{table}_value_count"
     if database.table_exists(counts):
         return
-    schema = database.execute_sql("SELECT current_schema()").fetchone()[0]
-    target = f'"{schema}".{counts}'
+    schema, target = _in_current_schema(counts)
     database.execute_sql(
         f"CREATE TABLE {counts} (attribute TEXT NOT NULL, value TEXT NOT NULL, "
         "shard INTEGER NOT NULL, live BIGINT NOT NULL, active BIGINT NOT NULL, "
