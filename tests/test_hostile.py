@@ -526,6 +526,70 @@ def test_strings_at_their_limit_are_accepted(server, path, body):
     assert_serving(server)
 
 
+def _scattered(size, seed):
+    """Return ``size`` bytes of UTF-8 text that neither compresses nor shrinks when lowercased."""
+    # Three-byte CJK characters in no order, and "İ", whose lowercase is a
+    # byte longer: the worst an index entry of the value and its lowercased
+    # copy can be, past what PostgreSQL's compression of a long entry saves.
+    chars = [chr(0x4E00 + (seed * 7919 + i * 104729) % 20000) for i in range(size)]
+    text = "".join("İ" if i % 3 == 0 else c for i, c in enumerate(chars))
+    while len(text.encode()) > size:
+        text = text[:-1]
+    return text + "a" * (size - len(text.encode()))
+
+
+# Values the database indexes, each one byte over the 1,500 it accepts, in
+# characters that take two and three bytes: PostgreSQL answered 500 for such
+# a value past its index's 2,704-byte entries, however few characters.
+INDEXED_VALUES = [
+    ("/Users", lambda v: {"userName": v}),
+    ("/Users", lambda v: {"userName": "n@x", "displayName": v}),
+    ("/Users", lambda v: {"userName": "n@x", "externalId": v}),
+    ("/Users", lambda v: {"userName": "n@x", "emails": [{"value": v}]}),
+    ("/Users", lambda v: {"userName": "n@x", ENT: {"department": v}}),
+    ("/Users", lambda v: {"userName": "n@x", ENT: {"employeeNumber": v}}),
+    ("/Users", lambda v: {"userName": "n@x", ENT: {"costCenter": v}}),
+    ("/Users", lambda v: {"userName": "n@x", ENT: {"organization": v}}),
+    ("/Users", lambda v: {"userName": "n@x", ENT: {"division": v}}),
+    ("/Users", lambda v: {"userName": "n@x", ENT: {"manager": {"value": v}}}),
+    ("/Users", lambda v: {"userName": "n@x", ENT: {"manager": v}}),
+    ("/Groups", lambda v: {"displayName": v}),
+    ("/Groups", lambda v: {"displayName": "g", "externalId": v}),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), INDEXED_VALUES)
+def test_indexed_values_are_limited_in_bytes(server, path, body):
+    """An indexed value of 1,500 bytes in UTF-8 is stored, and found; one more is 400."""
+    value = _scattered(1500, INDEXED_VALUES.index((path, body)))
+    stored = created(server, server.send("POST", path, body(value)))
+    assert value in json.dumps(stored, ensure_ascii=False)
+    longer = value + "a"
+    response = server.send("POST", path, body(longer))
+    assert_error(response, 400, "invalidValue")
+    assert "1500 bytes" in response.get_json()["detail"]
+    assert_serving(server)
+
+
+def test_a_patch_to_an_over_long_indexed_value_is_refused(server):
+    """Entra's pathless replace of a department past 1,500 bytes: 400, nothing changed."""
+    made = server.send("POST", "/Users", {"userName": "p@x", ENT: {"department": "HR"}})
+    assert made.status_code == 201
+    target = made.get_json()
+    body = {
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [
+            {"op": "Replace", "value": {f"{ENT}:department": _scattered(1501, 99)}}
+        ],
+    }
+    response = server.send("PATCH", f"/Users/{target['id']}", body)
+    assert_error(response, 400, "invalidValue")
+    after = server.scim.get(f"/Users/{target['id']}").get_json()
+    assert after == target
+    assert server.scim.delete(f"/Users/{target['id']}").status_code == 204
+    assert_serving(server)
+
+
 #
 # Sizes: oversized, nested, lying Content-Length, chunked
 #

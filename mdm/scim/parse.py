@@ -8,6 +8,24 @@ from .errors import ScimError
 
 MAX_NAME_LENGTH = 1024
 MAX_STRING_LENGTH = 65536
+# Values the directory keeps in a B-tree index, and so their length in UTF-8:
+# PostgreSQL refuses an index entry over 2,704 bytes (a write of one answered
+# 500), and lowercasing can lengthen text by half (the copies it compares).
+INDEXED_NAMES = frozenset(
+    (
+        "userName",
+        "displayName",
+        "externalId",
+        "emails.value",
+        "department",
+        "employeeNumber",
+        "costCenter",
+        "organization",
+        "division",
+        "manager.value",
+    )
+)
+MAX_INDEXED_BYTES = 1500
 MAX_START_INDEX = 2**53
 # Values per multi-valued attribute (emails, roles, ...); group members are
 # rows of their own and not limited by this.
@@ -162,6 +180,13 @@ def _scalar(attribute, value, name):
         return value
     limit = MAX_NAME_LENGTH if attribute.uniqueness == "server" else MAX_STRING_LENGTH
     text = _string(value, name, limit)
+    # Four bytes a character at most: shorter text needs no encoding to check.
+    if len(text) > MAX_INDEXED_BYTES // 4 and name in INDEXED_NAMES:
+        if len(text.encode("utf-8", "surrogatepass")) > MAX_INDEXED_BYTES:
+            raise ScimError.invalid_value(
+                f"{name} is longer than {MAX_INDEXED_BYTES} bytes in UTF-8, "
+                "the most an indexed value may hold."
+            )
     return text if text != "" else None
 
 
