@@ -125,15 +125,23 @@ def selects_a_value(node, resource_type):
         elif isinstance(current, Compare) and current.op == "eq":
             if current.value is None:
                 continue
-            schema, attribute, sub = scope.resolve(current.path)
-            if schema is None or attribute.multi_valued:
+            found = _single_valued(scope, current.path)
+            if found is None or found[0] is None:
                 continue
-            if attribute.complex and sub is None:
-                # Entra's legacy "manager eq id" (see leaf).
-                sub = attribute.sub("value")
-            if scope.attribute_column(schema, attribute, sub) is not None:
+            if scope.attribute_column(*found) is not None:
                 return True
     return False
+
+
+def _single_valued(scope, path):
+    """Return the (schema, attribute, sub) a comparison on one value reads, or None."""
+    schema, attribute, sub = scope.resolve(path)
+    if attribute.multi_valued:
+        return None
+    if attribute.complex and sub is None:
+        # Entra's legacy "manager eq id" compares the value (see leaf).
+        sub = attribute.sub("value")
+    return schema, attribute, sub
 
 
 def counted_value(node, resource_type):
@@ -147,15 +155,10 @@ def counted_value(node, resource_type):
     scope = _ResourceScope(resource_type)
     if not scope.has_data:
         return None
-    schema, attribute, sub = scope.resolve(node.path)
-    if attribute.multi_valued:
+    found = _single_valued(scope, node.path)
+    if found is None or (found[1].complex and found[2] is None):
         return None
-    if attribute.complex and sub is None:
-        # Entra's legacy "manager eq id" (see leaf).
-        sub = attribute.sub("value")
-        if sub is None:
-            return None
-    operand = scope.scalar(schema, attribute, sub)
+    operand = scope.scalar(*found)
     if operand.lowered is None or operand.case_exact or operand.type != "string":
         return None
     column = operand.expr.column_name
