@@ -860,8 +860,9 @@ MODELS = [
 # 15: the attributes that group users get a second index, of (value,
 #     active), that counts a value's users; PostgreSQL indexes each
 #     attribute's lowercased copy, a generated column, instead of the citext;
-# 16: PostgreSQL keeps the counts of those attributes' values (kept_value_counts).
-SCHEMA_VERSION = 16
+# 16: PostgreSQL keeps the counts of those attributes' values (kept_value_counts);
+# 17: and SQLite too.
+SCHEMA_VERSION = 17
 
 # The enterprise extension (RFC 7643 §4.3), whose department users mirror.
 ENTERPRISE_USER = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
@@ -913,8 +914,9 @@ def migrate():
         _add_missing_columns()
         trigram_index(User, user_search_fields(), SEARCHED_LISTS)
         kept_counts(User)
-        if postgres():
-            kept_value_counts(User, {c: lowered(c) for c in GROUPING_COLUMNS})
+        kept_value_counts(
+            User, {c: lowered(c) if postgres() else c for c in GROUPING_COLUMNS}
+        )
         for index in _live_indexes() + _attribute_indexes():
             database.execute(index)
         for index in _sort_indexes() + _membership_indexes():

@@ -92,24 +92,34 @@ def raw_connection(path):
     return conn
 
 
-# The values whose kept counts (db.kept_value_counts) differ from counting the users.
+# The values whose kept counts (db.kept_value_counts) differ from counting the
+# users, compared lowercased: SQLite keeps a value as the first spelling written.
+_HELD = " UNION ALL ".join(
+    f"SELECT '{c}' AS attribute, lower(CAST({c} AS TEXT)) AS value, "
+    'CASE WHEN active THEN 1 ELSE 0 END AS active FROM "user" '
+    f"WHERE deprovisioned_at IS NULL AND {c} IS NOT NULL"
+    for c in GROUPING_COLUMNS
+)
 _VALUE_COUNTS_DIFFER = (
-    "SELECT COUNT(*) FROM (SELECT attribute, value, sum(live) AS live, "
-    "sum(active) AS active FROM user_value_count GROUP BY 1, 2 "
-    "HAVING sum(live) <> 0 OR sum(active) <> 0) AS kept FULL JOIN "
-    "(SELECT v.attribute, v.value, count(*) AS live, "
-    'count(*) FILTER (WHERE u.active) AS active FROM "user" AS u CROSS JOIN LATERAL '
-    "(VALUES {}) AS v (attribute, value) "
-    "WHERE u.deprovisioned_at IS NULL AND v.value IS NOT NULL GROUP BY 1, 2) AS real "
-    "USING (attribute, value) WHERE kept.live IS DISTINCT FROM real.live "
-    "OR kept.active IS DISTINCT FROM real.active"
-).format(", ".join(f"('{c}', lower(u.{c}::text))" for c in GROUPING_COLUMNS))
+    "WITH kept AS (SELECT attribute, lower(value) AS value, "
+    "CAST(sum(live) AS BIGINT) AS live, CAST(sum(active) AS BIGINT) AS active "
+    "FROM user_value_count GROUP BY 1, 2 HAVING sum(live) <> 0 OR sum(active) <> 0), "
+    "counted AS (SELECT attribute, value, CAST(count(*) AS BIGINT) AS live, "
+    f"CAST(sum(active) AS BIGINT) AS active FROM ({_HELD}) AS held GROUP BY 1, 2) "
+    "SELECT (SELECT COUNT(*) FROM (SELECT * FROM kept EXCEPT SELECT * FROM counted) "
+    "AS a) + (SELECT COUNT(*) FROM (SELECT * FROM counted EXCEPT SELECT * FROM kept) "
+    "AS b)"
+)
 
 
 def drop_value_counts():
-    """Drop PostgreSQL's kept counts of attribute values, as before schema 16."""
+    """Drop the kept counts of attribute values, as before schema 16 (17 on SQLite)."""
     database.execute_sql("DROP TABLE user_value_count")
-    database.execute_sql("DROP FUNCTION user_value_count_change CASCADE")
+    if TEST_DATABASE_URL:
+        database.execute_sql("DROP FUNCTION user_value_count_change CASCADE")
+        return
+    for event in ("insert", "update", "delete"):
+        database.execute_sql(f"DROP TRIGGER user_value_count_{event}")
 
 
 def integrity_problems(path):
@@ -125,6 +135,8 @@ def integrity_problems(path):
             '(SELECT COUNT(*) FROM "user" WHERE deprovisioned_at IS NULL AND active)'
         )
         kept = ["kept user counts"] if any(cursor.fetchone()) else []
+        cursor.execute(_VALUE_COUNTS_DIFFER)
+        kept += ["kept value counts"] if cursor.fetchone()[0] else []
         if not TEST_DATABASE_URL:
             problems = [row[0] for row in cursor.execute("PRAGMA integrity_check")]
             problems = kept + [p for p in problems if p != "ok"]
@@ -138,7 +150,6 @@ def integrity_problems(path):
             'FROM "user" WHERE deprovisioned_at IS NULL GROUP BY 1 HAVING COUNT(*) > 1) d',
             "duplicate memberships": "SELECT COUNT(*) FROM (SELECT 1 FROM membership "
             "GROUP BY group_id, user_id HAVING COUNT(*) > 1) d",
-            "kept value counts": _VALUE_COUNTS_DIFFER,
         }
         problems = kept
         for name, sql in checks.items():

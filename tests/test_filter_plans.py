@@ -178,11 +178,16 @@ def _user_queries(caplog, request):
     ]
 
 
-# How PostgreSQL reads the users of a grouping attribute's value it keeps
-# counted (db.value_counted).
+# How each engine reads the users of a grouping attribute's value it keeps
+# counted (db.value_counted): PostgreSQL by the value lowercased, SQLite by
+# the value as NOCASE compares it.
 VALUE_COUNT = (
     "SELECT coalesce(sum(live), 0), coalesce(sum(active), 0) FROM user_value_count "
-    "WHERE attribute = %s AND value = lower(%s)"
+    + (
+        "WHERE attribute = %s AND value = lower(%s)"
+        if TEST_DATABASE_URL
+        else "WHERE attribute = ? AND value = ?"
+    )
 )
 
 
@@ -192,9 +197,9 @@ def test_filter_plan_uses_index(app, scim, directory, caplog, text, index):
     statements = _queries(caplog, lambda: _ids(scim, text, "&count=1"))
     queries = [q for q in statements if 'FROM "user" AS "t1" WHERE' in q[0]]
     column = index.removeprefix("user_")
-    # PostgreSQL reads a grouping attribute's count from the counts its
-    # triggers keep (schema 16), not from the users' index.
-    kept = bool(TEST_DATABASE_URL) and column in GROUPING_COLUMNS
+    # A grouping attribute's count is read from the counts triggers keep
+    # (schema 16 on PostgreSQL, 17 on SQLite), not from the users' index.
+    kept = column in GROUPING_COLUMNS
     assert len(queries) == (1 if kept else 2), queries
     if kept:
         value = re.search(r'eq "([^"]*)"', text).group(1)
@@ -227,15 +232,18 @@ def test_filter_plan_uses_index(app, scim, directory, caplog, text, index):
         if kept:
             # Its rows of the value, one per shard, off the primary key.
             count_plan = _explain(VALUE_COUNT, (column, value))
-            assert "Index Scan using user_value_count_pkey " in count_plan
+            if TEST_DATABASE_URL:
+                assert "Index Scan using user_value_count_pkey " in count_plan
+            else:
+                assert count_plan == (
+                    "SEARCH user_value_count USING INDEX "
+                    "sqlite_autoindex_user_value_count_1 (attribute=? AND value=?)"
+                )
             return
-        # totalResults is counted from the index alone, however many match:
-        # every attribute here is a column (schema 14), never an expression
-        # over the document, whose index neither engine counts from alone.
-        # An attribute that groups users is counted from its (value, active)
-        # index, which holds a value's active users together (schema 15).
-        if column in GROUPING_COLUMNS:
-            index += "_count"
+        # totalResults of any other is counted from the index alone, however
+        # many match: every attribute here is a column (schema 14), never an
+        # expression over the document, whose index neither engine counts
+        # from alone.
         count_plan = _explain(*queries[1])
         if TEST_DATABASE_URL:
             assert f"Index Only Scan using {index} " in count_plan, count_plan
@@ -388,9 +396,9 @@ def test_an_upgrade_counts_the_users_already_there(app, scim, directory):
     assert response.get_json()["totalResults"] == _direct_count(app, None)
 
 
-# Filters of a grouping attribute's value, whose totalResults PostgreSQL reads
-# from the counts its triggers keep (schema 16), and the value each names:
-# (column, text, active or None).
+# Filters of a grouping attribute's value, whose totalResults is read from
+# the counts triggers keep (schema 16, 17 on SQLite), and the value each
+# names: (column, text, active or None).
 VALUE_TOTALS = {
     f'{ENTERPRISE}:department eq "RESEARCH"': ("department", "research", None),
     f'{ENTERPRISE}:department eq "research" and active eq true': (
@@ -492,6 +500,10 @@ def _move_everyone(app, scim, directory):
         User.update(deprovisioned_at=utcnow()).where(
             User.id.in_(fillers.order_by(User.id.desc()).limit(5))
         ).execute()
+        # The same value spelt otherwise: counted as the same.
+        User.update(department="RESEARCH").where(
+            User.user_name == "bulk0@example.com"
+        ).execute()
 
 
 def test_value_totals_follow_every_change(app, scim, directory, caplog, tmp_path):
@@ -514,14 +526,32 @@ def test_value_totals_follow_every_change(app, scim, directory, caplog, tmp_path
     assert listed.totals == expected
     # ada, cy put in, three by Bulk, seven by the script; bob moved out.
     assert expected[f'{ENTERPRISE}:department eq "RESEARCH"'] == 1 + 1 + 3 + 7
-    counted_users = [sql for sql, _ in statements if sql.startswith("SELECT COUNT(")]
-    if TEST_DATABASE_URL:
-        # Every one of them read the kept counts, and they equal a count of
-        # every value's users, not only these.
-        assert counted_users == []
-        assert integrity_problems(tmp_path / "mdm.sqlite") == []
-    else:
-        assert len(counted_users) == len(VALUE_TOTALS)
+    # Every one of them read the kept counts, and they equal a count of every
+    # value's users, not only these.
+    assert [sql for sql, _ in statements if sql.startswith("SELECT COUNT(")] == []
+    assert integrity_problems(tmp_path / "mdm.sqlite") == []
+
+
+# Spellings the engines may fold together or apart: SQLite's NOCASE folds
+# ASCII letters only; PostgreSQL's lower() follows the database's locale.
+SPELLINGS = ["Émile", "émile", "ÉMILE", "Straße", "STRASSE", "strasse", "ǅ", "ǆ", "Ǆ"]
+
+
+def test_value_totals_count_what_the_filter_finds(app, scim, tmp_path):
+    """totalResults from the kept counts is the number of users the same filter lists."""
+    for at, spelling in enumerate(SPELLINGS * 2):
+        scim.create_user(
+            f"s{at}@example.com",
+            active=at % 3 != 0,
+            **{ENTERPRISE: {"department": spelling, "division": spelling.lower()}},
+        )
+    for spelling in [*SPELLINGS, "EMILE", "straße"]:
+        for attribute in ("department", "division"):
+            for extra in ("", " and active eq true", " and active eq false"):
+                text = f'{ENTERPRISE}:{attribute} eq "{spelling}"{extra}'
+                body = scim.get(f"/Users?filter={quote(text)}&attributes=id").get_json()
+                assert body["totalResults"] == len(body["Resources"]), text
+    assert integrity_problems(tmp_path / "mdm.sqlite") == []
 
 
 @pytest.mark.parametrize(
@@ -920,6 +950,8 @@ def test_a_schema_13_database_gets_the_attribute_columns(app, scim, directory):
             database.execute_sql(f'DROP INDEX "user_{column}_count"')
         if TEST_DATABASE_URL:
             _drop_lowered()
+        else:
+            drop_value_counts()  # whose triggers read the columns
         for column in columns:
             database.execute_sql(f'ALTER TABLE "user" DROP COLUMN "{column}"')
         for pk, (attributes, data) in stored.items():
@@ -1108,18 +1140,16 @@ def test_a_schema_14_database_gets_the_counting_indexes(app, scim, directory):
     assert {text: _ids(scim, text) for text in texts} == found
 
 
-def test_a_schema_15_database_gets_its_values_counted(app, scim, directory, tmp_path):
-    """Schema 16 counts the users of every grouping value already there, then keeps counting."""
+def test_a_database_without_value_counts_gets_them(app, scim, directory, tmp_path):
+    """Schema 16 (17 on SQLite) counts the users of every grouping value there, then keeps counting."""
     _move_everyone(app, scim, directory)
     expected = _value_totals(app)
     with app.app_context(), database.connection_context():
-        if TEST_DATABASE_URL:
-            drop_value_counts()
-        set_schema_version(database, "mdm", 15)
+        drop_value_counts()
+        set_schema_version(database, "mdm", 15 if TEST_DATABASE_URL else 16)
         migrate()
         assert schema_version(database, "mdm") == SCHEMA_VERSION
-    if TEST_DATABASE_URL:
-        assert integrity_problems(tmp_path / "mdm.sqlite") == []
+    assert integrity_problems(tmp_path / "mdm.sqlite") == []
     totals = {
         text: _ids(scim, text, "&count=0")[0]
         for text in VALUE_TOTALS
@@ -1129,5 +1159,4 @@ def test_a_schema_15_database_gets_its_values_counted(app, scim, directory, tmp_
     research = f'{ENTERPRISE}:department eq "RESEARCH"'
     scim.create_user("after@example.com", **{ENTERPRISE: {"department": "Research"}})
     assert _ids(scim, research, "&count=0")[0] == expected[research] + 1
-    if TEST_DATABASE_URL:
-        assert integrity_problems(tmp_path / "mdm.sqlite") == []
+    assert integrity_problems(tmp_path / "mdm.sqlite") == []

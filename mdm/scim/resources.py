@@ -436,8 +436,8 @@ class _Kept:
 
 def _kept_count(model, resource_type, node):
     """Return a kept count for the filters triggers count users of, else None."""
-    # No filter, "active eq <bool>", and on PostgreSQL a grouping attribute
-    # "eq" a text, alone or "and" an "active eq <bool>" (db.kept_value_counts).
+    # No filter, "active eq <bool>", and a grouping attribute "eq" a text,
+    # alone or "and" an "active eq <bool>" (db.kept_value_counts).
     if model is not User:
         return None
     if node is None:

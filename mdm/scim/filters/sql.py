@@ -146,9 +146,10 @@ def _single_valued(scope, path):
 
 def counted_value(node, resource_type):
     """Return (column, text) if the filter is a grouping attribute ``eq`` a text, compared by its copy."""
-    # Exactly the comparisons leaf compiles to "copy = lower(text)" on a
-    # column whose values' users PostgreSQL keeps counted (db.kept_value_counts).
-    if not isinstance(node, Compare) or node.op != "eq" or not postgres():
+    # Exactly the comparisons leaf compiles to "copy = lower(text)" (PostgreSQL)
+    # or a NOCASE "column = text" (SQLite) on a column whose values' users are
+    # kept counted (db.kept_value_counts).
+    if not isinstance(node, Compare) or node.op != "eq":
         return None
     if not isinstance(node.value, str) or "\x00" in node.value:
         return None
@@ -159,7 +160,10 @@ def counted_value(node, resource_type):
     if found is None or (found[1].complex and found[2] is None):
         return None
     operand = scope.scalar(*found)
-    if operand.lowered is None or operand.case_exact or operand.type != "string":
+    if operand.case_exact or operand.type != "string" or operand.json:
+        return None
+    # Compared on the lowercased copy (PostgreSQL) or the NOCASE column (SQLite).
+    if not (operand.lowered is not None if postgres() else operand.nocase):
         return None
     column = operand.expr.column_name
     return (column, node.value) if column in GROUPING_COLUMNS else None
