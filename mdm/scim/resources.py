@@ -10,6 +10,7 @@ from .. import activity
 from .. import webhooks
 from ..db import Prepared
 from ..db import WriteConflict
+from ..db import among
 from ..db import counted
 from ..db import lock_row
 from ..db import most_parameters
@@ -393,7 +394,7 @@ def _query(model, resource_type, params):
         # row from the table: a second for the last page of a million users.
         ids = query.select(model.id).order_by(*order).offset(offset)
         ids = ids.limit(params.count)
-        page = model.select(*columns).where(model.id.in_(ids)).order_by(*order)
+        page = model.select(*columns).where(among(model.id, ids)).order_by(*order)
     return total, records(page, record) if record is not None else list(page)
 
 
