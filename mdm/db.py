@@ -537,8 +537,15 @@ def _in_current_schema(name):
 def counted(model):
     """Return (live rows, active live rows) of ``model``, from the counts triggers keep."""
     counts = f"{model._meta.table_name}_count"
+    # Through the primary key: each change writes a new version of a shard's
+    # row, and a transaction writing thousands (a /Bulk run, a script's load)
+    # leaves its table spread over as many pages, which PostgreSQL keeps
+    # after vacuuming them. Scanning them all took 0.75 ms of every list
+    # request after a million-user load (637 pages for 16 rows); the index
+    # reads the 16 rows wherever they are.
     row = database.execute_sql(
-        f"SELECT coalesce(sum(live), 0), coalesce(sum(active), 0) FROM {counts}"
+        "SELECT coalesce(sum(live), 0), coalesce(sum(active), 0) "
+        f"FROM {counts} WHERE shard >= 0"
     ).fetchone()
     # PostgreSQL sums bigints as numeric.
     return int(row[0]), int(row[1])

@@ -32,6 +32,7 @@ from .conftest import TEST_DATABASE_URL
 from .conftest import drop_value_counts
 from .conftest import integrity_problems
 from .conftest import issue_token
+from .conftest import raw_connection
 
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 LIST = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
@@ -371,6 +372,42 @@ def test_kept_counts_follow_every_change(app, scim, directory):
         extra = f"&filter={quote(text)}" if text else ""
         response = scim.get(f"/Users?attributes=id&count=0{extra}")
         assert response.get_json()["totalResults"] == _direct_count(app, text), text
+
+
+def test_kept_counts_are_read_through_their_key_however_spread(
+    app, scim, directory, caplog, tmp_path
+):
+    """The every-user count reads its shards' rows by key, not every page they once filled."""
+    with app.app_context(), database.connection_context():
+        if TEST_DATABASE_URL:
+            # A load of 20,000 users in one transaction writes as many
+            # versions of a shard's row, left over about 130 pages.
+            database.execute_sql(
+                "DO $$ BEGIN FOR i IN 1..20000 LOOP "
+                "UPDATE user_count SET live = live WHERE shard = 0; END LOOP; END $$"
+            )
+    if TEST_DATABASE_URL:
+        conn = raw_connection(tmp_path / "mdm.sqlite")
+        try:
+            conn.cursor().execute("VACUUM (ANALYZE) user_count")
+        finally:
+            conn.close()
+    statements = _queries(
+        caplog, lambda: scim.get("/Users?attributes=id&count=0").get_json()
+    )
+    reads = [q for q in statements if "FROM user_count" in q[0]]
+    assert len(reads) == 1, statements
+    with app.app_context(), database.connection_context():
+        plan = _explain(*reads[0])
+        assert counted(User) == (
+            _direct_count(app, None),
+            _direct_count(app, "active eq true"),
+        )
+    if TEST_DATABASE_URL:
+        assert "user_count_pkey" in plan, plan
+        assert "Seq Scan" not in plan, plan
+    else:
+        assert plan == "SEARCH user_count USING INTEGER PRIMARY KEY (rowid>?)", plan
 
 
 def test_an_upgrade_counts_the_users_already_there(app, scim, directory):
