@@ -659,11 +659,21 @@ def _sqlite_value_counts(table, counts, columns):
             "live = live + excluded.live, active = active + excluded.active;"
         )
 
+    def emptied(row):
+        # The rows of the values ``row`` held that no live user holds now: a
+        # directory that churns through managers would otherwise keep them all.
+        return " ".join(
+            f"DELETE FROM {counts} WHERE attribute = '{column}' "
+            f'AND value = {row}."{column}" AND shard = 0 AND live = 0 AND active = 0;'
+            for column in columns
+        )
+
     for event, row, sign in (("INSERT", "new", 1), ("DELETE", "old", -1)):
         database.execute_sql(
             f'CREATE TRIGGER {counts}_{event.lower()} AFTER {event} ON "{table}" '
             f"WHEN {row}.deprovisioned_at IS NULL BEGIN "
             + " ".join(add(select) for select in held(row, sign))
+            + (f" {emptied(row)}" if sign < 0 else "")
             + " END"
         )
     # An update adds the new value and takes the old one away, in one
@@ -685,7 +695,7 @@ def _sqlite_value_counts(table, counts, columns):
             f"FROM ({moved}) WHERE true GROUP BY attribute, value COLLATE NOCASE "
             "HAVING sum(live) <> 0 OR sum(active) <> 0"
         )
-        + " END"
+        + f" {emptied('old')} END"
     )
     current = " UNION ALL ".join(
         f"SELECT '{column}' AS attribute, \"{column}\" AS value, active "
