@@ -641,12 +641,13 @@ def kept_value_counts(model, copies):
 def _sqlite_value_counts(table, counts, columns):
     """Create SQLite's triggers that keep ``counts`` per value of ``columns``, and fill it."""
 
-    def held(row, sign):
-        # A select per column of the value ``row`` holds, if it is live.
+    def held(row, sign, source=""):
+        # A select per column of the value ``row`` holds, if it is live:
+        # a trigger's new or old row, or each row of ``source``.
         return [
             f"SELECT '{column}' AS attribute, {row}.\"{column}\" AS value, "
             f"0 AS shard, {sign} AS live, {sign} * ({row}.active <> 0) AS active "
-            f'WHERE {row}.deprovisioned_at IS NULL AND {row}."{column}" IS NOT NULL'
+            f'{source} WHERE {row}.deprovisioned_at IS NULL AND {row}."{column}" IS NOT NULL'
             for column in columns
         ]
 
@@ -659,6 +660,16 @@ def _sqlite_value_counts(table, counts, columns):
             "live = live + excluded.live, active = active + excluded.active;"
         )
 
+    def summed(parts):
+        # The values' rows added up per value, as NOCASE tells values apart:
+        # each (value, shard) once, as ON CONFLICT requires.
+        return (
+            "SELECT attribute, value, 0, sum(live), sum(active) "
+            f"FROM ({' UNION ALL '.join(parts)}) WHERE true "
+            "GROUP BY attribute, value COLLATE NOCASE "
+            "HAVING sum(live) <> 0 OR sum(active) <> 0"
+        )
+
     def emptied(row):
         # The rows of the values ``row`` held that no live user holds now: a
         # directory that churns through managers would otherwise keep them all.
@@ -668,13 +679,16 @@ def _sqlite_value_counts(table, counts, columns):
             for column in columns
         )
 
-    for event, row, sign in (("INSERT", "new", 1), ("DELETE", "old", -1)):
+    # A row inserted or deleted holds one value per column: no sum needed.
+    for event, row, sign, after in (
+        ("INSERT", "new", 1, ""),
+        ("DELETE", "old", -1, emptied("old")),
+    ):
         database.execute_sql(
             f'CREATE TRIGGER {counts}_{event.lower()} AFTER {event} ON "{table}" '
             f"WHEN {row}.deprovisioned_at IS NULL BEGIN "
             + " ".join(add(select) for select in held(row, sign))
-            + (f" {emptied(row)}" if sign < 0 else "")
-            + " END"
+            + f" {after} END"
         )
     # An update adds the new value and takes the old one away, in one
     # statement that writes nothing where the two cancel out.
@@ -685,35 +699,24 @@ def _sqlite_value_counts(table, counts, columns):
         ]
         + [f'new."{c}" IS NOT old."{c}"' for c in columns]  # NOCASE columns
     )
-    moved = " UNION ALL ".join(held("old", -1) + held("new", 1))
     database.execute_sql(
         f"CREATE TRIGGER {counts}_update AFTER UPDATE OF "
         + ", ".join(f'"{c}"' for c in columns)
         + f', active, deprovisioned_at ON "{table}" WHEN {changed} BEGIN '
-        + add(
-            "SELECT attribute, value, 0, sum(live), sum(active) "
-            f"FROM ({moved}) WHERE true GROUP BY attribute, value COLLATE NOCASE "
-            "HAVING sum(live) <> 0 OR sum(active) <> 0"
-        )
+        + add(summed(held("old", -1) + held("new", 1)))
         + f" {emptied('old')} END"
     )
-    current = " UNION ALL ".join(
-        f"SELECT '{column}' AS attribute, \"{column}\" AS value, active "
-        f'FROM "{table}" WHERE deprovisioned_at IS NULL AND "{column}" IS NOT NULL'
-        for column in columns
-    )
-    database.execute_sql(
-        f"INSERT INTO {counts} SELECT attribute, value, 0, count(*), "
-        f"sum(active <> 0) FROM ({current}) GROUP BY attribute, value COLLATE NOCASE"
-    )
+    # The rows already there, after the triggers (see kept_counts).
+    rows = held("u", 1, f'FROM "{table}" AS u')
+    database.execute_sql(add(summed(rows)).rstrip(";"))
 
 
 def value_counted(model, column, text):
     """Return (live rows, active live rows) of ``model`` whose ``column`` equals ``text``, ignoring case."""
     # Compared as the filter compiler compares the column: its lowercased copy
     # on PostgreSQL, NOCASE on SQLite.
-    value = "lower(%s)" if postgres() else "?"
     mark = "%s" if postgres() else "?"
+    value = f"lower({mark})" if postgres() else mark
     row = database.execute_sql(
         "SELECT coalesce(sum(live), 0), coalesce(sum(active), 0) "
         f"FROM {model._meta.table_name}_value_count "

@@ -481,10 +481,9 @@ def _value_totals(app):
 def _move_everyone(app, scim, directory):
     """Move users between values every way a write can, one user or many at once."""
     ada, bob, cy = directory["ada"], directory["bob"], directory["cy"]
-    patch_op = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 
     def patch(user, *operations):
-        body = {"schemas": [patch_op], "Operations": list(operations)}
+        body = {"schemas": [PATCH], "Operations": list(operations)}
         response = scim.patch(f"/Users/{user}", body)
         assert response.status_code == 200, response.get_json()
 

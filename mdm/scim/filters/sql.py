@@ -160,7 +160,7 @@ def counted_value(node, resource_type):
     if found is None or (found[1].complex and found[2] is None):
         return None
     operand = scope.scalar(*found)
-    if operand.case_exact or operand.type != "string" or operand.json:
+    if operand.case_exact or operand.type != "string":
         return None
     # Compared on the lowercased copy (PostgreSQL) or the NOCASE column (SQLite).
     if not (operand.lowered is not None if postgres() else operand.nocase):
